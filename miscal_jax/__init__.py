@@ -1,0 +1,87 @@
+"""miscal_jax: find where a model's confidence is wrong for particular inputs, and fix it.
+
+Data flow: validate -> represent -> smooth -> correct -> evaluate, each stage a
+pure function over explicit pytrees; :func:`crossfit` runs them all honestly.
+"""
+
+from miscal_jax._types import FieldEstimate
+from miscal_jax.baselines import apply_histogram
+from miscal_jax.baselines import apply_isotonic
+from miscal_jax.baselines import apply_platt
+from miscal_jax.baselines import apply_temperature
+from miscal_jax.baselines import fit_histogram
+from miscal_jax.baselines import fit_isotonic
+from miscal_jax.baselines import fit_platt
+from miscal_jax.baselines import fit_temperature
+from miscal_jax.correction import CorrectionParams
+from miscal_jax.correction import CorrectionState
+from miscal_jax.correction import fit_correction_params
+from miscal_jax.correction import local_confidence
+from miscal_jax.crossfit import CrossFitResult
+from miscal_jax.crossfit import apply_crossfit
+from miscal_jax.crossfit import crossfit
+from miscal_jax.geometry import Geometry
+from miscal_jax.geometry import embed
+from miscal_jax.geometry import fit_geometry
+from miscal_jax.metrics import auroc
+from miscal_jax.metrics import brier
+from miscal_jax.metrics import ece
+from miscal_jax.metrics import grouping_loss
+from miscal_jax.metrics import local_calibration_error
+from miscal_jax.metrics import nll
+from miscal_jax.metrics import regional_error
+from miscal_jax.representation import Encoder
+from miscal_jax.representation import EncoderConfig
+from miscal_jax.representation import TrainState
+from miscal_jax.representation import fit_encoder
+from miscal_jax.representation import init_train_state
+from miscal_jax.representation import train_step
+from miscal_jax.smoother import loo_field
+from miscal_jax.smoother import nw_field
+from miscal_jax.smoother import select_bandwidth
+from miscal_jax.synthetic import make_planted
+from miscal_jax.validation import top_label
+from miscal_jax.validation import validate_inputs
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "CorrectionParams",
+    "CorrectionState",
+    "CrossFitResult",
+    "Encoder",
+    "EncoderConfig",
+    "FieldEstimate",
+    "Geometry",
+    "TrainState",
+    "apply_crossfit",
+    "apply_histogram",
+    "apply_isotonic",
+    "apply_platt",
+    "apply_temperature",
+    "auroc",
+    "brier",
+    "crossfit",
+    "ece",
+    "embed",
+    "fit_correction_params",
+    "fit_encoder",
+    "fit_geometry",
+    "fit_histogram",
+    "fit_isotonic",
+    "fit_platt",
+    "fit_temperature",
+    "grouping_loss",
+    "init_train_state",
+    "local_calibration_error",
+    "local_confidence",
+    "loo_field",
+    "make_planted",
+    "nll",
+    "nw_field",
+    "regional_error",
+    "select_bandwidth",
+    "top_label",
+    "train_step",
+    "validate_inputs",
+)

@@ -1,0 +1,125 @@
+"""Synthetic data with a planted miscalibration field, for tests and studies.
+
+Items belong to topic clusters in a low-dimensional signal space; each cluster
+is overconfident, underconfident or calibrated. Confidence is drawn
+independently of the input from an LLM-like distribution (mostly high), and
+the clusters' offsets balance, so inside every confidence bin the field
+averages to zero: the global reliability diagram looks calibrated while
+whole regions are not. Optional nuisance dimensions with larger spread
+dominate raw distances, and a random rotation mixes all coordinates, as in a
+sentence embedding.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["PlantedData", "make_planted"]
+
+
+class PlantedData(NamedTuple):
+    """A synthetic data set and its ground truth.
+
+    Attributes:
+      embeddings: ``[n, d]`` float32 inputs.
+      conf: ``[n]`` float32 reported confidences.
+      correct: ``[n]`` float32 0/1 outcomes.
+      field: ``[n]`` true field ``E[correct - conf | x]`` at each item (the
+        definition: averaged over the confidence, which is independent of x).
+      field_given_conf: ``[n]`` true ``E[correct - conf | x, conf]`` per item.
+      region: ``[n]`` int cluster id of each item (the planted regions).
+      region_sign: ``[num_clusters]`` -1 overconfident, +1 under, 0 calibrated.
+    """
+
+    embeddings: np.ndarray
+    conf: np.ndarray
+    correct: np.ndarray
+    field: np.ndarray
+    field_given_conf: np.ndarray
+    region: np.ndarray
+    region_sign: np.ndarray
+
+
+def make_planted(
+    n: int = 3000,
+    *,
+    seed: int = 0,
+    amplitude: float = 0.15,
+    num_clusters: int = 6,
+    signal_dim: int = 8,
+    nuisance_dim: int = 0,
+    nuisance_scale: float = 3.0,
+    cluster_spread: float = 0.25,
+    conf_ab: tuple[float, float] = (5.0, 1.6),
+    overconfidence: float = 1.0,
+) -> PlantedData:
+    """Draws a planted-field data set.
+
+    The true probability of a right answer is ``p + delta`` where ``p`` is the
+    calibrated confidence and ``delta = amplitude * sign(cluster) * min(1,
+    min(p, 1 - p) / amplitude)`` (the cap keeps ``p + delta`` in ``[0, 1]``).
+    Signs cycle ``-1, +1, 0`` over clusters, so with ``num_clusters`` a
+    multiple of 3 they cancel exactly in every confidence bin.
+
+    Args:
+      n: number of items.
+      seed: random seed.
+      amplitude: size of the planted offset; 0 gives the null (no field).
+      num_clusters: number of topic clusters.
+      signal_dim: dimensions carrying the cluster structure.
+      nuisance_dim: extra dimensions of pure noise.
+      nuisance_scale: standard deviation of the nuisance dimensions (cluster
+        centres are unit vectors, so 3 already swamps them in raw distance).
+      cluster_spread: within-cluster standard deviation per signal dimension.
+      conf_ab: Beta parameters of the calibrated confidence.
+      overconfidence: reported conf is ``sigmoid(overconfidence * logit(p))``;
+        1 keeps it globally calibrated, > 1 adds a global (input-independent)
+        overconfidence.
+
+    Returns:
+      A :class:`PlantedData`.
+    """
+    if n < 1 or num_clusters < 1 or signal_dim < 1:
+        raise ValueError("n, num_clusters and signal_dim must be positive.")
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(num_clusters, signal_dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    region = rng.integers(num_clusters, size=n)
+    signal = centres[region] + cluster_spread * rng.normal(size=(n, signal_dim))
+    nuisance = nuisance_scale * rng.normal(size=(n, nuisance_dim))
+    x = np.concatenate([signal, nuisance], axis=1)
+    rotation, _ = np.linalg.qr(rng.normal(size=(x.shape[1], x.shape[1])))
+    embeddings = x @ rotation
+
+    region_sign = np.array([(-1, 1, 0)[c % 3] for c in range(num_clusters)], dtype=np.int64)
+    p = rng.beta(*conf_ab, size=n)
+    offset = _offset(p, amplitude)
+    correct = (rng.random(n) < p + offset * region_sign[region]).astype(np.float32)
+    conf = _report(p, overconfidence)
+    # the field is defined against the *reported* confidence; its average over
+    # p (independent of x) is taken on a fixed large sample, the same each seed
+    p_ref = np.random.default_rng(12345).beta(*conf_ab, size=200_000)
+    gap_ref = float(np.mean(p_ref - _report(p_ref, overconfidence)))
+    field_x = gap_ref + float(np.mean(_offset(p_ref, amplitude))) * region_sign[region]
+    field_xp = p - conf + offset * region_sign[region]
+    return PlantedData(
+        embeddings.astype(np.float32),
+        conf.astype(np.float32),
+        correct,
+        field_x.astype(np.float32),
+        field_xp.astype(np.float32),
+        region,
+        region_sign,
+    )
+
+
+def _offset(p: np.ndarray, amplitude: float) -> np.ndarray:
+    """``amplitude`` capped so that ``p +- offset`` stays in ``[0, 1]``."""
+    if amplitude <= 0:
+        return np.zeros_like(p)
+    return amplitude * np.minimum(1.0, np.minimum(p, 1 - p) / amplitude)
+
+
+def _report(p: np.ndarray, overconfidence: float) -> np.ndarray:
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    return 1.0 / (1.0 + np.exp(-overconfidence * (np.log(q) - np.log1p(-q))))

@@ -138,7 +138,7 @@ class IsotonicState(NamedTuple):
     """A non-decreasing piecewise-linear map through ``(knots_x, knots_y)``.
 
     Attributes:
-      knots_x: ``[m]`` increasing confidences.
+      knots_x: ``[m]`` increasing confidences (float64 numpy, as fitted).
       knots_y: ``[m]`` non-decreasing calibrated values; constant beyond the ends.
     """
 
@@ -182,12 +182,19 @@ def fit_isotonic(conf: ArrayLike, correct: ArrayLike) -> IsotonicState:
     ux, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
     sums = np.bincount(inverse, weights=y, minlength=ux.size)
     fitted = _pav(sums / counts, counts.astype(np.float64))
-    return IsotonicState(jnp.asarray(ux, jnp.float32), jnp.asarray(fitted, jnp.float32))
+    return IsotonicState(ux, fitted)
 
 
 def apply_isotonic(state: IsotonicState, conf: ArrayLike) -> Array:
-    """Applies a fitted isotonic map: ``[n]`` confidences to ``[n]``."""
-    return jnp.interp(jnp.asarray(conf, jnp.float32), state.knots_x, state.knots_y)
+    """Applies a fitted isotonic map: ``[n]`` confidences to ``[n]``.
+
+    Computes in JAX's default float precision (float64 when ``jax_enable_x64``).
+    """
+    conf = jnp.asarray(conf)
+    dtype = jnp.result_type(float)
+    return jnp.interp(
+        conf.astype(dtype), jnp.asarray(state.knots_x, dtype), jnp.asarray(state.knots_y, dtype)
+    )
 
 
 class HistogramState(NamedTuple):

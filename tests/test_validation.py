@@ -23,17 +23,38 @@ def test_accepts_and_converts():
 @pytest.mark.parametrize(
     "change, match",
     [
-        (lambda x, p, y: (x, np.where(np.arange(N) == 7, 1.5, p), y), r"conf: value 1.5 at index 7 .*outside \[0, 1\]"),
-        (lambda x, p, y: (x, np.where(np.arange(N) == 3, -0.1, p), y), r"conf: value -0.1 at index 3"),
-        (lambda x, p, y: (x, np.where(np.arange(N) == 4, np.nan, p), y), r"conf: non-finite value nan at index 4"),
-        (lambda x, p, y: (x, p, np.where(np.arange(N) == 5, 0.5, y)), r"correct: value 0.5 at index 5 is not 0 or 1"),
-        (lambda x, p, y: (x, p, np.where(np.arange(N) == 2, np.inf, y)), r"correct: non-finite value inf at index 2"),
-        (lambda x, p, y: (np.where(np.arange(N)[:, None] == 9, np.inf, x), p, y), r"embeddings: non-finite value inf at index \(9, 0\)"),
+        (
+            lambda x, p, y: (x, np.where(np.arange(N) == 7, 1.5, p), y),
+            r"conf: value 1.5 at index 7 .*outside \[0, 1\]",
+        ),
+        (
+            lambda x, p, y: (x, np.where(np.arange(N) == 3, -0.1, p), y),
+            r"conf: value -0.1 at index 3",
+        ),
+        (
+            lambda x, p, y: (x, np.where(np.arange(N) == 4, np.nan, p), y),
+            r"conf: non-finite value nan at index 4",
+        ),
+        (
+            lambda x, p, y: (x, p, np.where(np.arange(N) == 5, 0.5, y)),
+            r"correct: value 0.5 at index 5 is not 0 or 1",
+        ),
+        (
+            lambda x, p, y: (x, p, np.where(np.arange(N) == 2, np.inf, y)),
+            r"correct: non-finite value inf at index 2",
+        ),
+        (
+            lambda x, p, y: (np.where(np.arange(N)[:, None] == 9, np.inf, x), p, y),
+            r"embeddings: non-finite value inf at index \(9, 0\)",
+        ),
         (lambda x, p, y: (x, p[:-1], y), r"conf: has 29 rows but embeddings has 30"),
         (lambda x, p, y: (x, p, y[:-2]), r"correct: has 28 rows but embeddings has 30"),
         (lambda x, p, y: (x[:, 0], p, y), r"embeddings: expected shape \[n, d\]"),
         (lambda x, p, y: (x, p[:, None].repeat(2, 1), y), r"conf: expected shape \[n\]"),
-        (lambda x, p, y: (x[:5], p[:5], y[:5]), rf"embeddings: got 5 rows, need at least {MIN_ROWS}"),
+        (
+            lambda x, p, y: (x[:5], p[:5], y[:5]),
+            rf"embeddings: got 5 rows, need at least {MIN_ROWS}",
+        ),
         (lambda x, p, y: (x[:0], p[:0], y[:0]), r"embeddings: got 0 rows"),
         (lambda x, p, y: (x[:1], p[:1], y[:1]), r"embeddings: got 1 rows"),
         (lambda x, p, y: (x[:, :0], p, y), r"embeddings: has 0 columns"),

@@ -45,8 +45,27 @@ def logit(p: ArrayLike) -> Array:
     return jnp.log(p) - jnp.log1p(-p)
 
 
-def _bce(logits: Array, correct: Array) -> Array:
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, correct))
+def _bce(logits: Array, correct: Array, weight: Array | None = None) -> Array:
+    losses = optax.sigmoid_binary_cross_entropy(logits, correct)
+    if weight is None:
+        return jnp.mean(losses)
+    return jnp.sum(weight * losses) / jnp.sum(weight)
+
+
+#: Inputs of the small L-BFGS fits are padded to a multiple of this (with zero
+#: weight), so folds of slightly different sizes share compiled code.
+FIT_PAD = 256
+
+
+def _padded(*arrays) -> tuple:
+    """Pads ``[n]`` arrays to a multiple of ``FIT_PAD``; returns them and a weight."""
+    n = np.shape(arrays[0])[0]
+    m = max(FIT_PAD, -(-n // FIT_PAD) * FIT_PAD)
+    out = [
+        jnp.asarray(np.pad(np.asarray(a, np.float32), (0, m - n), constant_values=0.5))
+        for a in arrays
+    ]
+    return (*out, jnp.asarray(np.arange(m) < n, jnp.float32))
 
 
 def _minimise(loss, init: Array, steps: int = 100) -> Array:
@@ -71,9 +90,9 @@ class TemperatureState(NamedTuple):
 
 
 @jax.jit
-def _fit_temperature(conf, correct):
+def _fit_temperature(conf, correct, weight):
     z = logit(conf)
-    loss = lambda t: _bce(z * jnp.exp(-t[0]), correct)
+    loss = lambda t: _bce(z * jnp.exp(-t[0]), correct, weight)
     return TemperatureState(_minimise(loss, jnp.zeros(1))[0])
 
 
@@ -93,7 +112,7 @@ def fit_temperature(conf: ArrayLike, correct: ArrayLike) -> TemperatureState:
       >>> float(apply_temperature(s, np.array([0.9]))[0]) < 0.9
       True
     """
-    return _fit_temperature(jnp.asarray(conf, jnp.float32), jnp.asarray(correct, jnp.float32))
+    return _fit_temperature(*_padded(conf, correct))
 
 
 def apply_temperature(state: TemperatureState, conf: ArrayLike) -> Array:
@@ -109,9 +128,9 @@ class PlattState(NamedTuple):
 
 
 @jax.jit
-def _fit_platt(conf, correct):
+def _fit_platt(conf, correct, weight):
     z = logit(conf)
-    loss = lambda ab: _bce(ab[0] * z + ab[1], correct)
+    loss = lambda ab: _bce(ab[0] * z + ab[1], correct, weight)
     ab = _minimise(loss, jnp.array([1.0, 0.0]))
     return PlattState(ab[0], ab[1])
 
@@ -126,7 +145,7 @@ def fit_platt(conf: ArrayLike, correct: ArrayLike) -> PlattState:
     Returns:
       A :class:`PlattState`.
     """
-    return _fit_platt(jnp.asarray(conf, jnp.float32), jnp.asarray(correct, jnp.float32))
+    return _fit_platt(*_padded(conf, correct))
 
 
 def apply_platt(state: PlattState, conf: ArrayLike) -> Array:

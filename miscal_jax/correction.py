@@ -26,6 +26,7 @@ from miscal_jax.baselines import (
     TemperatureState,
     _bce,
     _minimise,
+    _padded,
     apply_isotonic,
     apply_temperature,
     fit_isotonic,
@@ -110,10 +111,10 @@ def local_confidence(
 
 
 @jax.jit
-def _fit_params(p_global, field, n_eff, correct):
+def _fit_params(p_global, field, n_eff, correct, weight):
     def loss(v):
         params = CorrectionParams(v[0], v[1])
-        return _bce(logit(local_confidence(params, p_global, field, n_eff)), correct)
+        return _bce(logit(local_confidence(params, p_global, field, n_eff)), correct, weight)
 
     v = _minimise(loss, jnp.array([0.0, jnp.log(10.0)]), steps=60)
     return CorrectionParams(v[0], v[1])
@@ -136,5 +137,4 @@ def fit_correction_params(
     Returns:
       :class:`CorrectionParams`.
     """
-    f = lambda a: jnp.asarray(a, jnp.float32)
-    return _fit_params(f(p_global), f(field), f(n_eff), f(correct))
+    return _fit_params(*_padded(p_global, field, n_eff, correct))

@@ -66,8 +66,30 @@ def _sq_dist(query: Array, ref: Array, ref_sq: Array) -> Array:
     return jnp.maximum(jnp.sum(query * query) + ref_sq - 2.0 * (ref @ query), 0.0)
 
 
+#: Array lengths are padded up to a multiple of this, so that data sets of
+#: slightly different sizes (cross-fitting folds) share compiled code.
+PAD_MULTIPLE = 128
+
+
+def _pad_rows(a: Array, rows: int, value=0) -> Array:
+    extra = rows - a.shape[0]
+    if extra == 0:
+        return a
+    if isinstance(a, jax.core.Tracer):
+        return jnp.concatenate([a, jnp.full((extra, *a.shape[1:]), value, a.dtype)])
+    # concrete arrays are padded on the host: no compilation per shape
+    a = np.asarray(a)
+    return jnp.asarray(np.concatenate([a, np.full((extra, *a.shape[1:]), value, a.dtype)]))
+
+
+def _padded_length(n: int, multiple: int = PAD_MULTIPLE) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
 @functools.partial(jax.jit, static_argnames=("kernel", "chunk_size"))
-def _nw_field(query, query_index, ref, ref_residual, log_bandwidth, *, kernel, chunk_size):
+def _nw_field(
+    query, query_index, ref, ref_residual, ref_valid, log_bandwidth, *, kernel, chunk_size
+):
     log_kernel = get_log_kernel(kernel)
     ref_sq = jnp.sum(ref * ref, axis=1)
     ref_index = jnp.arange(ref.shape[0])
@@ -76,7 +98,7 @@ def _nw_field(query, query_index, ref, ref_residual, log_bandwidth, *, kernel, c
     def one(args):
         q, qi = args
         log_w = log_kernel(_sq_dist(q, ref, ref_sq) * inv_h2)
-        log_w = jnp.where(ref_index == qi, -jnp.inf, log_w)
+        log_w = jnp.where((ref_index == qi) | ~ref_valid, -jnp.inf, log_w)
         return _weighted_stats(log_w, ref_residual)
 
     return jax.lax.map(one, (query, query_index), batch_size=chunk_size)
@@ -132,15 +154,20 @@ def nw_field(
     if query_index is None:
         query_index = jnp.full(query.shape[0], -1, jnp.int32)
     query_index = jnp.asarray(query_index, jnp.int32)
-    return _nw_field(
-        query,
-        query_index,
-        ref,
-        ref_residual,
+    q, n = query.shape[0], ref.shape[0]
+    q_pad = _padded_length(q, min(PAD_MULTIPLE, int(chunk_size)))
+    n_pad = _padded_length(n)
+    est = _nw_field(
+        _pad_rows(query, q_pad),
+        _pad_rows(query_index, q_pad, -1),
+        _pad_rows(ref, n_pad),
+        _pad_rows(ref_residual, n_pad),
+        jnp.arange(n_pad) < n,
         jnp.asarray(log_bandwidth, jnp.float32),
         kernel=kernel,
         chunk_size=int(chunk_size),
     )
+    return FieldEstimate(*(a[:q] for a in est))
 
 
 def loo_field(
@@ -195,8 +222,8 @@ def bandwidth_grid(ref: ArrayLike, *, num: int = 24, max_points: int = 512) -> n
 
 
 @functools.partial(jax.jit, static_argnames=("kernel", "chunk_size"))
-def _loo_errors(ref, ref_residual, log_bandwidths, *, kernel, chunk_size):
-    """``[g]`` mean LOO squared error for each of ``g`` log-bandwidths."""
+def _loo_errors(ref, ref_residual, ref_valid, log_bandwidths, *, kernel, chunk_size):
+    """``[g]`` mean LOO squared error over valid rows for each of ``g`` log-bandwidths."""
     log_kernel = get_log_kernel(kernel)
     ref_sq = jnp.sum(ref * ref, axis=1)
     n = ref.shape[0]
@@ -208,13 +235,13 @@ def _loo_errors(ref, ref_residual, log_bandwidths, *, kernel, chunk_size):
 
         def at(log_bw):
             log_w = log_kernel(d2 * jnp.exp(-2.0 * log_bw))
-            log_w = jnp.where(ref_index == qi, -jnp.inf, log_w)
+            log_w = jnp.where((ref_index == qi) | ~ref_valid, -jnp.inf, log_w)
             return (rq - _weighted_stats(log_w, ref_residual).value) ** 2
 
         return jax.vmap(at)(log_bandwidths)
 
     errs = jax.lax.map(one, (ref, ref_index, ref_residual), batch_size=chunk_size)
-    return jnp.mean(errs, axis=0)
+    return jnp.sum(errs * ref_valid[:, None], axis=0) / jnp.sum(ref_valid)
 
 
 def select_bandwidth(
@@ -243,9 +270,12 @@ def select_bandwidth(
     if log_bandwidths is None:
         log_bandwidths = bandwidth_grid(ref)
     log_bandwidths = jnp.asarray(log_bandwidths, jnp.float32)
+    n = ref.shape[0]
+    n_pad = _padded_length(n)
     errs = _loo_errors(
-        ref,
-        jnp.asarray(ref_residual, jnp.float32),
+        _pad_rows(ref, n_pad),
+        _pad_rows(jnp.asarray(ref_residual, jnp.float32), n_pad),
+        jnp.arange(n_pad) < n,
         log_bandwidths,
         kernel=kernel,
         chunk_size=int(chunk_size),

@@ -118,7 +118,7 @@ def test_gradients_finite_at_zero_distance_and_zero_mass():
     for kernel in ("gaussian", "epanechnikov"):
         for q in (on_top, far):
             g = jax.grad(
-                lambda lb, q: jnp.sum(nw_field(q, ref, residual, lb, kernel=kernel).value),
+                lambda lb, q, k=kernel: jnp.sum(nw_field(q, ref, residual, lb, kernel=k).value),
                 argnums=(0, 1),
             )(0.0, q)
             assert all(np.all(np.isfinite(x)) for x in g)
@@ -179,8 +179,9 @@ def test_no_retrace_when_values_change():
     counted = chex.assert_max_traces(smoother._nw_field.__wrapped__, n=1)
     f = jax.jit(counted, static_argnames=("kernel", "chunk_size"))
     idx = jnp.full(len(query), -1)
+    valid = jnp.ones(len(ref), bool)
     for lb in (0.0, 0.5, -0.3):
-        f(query, idx, ref, residual * lb, jnp.float32(lb), kernel="gaussian", chunk_size=4)
+        f(query, idx, ref, residual * lb, valid, jnp.float32(lb), kernel="gaussian", chunk_size=4)
     chex.clear_trace_counter()
 
 
@@ -189,8 +190,21 @@ def test_loo_errors_no_retrace():
     grid = jnp.asarray(bandwidth_grid(ref, num=4))
     before = _loo_errors._cache_size()
     for s in (1.0, 2.0):
-        _loo_errors(ref, residual * s, grid + s, kernel="gaussian", chunk_size=8)
+        _loo_errors(
+            ref, residual * s, jnp.ones(len(ref), bool), grid + s, kernel="gaussian", chunk_size=8
+        )
     assert _loo_errors._cache_size() - before <= 1
+
+
+def test_nearby_sizes_share_compiled_code():
+    from miscal_jax import smoother
+
+    _, ref, residual = _data(n=300)
+    nw_field(ref[:250], ref[:250], residual[:250], 0.0)
+    before = smoother._nw_field._cache_size()
+    for n in (251, 255, 240):
+        nw_field(ref[:n], ref[:n], residual[:n], 0.0)
+    assert smoother._nw_field._cache_size() == before
 
 
 def test_rejects_bad_shapes_and_kernel():

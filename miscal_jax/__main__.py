@@ -1,0 +1,5 @@
+import sys
+
+from miscal_jax.cli import main
+
+sys.exit(main())

@@ -1,0 +1,275 @@
+"""The main job: run the whole pipeline on a data set and write a report.
+
+Writes ``summary.json``, ``points.csv``, ``report.md`` and its figures to an
+output folder. Every number in them is held-out: per-item values come from
+cross-fitting, method metrics are computed on out-of-fold predictions, and
+regime statistics on the evaluation half of :func:`discover_regimes`.
+"""
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from miscal_jax import metrics as M
+from miscal_jax.crossfit import crossfit
+from miscal_jax.geometry import embed
+from miscal_jax.inference import grouping_loss_interval, heterogeneity_test
+from miscal_jax.io import Dataset
+from miscal_jax.plotting import field_map, regime_reliability, reliability_diagram
+from miscal_jax.regimes import assign_regimes, discover_regimes
+
+__all__ = ["method_metrics", "run_report"]
+
+METHODS = ("uncorrected", "temperature", "platt", "isotonic", "histogram", "local")
+
+
+def method_metrics(predictions: dict, correct, groups=None) -> dict:
+    """Held-out ECE, equal-mass ECE, Brier, NLL, AUROC and regional error per method."""
+    out = {}
+    for name in METHODS:
+        p = predictions[name]
+        row = {
+            "ece": float(M.ece(p, correct)),
+            "ece_mass": float(M.ece(p, correct, strategy="mass")),
+            "brier": float(M.brier(p, correct)),
+            "nll": float(M.nll(p, correct)),
+            "auroc": float(M.auroc(p, correct)),
+            "regional_error": None,
+        }
+        if groups is not None:
+            row["regional_error"] = float(M.regional_error(p, correct, groups))
+        out[name] = row
+    return out
+
+
+def _pca2(z: np.ndarray) -> np.ndarray:
+    z = z - z.mean(0)
+    _, _, vt = np.linalg.svd(z, full_matrices=False)
+    return z @ vt[:2].T
+
+
+def _snippet(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split()).replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def run_report(
+    data: Dataset,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    folds: int = 5,
+    permutations: int = 200,
+    progress: bool = True,
+) -> dict:
+    """Runs cross-fitting, the heterogeneity test and regime discovery; writes the report.
+
+    Args:
+      data: a :class:`~miscal_jax.io.Dataset`.
+      out_dir: folder to write into (created if needed).
+      seed: seed for folds, training, permutations and regime halves.
+      folds: number of cross-fitting folds.
+      permutations: permutations of the heterogeneity test.
+      progress: show progress bars.
+
+    Returns:
+      The ``summary.json`` content as a dict.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    x, p, y = data.embeddings, data.conf, data.correct
+    res = crossfit(x, p, y, folds=folds, seed=seed, progress=progress)
+    het = heterogeneity_test(res, x, p, y, num_permutations=permutations, seed=seed)
+    regimes, regime_model = discover_regimes(x, p, y, seed=seed)
+    regime_of = assign_regimes(regime_model, x)
+    gl = grouping_loss_interval(p, res.field, res.field_se, seed=seed)
+    methods = method_metrics(res.predictions, y, data.group)
+    texts = data.text
+
+    summary = {
+        "n": int(x.shape[0]),
+        "source": data.meta,
+        "accuracy": float(y.mean()),
+        "mean_confidence": float(p.mean()),
+        "heterogeneity": {
+            "statistic": het.statistic,
+            "p_value": het.p_value,
+            "permutations": int(het.null.size),
+        },
+        "grouping_loss": {"estimate": gl.estimate, "ci_low": gl.low, "ci_high": gl.high},
+        "geometry": [
+            {
+                "chosen": i["chosen"],
+                "select_error": i["select_error"],
+                "constant_error": i["constant_error"],
+            }
+            for i in res.info
+        ],
+        "methods": methods,
+        "regimes": [
+            {
+                "id": r.id,
+                "size": r.size_all,
+                "size_evaluated": r.size,
+                "sign": r.sign,
+                "mean_residual": r.mean_residual,
+                "ci_low": r.ci_low,
+                "ci_high": r.ci_high,
+                "excess_residual": r.excess,
+                "p_value": r.p_value,
+                "p_adjusted": r.p_adjusted,
+                "examples": [
+                    {"index": int(i), **({"text": texts[i]} if texts else {})} for i in r.examples
+                ],
+            }
+            for r in regimes
+        ],
+    }
+    if data.group is not None:
+        names = data.group_names
+        summary["groups"] = [
+            {
+                "name": names[g],
+                "size": int(np.sum(data.group == g)),
+                "mean_residual": {
+                    m: float(np.mean(y[data.group == g] - res.predictions[m][data.group == g]))
+                    for m in ("uncorrected", "isotonic", "local")
+                },
+            }
+            for g in range(len(names))
+        ]
+
+    with open(out / "points.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(
+            [
+                "index",
+                "confidence",
+                "correct",
+                "field",
+                "field_se",
+                "n_eff",
+                "regime",
+                "corrected_confidence",
+                "fold",
+            ]
+        )
+        for i in range(x.shape[0]):
+            w.writerow(
+                [
+                    i,
+                    f"{p[i]:.6g}",
+                    int(y[i]),
+                    f"{res.field[i]:.6g}",
+                    f"{res.field_se[i]:.6g}",
+                    f"{res.n_eff[i]:.6g}",
+                    int(regime_of[i]),
+                    f"{res.corrected_conf[i]:.6g}",
+                    int(res.fold[i]),
+                ]
+            )
+
+    z = np.asarray(embed(res.models[0].geometry, x, p))
+    reliability_diagram(
+        {k: res.predictions[k] for k in ("uncorrected", "isotonic", "local")},
+        y,
+        out / "reliability.png",
+    )
+    field_map(
+        _pca2(z),
+        res.field,
+        out / "field_map.png",
+        regime=regime_of,
+        title=f"Field over the {res.models[0].geometry.kind} space (2-D PCA)",
+    )
+    if regimes:
+        regime_reliability(regimes, res.predictions, y, out / "regimes.png")
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    with open(out / "summary.json", "w") as f:
+        json.dump(summary, f, indent=2)
+    (out / "report.md").write_text(_markdown(summary, regimes, texts))
+    return summary
+
+
+def _markdown(s: dict, regimes, texts) -> str:
+    het = s["heterogeneity"]
+    src = s["source"]
+    lines = [
+        "# miscal_jax report",
+        "",
+        f"Data: {src.get('source')}"
+        + (f", model `{src['model']}`" if src.get("model") else "")
+        + f", confidence `{src.get('confidence')}`; n = {s['n']}"
+        + (f" ({src['dropped']} rows without a confidence dropped)" if src.get("dropped") else "")
+        + f"; accuracy {s['accuracy']:.3f}, mean confidence {s['mean_confidence']:.3f}.",
+        "",
+        "## Does miscalibration depend on the input?",
+        "",
+        f"Heterogeneity test (within-confidence-bin permutations, {het['permutations']}): "
+        f"statistic {het['statistic']:.5f}, **p = {het['p_value']:.4f}**. "
+        f"Grouping loss (the part of the Brier score no confidence-only map can remove): "
+        f"{s['grouping_loss']['estimate']:.4f} "
+        f"[{s['grouping_loss']['ci_low']:.4f}, {s['grouping_loss']['ci_high']:.4f}].",
+        "",
+        "## Held-out metrics by method",
+        "",
+        "| method | ECE | ECE (equal mass) | Brier | NLL | AUROC | regional error |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in s["methods"].items():
+        reg = "" if m["regional_error"] is None else f"{m['regional_error']:.4f}"
+        lines.append(
+            f"| {name} | {m['ece']:.4f} | {m['ece_mass']:.4f} | {m['brier']:.4f} | "
+            f"{m['nll']:.4f} | {m['auroc']:.4f} | {reg} |"
+        )
+    lines += [
+        "",
+        "Regional error: mean over the data's groups of |mean(correct - confidence)|; groups "
+        "are used for evaluation only. `local` is the cross-fitted local correction.",
+        "",
+        "![reliability](reliability.png) ![field map](field_map.png)",
+        "",
+        "## Regimes",
+        "",
+    ]
+    if not regimes:
+        lines.append("No regime passed the false-discovery-rate threshold (0.1).")
+    else:
+        lines += [
+            "Found on one half of the items, measured on the other; `excess` is the mean "
+            "residual left after a global isotonic map.",
+            "",
+            "| regime | sign | size | mean residual [90% CI] | excess | adjusted p |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in regimes:
+            lines.append(
+                f"| R{r.id} | {r.sign}confident | {r.size_all} | {r.mean_residual:+.3f} "
+                f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}] | {r.excess:+.3f} | "
+                f"{r.p_adjusted:.2g} |"
+            )
+        lines += ["", "![regimes](regimes.png)", ""]
+        if texts:
+            for r in regimes:
+                lines.append(f"**R{r.id}** ({r.sign}confident) examples:")
+                lines += [f"- {_snippet(texts[i])}" for i in r.examples[:3]]
+                lines.append("")
+    if "groups" in s:
+        lines += [
+            "## By group (evaluation only)",
+            "",
+            "| group | n | mean residual: uncorrected | isotonic | local |",
+            "|---|---|---|---|---|",
+        ]
+        for g in sorted(s["groups"], key=lambda g: g["mean_residual"]["uncorrected"]):
+            m = g["mean_residual"]
+            lines.append(
+                f"| {g['name']} | {g['size']} | {m['uncorrected']:+.3f} | "
+                f"{m['isotonic']:+.3f} | {m['local']:+.3f} |"
+            )
+    lines += ["", f"Run time: {s['seconds']} s."]
+    return "\n".join(lines) + "\n"

@@ -6,8 +6,10 @@ components, which use no labels. The items are split in two halves: on the
 by their mean excess residual; on the *evaluation* half each screened
 candidate gets its size, mean residual with interval, and a z-test of its
 excess residual ``correct - p_global`` (miscalibration beyond what a
-confidence-only map fixes). Benjamini-Hochberg over the tested candidates
-controls the false discovery rate. No label of an evaluation item influences
+confidence-only map fixes), by Monte Carlo under Bernoulli(``p_global``)
+outcomes, which stays exact when confidences are near 0 or 1.
+Benjamini-Hochberg over the tested candidates controls the false discovery
+rate. No label of an evaluation item influences
 which regions are tested.
 
 References:
@@ -91,7 +93,7 @@ class Regime(NamedTuple):
       sign: ``"over"`` (confidence too high there) or ``"under"``.
       mean_residual: mean ``correct - conf``; ``ci_low``/``ci_high`` its interval.
       excess: mean ``correct - p_global`` (beyond a global isotonic map).
-      p_value: two-sided z-test of ``excess = 0``; ``p_adjusted``: BH-adjusted.
+      p_value: two-sided Monte Carlo test of ``excess = 0``; ``p_adjusted``: BH-adjusted.
       members: indices of all items assigned to the region.
       examples: up to 5 indices of members nearest the region's centre.
       candidate: ``(k, cluster)`` the candidate it came from.
@@ -153,7 +155,8 @@ def discover_regimes(
     fdr: float = 0.1,
     screen: float = 0.2,
     max_regimes: int = 8,
-    min_size: int = 10,
+    min_size: int = 20,
+    num_simulations: int = 4000,
     overlap: float = 0.5,
     level: float = 0.9,
     seed: int = 0,
@@ -169,6 +172,7 @@ def discover_regimes(
         discovery-half z-test has p below this.
       max_regimes: at most this many regimes are reported.
       min_size: candidates with fewer discovery or evaluation items are skipped.
+      num_simulations: Monte Carlo draws of each region's test.
       overlap: a significant candidate is not reported when more than this
         fraction of its members belong to regimes already reported.
       level: coverage of the ``mean_residual`` interval.
@@ -194,11 +198,22 @@ def discover_regimes(
     excess = y - np.asarray(apply_isotonic(iso, p), np.float64)
     residual = y - p
     zcrit = NormalDist().inv_cdf(0.5 + level / 2)
+    # outcome probabilities under "no miscalibration beyond confidence"
+    q_null = np.clip(np.asarray(apply_isotonic(iso, p), np.float64), 1e-3, 1 - 1e-3)
+    sim_rng = np.random.default_rng(seed + 1)
 
-    def ztest(values):
-        m, sd = values.mean(), values.std(ddof=1) if values.size > 1 else 0.0
-        se = max(sd, 1e-3) / np.sqrt(values.size)
-        return m, se, 2 * (1 - NormalDist().cdf(abs(m) / se))
+    def test(mask):
+        """Two-sided Monte Carlo test of sum(correct) against Bernoulli(q_null).
+
+        Exact in the tails where a normal approximation is not (confidences
+        near 0 or 1, small regions, all-right or all-wrong neighbourhoods).
+        """
+        q = q_null[mask]
+        observed = y[mask].sum()
+        sims = (sim_rng.random((num_simulations, q.size)) < q).sum(axis=1)
+        upper = (1 + np.sum(sims >= observed)) / (1 + num_simulations)
+        lower = (1 + np.sum(sims <= observed)) / (1 + num_simulations)
+        return float(np.mean(excess[mask])), min(1.0, 2 * min(upper, lower))
 
     tested = []
     key = jax.random.key(seed)
@@ -212,9 +227,9 @@ def discover_regimes(
             disc, ev = (labels == c) & half, (labels == c) & ~half
             if disc.sum() < min_size or ev.sum() < min_size:
                 continue
-            if ztest(excess[disc])[2] >= screen:
+            if test(disc)[1] >= screen:
                 continue
-            m, _, pv = ztest(excess[ev])
+            m, pv = test(ev)
             tested.append(dict(k=k, c=c, cents=cents, labels=labels, ev=ev, excess=m, p=pv))
     if not tested:
         return [], RegimeModel(mean, proj, scale, (), ())
@@ -234,7 +249,11 @@ def discover_regimes(
             continue
         taken[members] = True
         r_ev = residual[t["ev"]]
-        m, se, _ = ztest(r_ev)
+        q = q_null[t["ev"]]
+        # empirical spread, floored by the Bernoulli spread so that an
+        # all-right region does not get a zero-width interval
+        sd = max(r_ev.std(ddof=1) if r_ev.size > 1 else 0.0, float(np.sqrt(np.mean(q * (1 - q)))))
+        m, se = float(r_ev.mean()), sd / np.sqrt(r_ev.size)
         dist = ((z[members] - t["cents"][t["c"]]) ** 2).sum(1)
         regimes.append(
             Regime(

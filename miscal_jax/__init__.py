@@ -1,7 +1,8 @@
 """miscal_jax: find where a model's confidence is wrong for particular inputs, and fix it.
 
-Data flow: validate -> represent -> smooth -> correct -> evaluate, each stage a
-pure function over explicit pytrees; :func:`crossfit` runs them all honestly.
+Data flow: validate -> represent -> smooth -> infer -> regimes -> correct ->
+evaluate, each stage a pure function over explicit pytrees; :func:`crossfit`
+runs representation, smoothing and correction honestly (K-fold).
 """
 
 from miscal_jax._types import FieldEstimate
@@ -23,6 +24,13 @@ from miscal_jax.crossfit import crossfit
 from miscal_jax.geometry import Geometry
 from miscal_jax.geometry import embed
 from miscal_jax.geometry import fit_geometry
+from miscal_jax.inference import bootstrap_interval
+from miscal_jax.inference import grouping_loss_interval
+from miscal_jax.inference import heterogeneity_test
+from miscal_jax.inference import normal_interval
+from miscal_jax.inference import undersmoothed_field
+from miscal_jax.io import load_data
+from miscal_jax.io import load_default
 from miscal_jax.metrics import auroc
 from miscal_jax.metrics import brier
 from miscal_jax.metrics import ece
@@ -30,6 +38,8 @@ from miscal_jax.metrics import grouping_loss
 from miscal_jax.metrics import local_calibration_error
 from miscal_jax.metrics import nll
 from miscal_jax.metrics import regional_error
+from miscal_jax.regimes import assign_regimes
+from miscal_jax.regimes import discover_regimes
 from miscal_jax.representation import Encoder
 from miscal_jax.representation import EncoderConfig
 from miscal_jax.representation import TrainState
@@ -59,9 +69,12 @@ __all__ = (
     "apply_isotonic",
     "apply_platt",
     "apply_temperature",
+    "assign_regimes",
     "auroc",
+    "bootstrap_interval",
     "brier",
     "crossfit",
+    "discover_regimes",
     "ece",
     "embed",
     "fit_correction_params",
@@ -72,16 +85,22 @@ __all__ = (
     "fit_platt",
     "fit_temperature",
     "grouping_loss",
+    "grouping_loss_interval",
+    "heterogeneity_test",
     "init_train_state",
+    "load_data",
+    "load_default",
     "local_calibration_error",
     "local_confidence",
     "loo_field",
     "make_planted",
     "nll",
+    "normal_interval",
     "nw_field",
     "regional_error",
     "select_bandwidth",
     "top_label",
     "train_step",
+    "undersmoothed_field",
     "validate_inputs",
 )

@@ -94,13 +94,13 @@ def test_recovers_planted_field_and_local_correction_helps():
 
 @pytest.mark.slow
 def test_chosen_geometry_at_least_as_good_as_raw_with_nuisance():
-    """5 seeds, n = 2000, 48 nuisance dims: the chosen geometry's out-of-fold
+    """5 seeds, n = 1500, 48 nuisance dims: the chosen geometry's out-of-fold
     field tracks the truth at least as well as raw-space smoothing (mean over
     seeds, 0.05 slack for selection noise), and never much worse on a seed."""
     chosen, raw = [], []
     for seed in SEEDS:
-        d = make_planted(2000, seed=seed, nuisance_dim=48, nuisance_scale=1.0)
-        kw = dict(folds=5, seed=seed, config=FAST, progress=False)
+        d = make_planted(1500, seed=seed, nuisance_dim=48, nuisance_scale=1.0)
+        kw = dict(folds=3, seed=seed, config=FAST, progress=False)
         full = crossfit(d.embeddings, d.conf, d.correct, **kw)
         only_raw = crossfit(d.embeddings, d.conf, d.correct, candidates=("raw",), **kw)
         chosen.append(np.corrcoef(full.field, d.field)[0, 1])
@@ -111,7 +111,7 @@ def test_chosen_geometry_at_least_as_good_as_raw_with_nuisance():
 
 @pytest.mark.slow
 def test_null_field_does_not_hurt_brier():
-    """5 seeds, n = 3000, no planted field: held-out Brier of the local
+    """5 seeds, n = 3000, K = 5, no planted field: held-out Brier of the local
     correction is at most isotonic's + 0.002 on every seed."""
     for seed in SEEDS:
         d = make_planted(3000, seed=seed, amplitude=0.0)

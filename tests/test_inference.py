@@ -1,0 +1,131 @@
+import jax
+import numpy as np
+import pytest
+
+from miscal_jax.crossfit import crossfit
+from miscal_jax.inference import (
+    bootstrap_interval,
+    grouping_loss_interval,
+    heterogeneity_test,
+    normal_interval,
+    smooth_many,
+    undersmoothed_field,
+)
+from miscal_jax.smoother import nw_field
+from miscal_jax.synthetic import make_planted
+
+
+def test_smooth_many_equals_nw_field_columnwise():
+    rng = np.random.default_rng(0)
+    ref, query = rng.normal(size=(50, 3)), rng.normal(size=(17, 3))
+    cols = rng.normal(size=(50, 4))
+    many = np.asarray(smooth_many(query, ref, cols, 0.2, chunk_size=5))
+    for b in range(4):
+        np.testing.assert_allclose(
+            many[:, b], nw_field(query, ref, cols[:, b], 0.2).value, rtol=1e-5, atol=1e-6
+        )
+    w = rng.random((50, 4))
+    weighted = np.asarray(smooth_many(query, ref, cols, 0.2, ref_weights=w))
+    d2 = ((query[:, None] - ref[None]) ** 2).sum(-1)
+    k = np.exp(-0.5 * d2 / np.exp(0.4))
+    want = (k @ (w * cols)) / (k @ w)
+    np.testing.assert_allclose(weighted, want, rtol=1e-4)
+
+
+def test_normal_interval():
+    lo, hi = normal_interval(np.array([0.0, 0.9]), np.array([0.1, 0.2]), level=0.9)
+    np.testing.assert_allclose(lo, [-0.16449, 0.57103], atol=1e-4)
+    np.testing.assert_allclose(hi, [0.16449, 1.0], atol=1e-4)  # clipped to the residual range
+    with pytest.raises(ValueError, match=r"level: must be in \(0, 1\)"):
+        normal_interval(0.0, 0.1, level=1.5)
+
+
+def test_bootstrap_intervals_never_collapse():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(40, 2))
+    residual = np.full(40, 0.05)  # an all-correct neighbourhood at conf 0.95
+    lo, hi = bootstrap_interval(jax.random.key(0), ref[:5], ref, residual, 0.0)
+    assert np.all(np.asarray(hi - lo) > 0.01)
+    assert np.all((np.asarray(lo) <= 0.05) & (np.asarray(hi) >= 0.05))
+
+
+def test_bootstrap_interval_covers_mean_of_noisy_neighbourhood():
+    rng = np.random.default_rng(1)
+    hits = 0
+    for s in range(40):
+        ref = rng.normal(size=(200, 1)) * 0.01
+        residual = (rng.random(200) < 0.7).astype(float) - 0.5  # mean 0.2
+        lo, hi = bootstrap_interval(
+            jax.random.key(s), np.zeros((1, 1)), ref, residual, 0.0, num_samples=300
+        )
+        hits += float(lo[0]) <= 0.2 <= float(hi[0])
+    assert 30 <= hits <= 40  # nominal 90% of 40
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    out = {}
+    for amp in (0.2, 0.0):
+        d = make_planted(900, seed=5, amplitude=amp)
+        res = crossfit(
+            d.embeddings, d.conf, d.correct, folds=3, candidates=("raw",), progress=False
+        )
+        out[amp] = (d, res)
+    return out
+
+
+def test_heterogeneity_test_detects_and_keeps_null(fitted):
+    d, res = fitted[0.2]
+    het = heterogeneity_test(res, d.embeddings, d.conf, d.correct, num_permutations=60, batch=25)
+    assert het.p_value <= 1 / 61 + 1e-9 and het.null.shape == (60,)
+    d0, res0 = fitted[0.0]
+    het0 = heterogeneity_test(res0, d0.embeddings, d0.conf, d0.correct, num_permutations=60)
+    assert het0.p_value > 0.05
+
+
+def test_heterogeneity_statistic_matches_loop(fitted):
+    """The vectorised statistic equals a direct per-fold computation."""
+    from miscal_jax.geometry import embed
+    from miscal_jax.metrics import _bin_index
+
+    d, res = fitted[0.2]
+    het = heterogeneity_test(res, d.embeddings, d.conf, d.correct, num_permutations=1)
+    r = d.correct - d.conf
+    bins = np.asarray(_bin_index(d.conf, 10, "mass"))
+    e = r - (np.bincount(bins, weights=r) / np.bincount(bins))[bins]
+    total = 0.0
+    for k, m in enumerate(res.models):
+        te = res.fold == k
+        z = embed(m.geometry, d.embeddings[te], d.conf[te])
+        f = np.asarray(nw_field(z, m.ref_z, e[~te], m.geometry.log_bandwidth).value)
+        total += np.sum(e[te] ** 2 - (e[te] - f) ** 2)
+    assert het.statistic == pytest.approx(total / len(r), rel=1e-3)
+
+
+def test_grouping_loss_interval_and_undersmoothing(fitted):
+    d, res = fitted[0.2]
+    gl = grouping_loss_interval(d.conf, res.field, res.field_se, num_samples=200)
+    assert 0 < gl.low <= gl.estimate <= gl.high
+    us = undersmoothed_field(res, d.embeddings, d.conf, factor=0.5)
+    assert np.mean(us.se) > np.mean(res.field_se)
+    with pytest.raises(ValueError, match="factor"):
+        undersmoothed_field(res, d.embeddings, d.conf, factor=2.0)
+
+
+@pytest.mark.slow
+def test_heterogeneity_test_size_under_null():
+    """40 null data sets (n = 600, raw geometry, 100 permutations): the
+    rejection rate at alpha = 0.05 is at most 0.125 (binomial 97.5% bound for
+    a true size of 0.05 with 40 draws). The 200-simulation study is in
+    benchmarks/inference_calibration.py."""
+    rejections = 0
+    for seed in range(40):
+        d = make_planted(600, seed=500 + seed, amplitude=0.0)
+        res = crossfit(
+            d.embeddings, d.conf, d.correct, folds=3, seed=seed, candidates=("raw",), progress=False
+        )
+        het = heterogeneity_test(
+            res, d.embeddings, d.conf, d.correct, num_permutations=100, seed=seed
+        )
+        rejections += het.p_value <= 0.05
+    assert rejections / 40 <= 0.125, rejections

@@ -16,7 +16,12 @@ import numpy as np
 from miscal_jax import metrics as M
 from miscal_jax.crossfit import crossfit
 from miscal_jax.geometry import embed
-from miscal_jax.inference import grouping_loss_interval, heterogeneity_test
+from miscal_jax.inference import (
+    grouping_loss_interval,
+    heterogeneity_test,
+    normal_interval,
+    undersmoothed_field,
+)
 from miscal_jax.io import Dataset
 from miscal_jax.plotting import field_map, regime_reliability, reliability_diagram
 from miscal_jax.regimes import assign_regimes, discover_regimes
@@ -87,6 +92,9 @@ def run_report(
     regimes, regime_model = discover_regimes(x, p, y, seed=seed)
     regime_of = assign_regimes(regime_model, x)
     gl = grouping_loss_interval(p, res.field, res.field_se, seed=seed)
+    # 90% intervals from the undersmoothed field (less bias, honest coverage)
+    under = undersmoothed_field(res, x, p)
+    ci_low, ci_high = (np.asarray(a) for a in normal_interval(under.value, under.se, level=0.9))
     methods = method_metrics(res.predictions, y, data.group)
     texts = data.text
 
@@ -153,6 +161,8 @@ def run_report(
                 "field",
                 "field_se",
                 "n_eff",
+                "field_ci90_low",
+                "field_ci90_high",
                 "regime",
                 "corrected_confidence",
                 "fold",
@@ -167,6 +177,8 @@ def run_report(
                     f"{res.field[i]:.6g}",
                     f"{res.field_se[i]:.6g}",
                     f"{res.n_eff[i]:.6g}",
+                    f"{ci_low[i]:.6g}",
+                    f"{ci_high[i]:.6g}",
                     int(regime_of[i]),
                     f"{res.corrected_conf[i]:.6g}",
                     int(res.fold[i]),

@@ -104,6 +104,7 @@ def summarise(rows):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="few simulations, for a smoke run")
+    parser.add_argument("--scenarios", nargs="*", default=None, help="run only these")
     args = parser.parse_args()
     plan = {  # scenario: (simulations, n)
         "null": (200, 1000),
@@ -114,14 +115,16 @@ def main():
     }
     if args.quick:
         plan = {k: (3, n) for k, (_, n) in plan.items()}
-    results = {}
+    out = Path(__file__).parent / "results" / "inference_calibration.json"
+    results = json.loads(out.read_text()) if out.exists() and args.scenarios else {}
     for name, (sims, n) in plan.items():
+        if args.scenarios and name not in args.scenarios:
+            continue
         start = time.perf_counter()
         rows = run(name, sims, n, permutations=200)
         results[name] = {"n": n, **summarise(rows), "seconds": time.perf_counter() - start}
         print(name, json.dumps(results[name]), flush=True)
-    out = Path(__file__).parent / "results" / "inference_calibration.json"
-    out.write_text(json.dumps(results, indent=2))
+        out.write_text(json.dumps(results, indent=2))
     print(
         "| scenario | n | sims | reject at 0.05 | any regime (FDR 0.1) | coverage 90% "
         "(CV bw / undersmoothed) | ARI | time (s) |"

@@ -1,16 +1,16 @@
 """Regime discovery: a short, honest list of over- and underconfident regions.
 
 Candidates are k-means clusters (several k) of the inputs' principal
-components, which use no labels. The items are split in two halves: on the
-*discovery* half a global isotonic map is fitted and candidates are screened
-by their mean excess residual; on the *evaluation* half each screened
-candidate gets its size, mean residual with interval, and a z-test of its
-excess residual ``correct - p_global`` (miscalibration beyond what a
-confidence-only map fixes), by Monte Carlo under Bernoulli(``p_global``)
+components, which use no labels. ``p_global`` is a confidence-only isotonic
+map. The items are split in two halves: on the *discovery* half candidates
+are screened by their mean excess residual ``correct - p_global``; on the
+*evaluation* half each screened candidate gets its size, mean residual with
+interval, and a two-sided test of its excess residual (miscalibration beyond
+what a confidence-only map fixes), by Monte Carlo under Bernoulli(``p_global``)
 outcomes, which stays exact when confidences are near 0 or 1.
 Benjamini-Hochberg over the tested candidates controls the false discovery
-rate. No label of an evaluation item influences
-which regions are tested.
+rate. Which regions are tested depends on evaluation labels only through the
+confidence-only curve, never through location.
 
 References:
   Benjamini & Hochberg (1995); Lloyd (1982) and Arthur & Vassilvitskii (2007)
@@ -194,7 +194,13 @@ def discover_regimes(
     proj = vt[: min(pca_dim, vt.shape[0])].T
     scale = float(s[0] / np.sqrt(max(n - 1, 1))) or 1.0
     z = (x - mean) @ proj / scale
-    iso = fit_isotonic(p[half], y[half])
+    # The reference curve is a confidence-only isotonic map over all items: it
+    # carries no information about location, and a region's own items in it
+    # can only shrink that region's excess (conservative). A map fitted on
+    # half the items is noisier, and its noise, shared by a whole region,
+    # made the tests anti-conservative (12.5% false alarms at FDR 0.1 under
+    # the null in 200 simulations, against 4.5% with this map).
+    iso = fit_isotonic(p, y)
     excess = y - np.asarray(apply_isotonic(iso, p), np.float64)
     residual = y - p
     zcrit = NormalDist().inv_cdf(0.5 + level / 2)

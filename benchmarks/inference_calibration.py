@@ -108,10 +108,10 @@ def main():
     args = parser.parse_args()
     plan = {  # scenario: (simulations, n)
         "null": (200, 1000),
-        "planted": (25, 3000),
-        "extreme_null": (100, 1000),
-        "extreme_planted": (20, 3000),
-        "global_only": (100, 1000),
+        "planted": (15, 3000),
+        "extreme_null": (60, 1000),
+        "extreme_planted": (12, 3000),
+        "global_only": (60, 1000),
     }
     if args.quick:
         plan = {k: (3, n) for k, (_, n) in plan.items()}

@@ -80,9 +80,26 @@ def _pca(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mean, vt[:k].T, s[:k] ** 2 / max(x.shape[0] - 1, 1)
 
 
-def _heldout_error(z_ref, r_ref, z_val, r_val, log_bw, kernel) -> float:
+def _heldout_errors(z_ref, r_ref, z_val, r_val, log_bw, kernel) -> np.ndarray:
+    """``[m]`` squared errors of predicting held-out residuals from the references."""
     est = nw_field(z_val, z_ref, r_ref, log_bw, kernel=kernel)
-    return float(jnp.mean((jnp.asarray(r_val) - est.value) ** 2))
+    return np.asarray((jnp.asarray(r_val) - est.value) ** 2)
+
+
+def _choose(item_errors: dict) -> str:
+    """Lowest mean held-out error, but raw space unless beaten by one paired SE.
+
+    With coin-flip residuals the candidates' errors differ by little and the
+    selection split is small, so a learned or PCA space must beat the raw
+    space clearly (mean paired improvement above its standard error) to be
+    used: the one-standard-error rule, in favour of the simplest geometry.
+    """
+    best = min(item_errors, key=lambda k: item_errors[k].mean())
+    if best == "raw" or "raw" not in item_errors:
+        return best
+    diff = item_errors["raw"] - item_errors[best]
+    se = diff.std(ddof=1) / np.sqrt(diff.size) if diff.size > 1 else np.inf
+    return best if diff.mean() > se else "raw"
 
 
 def fit_geometry(
@@ -116,7 +133,8 @@ def fit_geometry(
       progress: show the encoder's progress bar.
 
     Returns:
-      ``(geometry, info)``; ``info["select_error"]`` maps each candidate to its
+      ``(geometry, info)``; ``info["chosen"]`` is picked by :func:`_choose`;
+      ``info["select_error"]`` maps each candidate to its
       held-out squared error, ``info["constant_error"]`` is the error of the
       fitting mean, and ``info["history"]`` is the encoder's training history.
     """
@@ -174,14 +192,14 @@ def fit_geometry(
             )
         z = np.asarray(embed(g, x, conf))
         log_bw, _ = select_bandwidth(z[ref], residual[ref], kernel=kernel)
-        errors[kind] = _heldout_error(z[ref], residual[ref], z[sel], residual[sel], log_bw, kernel)
+        errors[kind] = _heldout_errors(z[ref], residual[ref], z[sel], residual[sel], log_bw, kernel)
         geoms[kind] = g
-    best = min(errors, key=errors.get)
+    best = _choose(errors)
     z = embed(geoms[best], x, conf)
     log_bw, _ = select_bandwidth(z, residual, kernel=kernel)
     info = {
         "chosen": best,
-        "select_error": errors,
+        "select_error": {k: float(v.mean()) for k, v in errors.items()},
         "constant_error": float(np.mean((residual[sel] - residual[ref].mean()) ** 2)),
         "history": history,
     }

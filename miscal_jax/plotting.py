@@ -19,11 +19,17 @@ _COLORS = {
 
 
 def _binned(conf, correct, num_bins):
-    order = np.argsort(conf, kind="stable")
-    chunks = np.array_split(order, num_bins)
+    """Mean confidence and accuracy per bin: one bin per distinct value when
+    there are few (verbalised confidences), else equal-mass bins."""
+    values, inverse = np.unique(conf, return_inverse=True)
+    if values.size <= 2 * num_bins:
+        groups = [np.flatnonzero(inverse == i) for i in range(values.size)]
+        groups = [g for g in groups if g.size >= max(5, conf.size // 200)] or groups
+    else:
+        groups = np.array_split(np.argsort(conf, kind="stable"), num_bins)
     return (
-        np.array([conf[c].mean() for c in chunks if c.size]),
-        np.array([correct[c].mean() for c in chunks if c.size]),
+        np.array([conf[g].mean() for g in groups if g.size]),
+        np.array([correct[g].mean() for g in groups if g.size]),
     )
 
 

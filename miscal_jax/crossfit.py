@@ -97,10 +97,10 @@ def fold_ids(n: int, folds: int, seed: int) -> np.ndarray:
     return ids
 
 
-def _apply_fold(model: FoldModel, x, conf, *, kernel: str):
+def _apply_fold(model: FoldModel, x, conf):
     """Field and corrected confidence of a fold model at ``[q]`` new items."""
     z = embed(model.geometry, x, conf)
-    bw = model.geometry.log_bandwidth
+    bw, kernel = model.geometry.log_bandwidth, model.geometry.kernel
     est = nw_field(z, model.ref_z, model.ref_residual, bw, kernel=kernel)
     local = nw_field(z, model.ref_z, model.ref_residual_global, bw, kernel=kernel)
     p_global = apply_global(model.correction.global_map, conf)
@@ -123,7 +123,6 @@ def _fit_fold(
     final_recalibration,
     progress,
 ):
-    kernel = config.kernel
     global_map = fit_global(conf, correct, method=global_method)
     p_global = np.asarray(apply_global(global_map, conf))
     residual_global = correct - p_global
@@ -138,7 +137,7 @@ def _fit_fold(
         progress=progress,
     )
     z = embed(geometry, x, conf)
-    loo = loo_field(z, residual_global, geometry.log_bandwidth, kernel=kernel)
+    loo = loo_field(z, residual_global, geometry.log_bandwidth, kernel=geometry.kernel)
     params = fit_correction_params(p_global, loo.value, loo.n_eff, correct)
     final_map = None
     if final_recalibration:
@@ -213,7 +212,7 @@ def crossfit(
             final_recalibration=final_recalibration,
             progress=progress,
         )
-        est, p_local = _apply_fold(model, x[te], p[te], kernel=config.kernel)
+        est, p_local = _apply_fold(model, x[te], p[te])
         out["field"][te], out["se"][te], out["n_eff"][te] = (np.asarray(a) for a in est)
         out["local"][te] = np.asarray(p_local)
         preds["temperature"][te] = apply_temperature(fit_temperature(p[tr], y[tr]), p[te])
@@ -258,7 +257,6 @@ def apply_crossfit(
         )
     if p.shape != (x.shape[0],):
         raise ValueError(f"conf: expected shape [{x.shape[0]}], got {p.shape}.")
-    kernel = "gaussian"
-    outs = [_apply_fold(m, x, p, kernel=kernel) for m in result.models]
+    outs = [_apply_fold(m, x, p) for m in result.models]
     est = FieldEstimate(*(jnp.mean(jnp.stack([o[0][i] for o in outs]), 0) for i in range(3)))
     return est, jnp.mean(jnp.stack([o[1] for o in outs]), 0)

@@ -43,6 +43,8 @@ class Geometry:
       log_bandwidth: scalar log-bandwidth in ``z``.
       encoder: the flax module (static, ``None`` unless learned).
       use_conf: whether ``logit(conf)`` is an encoder input (static).
+      kernel: smoothing kernel the bandwidth was chosen for (static); every
+        later smoothing in this geometry uses it.
     """
 
     mean: Array
@@ -53,6 +55,7 @@ class Geometry:
     kind: str = struct.field(pytree_node=False, default="raw")
     encoder: nn.Module | None = struct.field(pytree_node=False, default=None)
     use_conf: bool = struct.field(pytree_node=False, default=False)
+    kernel: str = struct.field(pytree_node=False, default="gaussian")
 
 
 def _encoder_inputs(geometry: Geometry, x: Array, conf: Array) -> Array:
@@ -203,4 +206,4 @@ def fit_geometry(
         "constant_error": float(np.mean((residual[sel] - residual[ref].mean()) ** 2)),
         "history": history,
     }
-    return geoms[best].replace(log_bandwidth=log_bw), info
+    return geoms[best].replace(log_bandwidth=log_bw, kernel=kernel), info

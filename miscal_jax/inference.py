@@ -6,6 +6,7 @@ References:
 """
 
 import functools
+from statistics import NormalDist
 from typing import NamedTuple
 
 import jax
@@ -13,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from miscal_jax._types import Array, PRNGKey
+from miscal_jax._types import Array, FieldEstimate, PRNGKey
 from miscal_jax.geometry import embed
 from miscal_jax.kernels import get_log_kernel
-from miscal_jax.metrics import _bin_index
-from miscal_jax.smoother import PRIOR_VAR, _sq_dist
+from miscal_jax.metrics import _bin_index, grouping_loss
+from miscal_jax.smoother import PRIOR_VAR, _sq_dist, nw_field
 
 __all__ = [
     "GroupingLossInterval",
@@ -32,8 +33,6 @@ __all__ = [
 
 
 def _z(level: float) -> float:
-    from statistics import NormalDist
-
     if not 0 < level < 1:
         raise ValueError(f"level: must be in (0, 1), got {level}.")
     return NormalDist().inv_cdf(0.5 + level / 2)
@@ -164,8 +163,6 @@ def bootstrap_interval(
     den = smooth_many(query, ref, weights, log_bandwidth, kernel=kernel, chunk_size=chunk_size)
     # num and den are each normalised by the plain kernel sum; their ratio is the
     # reweighted estimate. The pseudo-point enters with weight 1 / n_eff relative.
-    from miscal_jax.smoother import nw_field
-
     n_eff = nw_field(query, ref, residual, log_bandwidth, kernel=kernel).n_eff
     rel = 1.0 / jnp.maximum(n_eff, 1e-3)[:, None]
     sign = jnp.where(jax.random.bernoulli(s_rng, 0.5, (q, num_samples)), 1.0, -1.0)
@@ -261,14 +258,13 @@ def heterogeneity_test(
     for k, model in enumerate(result.models):
         te = result.fold == k
         z_te = embed(model.geometry, x[te], p[te])
-        folds.append((te, z_te, model.ref_z, model.geometry.log_bandwidth))
-    kernel = "gaussian"
+        folds.append((te, z_te, model.ref_z, model.geometry))
 
     def statistic(cols):
         total = 0.0
-        for te, z_te, z_tr, bw in folds:
+        for te, z_te, z_tr, geom in folds:
             total = total + _fold_statistics(
-                z_te, z_tr, cols[te], cols[~te], bw, kernel, chunk_size
+                z_te, z_tr, cols[te], cols[~te], geom.log_bandwidth, geom.kernel, chunk_size
             )
         return np.asarray(total) / n
 
@@ -305,8 +301,6 @@ def grouping_loss_interval(
     Returns:
       A :class:`GroupingLossInterval`; the estimate is clipped at 0.
     """
-    from miscal_jax.metrics import grouping_loss
-
     _z(level)
     conf = jnp.asarray(conf, jnp.float32)
     field = jnp.asarray(field, jnp.float32)
@@ -346,9 +340,6 @@ def undersmoothed_field(result, embeddings: ArrayLike, conf: ArrayLike, *, facto
     Returns:
       A :class:`~miscal_jax.FieldEstimate` of ``[n]`` arrays, out-of-fold.
     """
-    from miscal_jax._types import FieldEstimate
-    from miscal_jax.smoother import nw_field
-
     if not 0 < factor <= 1:
         raise ValueError(f"factor: must be in (0, 1], got {factor}.")
     x = np.asarray(embeddings, np.float32)
@@ -358,7 +349,11 @@ def undersmoothed_field(result, embeddings: ArrayLike, conf: ArrayLike, *, facto
         te = result.fold == k
         z = embed(model.geometry, x[te], p[te])
         est = nw_field(
-            z, model.ref_z, model.ref_residual, model.geometry.log_bandwidth + np.log(factor)
+            z,
+            model.ref_z,
+            model.ref_residual,
+            model.geometry.log_bandwidth + np.log(factor),
+            kernel=model.geometry.kernel,
         )
         for o, a in zip(out, est, strict=True):
             o[te] = np.asarray(a)

@@ -17,6 +17,7 @@ from jax.typing import ArrayLike
 
 from miscal_jax._types import Array
 from miscal_jax.baselines import LOGIT_EPS
+from miscal_jax.smoother import loo_field
 
 __all__ = [
     "GroupingLoss",
@@ -164,8 +165,6 @@ def local_calibration_error(
     Returns:
       Scalar error.
     """
-    from miscal_jax.smoother import loo_field
-
     est = loo_field(
         points, _f32(correct) - _f32(conf), log_bandwidth, kernel=kernel, chunk_size=chunk_size
     )

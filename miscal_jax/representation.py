@@ -26,6 +26,7 @@ from jax.typing import ArrayLike
 from tqdm.auto import tqdm
 
 from miscal_jax._types import Array, PRNGKey
+from miscal_jax.kernels import get_log_kernel
 from miscal_jax.smoother import _weighted_stats, bandwidth_grid, nw_field
 
 __all__ = [
@@ -88,8 +89,6 @@ def batch_loo_loss(params, apply_fn, x: Array, residual: Array, *, kernel: str) 
     Returns:
       Scalar loss.
     """
-    from miscal_jax.kernels import get_log_kernel
-
     z = apply_fn({"params": params["encoder"]}, x)
     sq = jnp.sum(z * z, axis=1)
     d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * z @ z.T, 0.0)

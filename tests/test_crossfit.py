@@ -121,3 +121,23 @@ def test_null_field_does_not_hurt_brier():
         local = float(M.brier(res.predictions["local"], d.correct))
         iso = float(M.brier(res.predictions["isotonic"], d.correct))
         assert local <= iso + 0.002, (seed, local, iso)
+
+
+def test_kernel_choice_carries_through_to_new_data():
+    """The kernel a fold was fitted with is the one its geometry applies later."""
+    from miscal_jax.geometry import embed
+    from miscal_jax.smoother import nw_field
+
+    d = make_planted(300, seed=4)
+    cfg = EncoderConfig(kernel="epanechnikov", max_steps=40, eval_every=20)
+    res = crossfit(
+        d.embeddings, d.conf, d.correct, folds=3, candidates=("raw",), config=cfg, progress=False
+    )
+    model = res.models[0]
+    assert model.geometry.kernel == "epanechnikov"
+    te = res.fold == 0
+    z = embed(model.geometry, d.embeddings[te], d.conf[te])
+    want = nw_field(
+        z, model.ref_z, model.ref_residual, model.geometry.log_bandwidth, kernel="epanechnikov"
+    )
+    np.testing.assert_allclose(res.field[te], want.value, rtol=1e-5, atol=1e-6)

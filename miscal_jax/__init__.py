@@ -38,6 +38,7 @@ from miscal_jax.metrics import grouping_loss
 from miscal_jax.metrics import local_calibration_error
 from miscal_jax.metrics import nll
 from miscal_jax.metrics import regional_error
+from miscal_jax.penalty import local_calibration_penalty
 from miscal_jax.regimes import assign_regimes
 from miscal_jax.regimes import discover_regimes
 from miscal_jax.representation import Encoder
@@ -91,6 +92,7 @@ __all__ = (
     "load_data",
     "load_default",
     "local_calibration_error",
+    "local_calibration_penalty",
     "local_confidence",
     "loo_field",
     "make_planted",

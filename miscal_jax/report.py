@@ -4,11 +4,24 @@ Writes ``summary.json``, ``points.csv``, ``report.md`` and its figures to an
 output folder. Every number in them is held-out: per-item values come from
 cross-fitting, method metrics are computed on out-of-fold predictions, and
 regime statistics on the evaluation half of :func:`discover_regimes`.
+
+The folder appears complete or not at all: files are written into a hidden
+temporary folder beside the target and moved into place when every file is
+there; an existing report folder is replaced only by a complete new one, and
+a failure or interruption removes the temporary folder.
 """
 
+import contextlib
 import csv
 import json
+import os
+import secrets
+import shutil
+import signal
+import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +29,7 @@ import numpy as np
 from miscal_jax import metrics as M
 from miscal_jax.crossfit import crossfit
 from miscal_jax.geometry import embed
+from miscal_jax.html_report import write_html_report
 from miscal_jax.inference import (
     grouping_loss_interval,
     heterogeneity_test,
@@ -26,7 +40,7 @@ from miscal_jax.io import Dataset
 from miscal_jax.plotting import field_map, regime_reliability, reliability_diagram
 from miscal_jax.regimes import assign_regimes, discover_regimes
 
-__all__ = ["method_metrics", "run_report"]
+__all__ = ["check_out_dir", "method_metrics", "run_report"]
 
 METHODS = ("uncorrected", "temperature", "platt", "isotonic", "histogram", "local")
 
@@ -61,6 +75,117 @@ def _snippet(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+#: Suffixes of the files a report folder holds; a non-empty folder with
+#: anything else in it is not replaced.
+REPORT_SUFFIXES = (".json", ".csv", ".md", ".png", ".svg", ".html")
+
+
+def _is_report_folder(path: Path) -> bool:
+    entries = list(path.iterdir())
+    if not entries:
+        return True
+    names = {e.name for e in entries}
+    return "summary.json" in names and all(
+        e.is_file() and not e.is_symlink() and e.suffix in REPORT_SUFFIXES for e in entries
+    )
+
+
+def check_out_dir(out_dir: str | Path, *, name: str = "out_dir") -> None:
+    """Refuses an output folder the report could not be written to, before any work.
+
+    Accepted: a path that does not exist yet (under a folder that can be
+    written to), an empty folder, or a previous report folder (replaced).
+
+    Args:
+      out_dir: the report folder.
+      name: the argument named in messages (``"--out"`` for the CLI).
+
+    Raises:
+      ValueError: one line naming ``name``, the path and the fix.
+    """
+    out = Path(out_dir)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ValueError(
+            f"{name}: {out} exists and is not a folder; pass a new folder path "
+            "(it is created) or a previous report folder (it is replaced)."
+        )
+    if out.exists():
+        try:
+            ok = _is_report_folder(out)
+        except OSError as err:
+            raise ValueError(f"{name}: cannot list {out} ({err.strerror}).") from None
+        if not ok:
+            raise ValueError(
+                f"{name}: {out} already holds files that are not a miscal-jax report; pass "
+                "a new or empty folder (a previous report folder is replaced)."
+            )
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(
+            f"{name}: {parent} is a file, so {out} cannot be created; pass a folder path."
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{name}: cannot write in {parent} (permission denied); pass a folder you can write to."
+        )
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Holds SIGINT/SIGTERM back while the finished folder is moved into place."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = mask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """Yields a temporary folder beside ``out``; moves it to ``out`` on success.
+
+    Folders created above ``out`` and the temporary folder are removed if the
+    block fails or is interrupted (any exception, ``KeyboardInterrupt`` too).
+    """
+    out = out.absolute()
+    created = []
+    parent = out.parent
+    while not parent.exists():
+        created.append(parent)
+        parent = parent.parent
+    tmp = None
+    try:
+        for folder in reversed(created):
+            folder.mkdir()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a report is not
+        check_out_dir(out)  # nothing unexpected appeared there meanwhile
+        with _signals_deferred():
+            if out.exists():
+                old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+                os.rename(out, old)
+                os.rename(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, out)
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
 def run_report(
     data: Dataset,
     out_dir: str | Path,
@@ -69,28 +194,43 @@ def run_report(
     folds: int = 5,
     permutations: int = 200,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    candidates: tuple[str, ...] | None = None,
 ) -> dict:
     """Runs cross-fitting, the heterogeneity test and regime discovery; writes the report.
 
+    The folder is written atomically (see the module docstring): if this
+    raises or is interrupted, ``out_dir`` is left as it was.
+
     Args:
       data: a :class:`~miscal_jax.io.Dataset`.
-      out_dir: folder to write into (created if needed).
+      out_dir: folder to write (created, or replaced if it holds a previous
+        report; see :func:`check_out_dir`).
       seed: seed for folds, training, permutations and regime halves.
       folds: number of cross-fitting folds.
       permutations: permutations of the heterogeneity test.
       progress: show progress bars.
+      log: called with one line at the start of each stage (``None``: silent).
+      candidates: geometries for :func:`~miscal_jax.crossfit.crossfit`
+        (``None``: its default).
 
     Returns:
       The ``summary.json`` content as a dict.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out)
+    say = log or (lambda line: None)
     started = time.perf_counter()
     x, p, y = data.embeddings, data.conf, data.correct
-    res = crossfit(x, p, y, folds=folds, seed=seed, progress=progress)
+    say(f"cross-fitting {folds} folds ({x.shape[0]} items, {x.shape[1]}-d embeddings)")
+    geometry = {} if candidates is None else {"candidates": tuple(candidates)}
+    res = crossfit(x, p, y, folds=folds, seed=seed, progress=progress, **geometry)
+    say(f"heterogeneity test ({permutations} permutations)")
     het = heterogeneity_test(res, x, p, y, num_permutations=permutations, seed=seed)
+    say("regime discovery")
     regimes, regime_model = discover_regimes(x, p, y, seed=seed)
     regime_of = assign_regimes(regime_model, x)
+    say("intervals and metrics")
     gl = grouping_loss_interval(p, res.field, res.field_se, seed=seed)
     # 90% intervals from the undersmoothed field (less bias, honest coverage)
     under = undersmoothed_field(res, x, p)
@@ -151,59 +291,65 @@ def run_report(
             for g in range(len(names))
         ]
 
-    with open(out / "points.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            [
-                "index",
-                "confidence",
-                "correct",
-                "field",
-                "field_se",
-                "n_eff",
-                "field_ci90_low",
-                "field_ci90_high",
-                "regime",
-                "corrected_confidence",
-                "fold",
-            ]
-        )
-        for i in range(x.shape[0]):
+    say(f"writing the report to {out}")
+    with _staged(out) as tmp:
+        with open(tmp / "points.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
             w.writerow(
                 [
-                    i,
-                    f"{p[i]:.6g}",
-                    int(y[i]),
-                    f"{res.field[i]:.6g}",
-                    f"{res.field_se[i]:.6g}",
-                    f"{res.n_eff[i]:.6g}",
-                    f"{ci_low[i]:.6g}",
-                    f"{ci_high[i]:.6g}",
-                    int(regime_of[i]),
-                    f"{res.corrected_conf[i]:.6g}",
-                    int(res.fold[i]),
+                    "index",
+                    "confidence",
+                    "correct",
+                    "field",
+                    "field_se",
+                    "n_eff",
+                    "field_ci90_low",
+                    "field_ci90_high",
+                    "regime",
+                    "corrected_confidence",
+                    "fold",
                 ]
             )
+            for i in range(x.shape[0]):
+                w.writerow(
+                    [
+                        i,
+                        f"{p[i]:.6g}",
+                        int(y[i]),
+                        f"{res.field[i]:.6g}",
+                        f"{res.field_se[i]:.6g}",
+                        f"{res.n_eff[i]:.6g}",
+                        f"{ci_low[i]:.6g}",
+                        f"{ci_high[i]:.6g}",
+                        int(regime_of[i]),
+                        f"{res.corrected_conf[i]:.6g}",
+                        int(res.fold[i]),
+                    ]
+                )
 
-    z = np.asarray(embed(res.models[0].geometry, x, p))
-    reliability_diagram(
-        {k: res.predictions[k] for k in ("uncorrected", "isotonic", "local")},
-        y,
-        out / "reliability.png",
-    )
-    field_map(
-        _pca2(z),
-        res.field,
-        out / "field_map.png",
-        regime=regime_of,
-        title=f"Field over the {res.models[0].geometry.kind} space (2-D PCA)",
-    )
-    if regimes:
-        regime_reliability(regimes, res.predictions, y, out / "regimes.png")
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    with open(out / "summary.json", "w") as f:
-        json.dump(summary, f, indent=2)
-    (out / "report.md").write_text(_markdown(summary, regimes, texts))
+        z = np.asarray(embed(res.models[0].geometry, x, p))
+        reliability_diagram(
+            {k: res.predictions[k] for k in ("uncorrected", "isotonic", "local")},
+            y,
+            tmp / "reliability.png",
+        )
+        field_map(
+            _pca2(z),
+            res.field,
+            tmp / "field_map.png",
+            regime=regime_of,
+            title=f"Field over the {res.models[0].geometry.kind} space (2-D PCA)",
+        )
+        if regimes:
+            regime_reliability(regimes, res.predictions, y, tmp / "regimes.png")
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        html = write_html_report(tmp, data, res, summary, regimes, regime_of, seed=seed)
+        summary["method_intervals"] = html["method_intervals"]
+        for r, card in zip(summary["regimes"], html["regimes"], strict=True):
+            r.update({k: card[k] for k in ("headline", "terms", "excess_ci", "after_correction")})
+        with open(tmp / "summary.json", "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=2)
+        (tmp / "report.md").write_text(_markdown(summary, regimes, texts), encoding="utf-8")
     return summary
 
 
@@ -255,12 +401,14 @@ def _markdown(s: dict, regimes, texts) -> str:
             "Found on one half of the items, measured on the other; `excess` is the mean "
             "residual left after a global isotonic map.",
             "",
-            "| regime | sign | size | mean residual [90% CI] | excess | adjusted p |",
-            "|---|---|---|---|---|---|",
+            "| regime | after global recalibration | terms | size | raw mean residual "
+            "[90% CI] | excess | adjusted p |",
+            "|---|---|---|---|---|---|---|",
         ]
-        for r in regimes:
+        for r, rs in zip(regimes, s["regimes"], strict=True):
             lines.append(
-                f"| R{r.id} | {r.sign}confident | {r.size_all} | {r.mean_residual:+.3f} "
+                f"| R{r.id} | {rs.get('headline', r.sign + 'confident')} | "
+                f"{', '.join(rs.get('terms', [])[:4])} | {r.size_all} | {r.mean_residual:+.3f} "
                 f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}] | {r.excess:+.3f} | "
                 f"{r.p_adjusted:.2g} |"
             )

@@ -11,10 +11,41 @@ from typing import NamedTuple
 import numpy as np
 from jax.typing import ArrayLike
 
-__all__ = ["MIN_ROWS", "ValidatedData", "top_label", "validate_inputs"]
+__all__ = [
+    "MAX_ABS_EMBEDDING",
+    "MIN_ROWS",
+    "InputError",
+    "ValidatedData",
+    "top_label",
+    "validate_inputs",
+]
 
 #: Fewest items the pipeline accepts: cross-fitting needs a few per fold.
 MIN_ROWS = 20
+
+#: Largest absolute embedding coordinate (after centring) accepted: squared
+#: distances in float32 overflow beyond about 1e19, so 1e15 leaves room for
+#: thousands of dimensions.
+MAX_ABS_EMBEDDING = 1e15
+
+
+class InputError(ValueError):
+    """A ``ValueError`` that also says which argument and row were bad.
+
+    Loaders use ``argument`` and ``row`` to add the file, line and column to
+    the message; everyone else sees an ordinary ``ValueError``.
+
+    Attributes:
+      argument: ``"embeddings"``, ``"conf"`` or ``"correct"``.
+      row: the first offending row (0-based), or ``None``.
+      column: the offending column of ``embeddings``, or ``None``.
+    """
+
+    def __init__(self, message: str, argument: str, row=None, column=None):
+        super().__init__(message)
+        self.argument = argument
+        self.row = row
+        self.column = column
 
 
 class ValidatedData(NamedTuple):
@@ -35,28 +66,76 @@ def _as_float(name: str, value: ArrayLike, ndim: int) -> np.ndarray:
     try:
         arr = np.asarray(value)
     except Exception as err:  # ragged lists and the like
-        raise ValueError(f"{name}: could not convert to an array ({err}).") from err
+        raise InputError(
+            f"{name}: could not convert to an array ({err}); pass a rectangular numeric array.",
+            name,
+        ) from None
     if arr.dtype == bool:
+        if name == "conf":
+            raise InputError(
+                "conf: got booleans; pass probabilities in [0, 1] (right/wrong belongs in "
+                "correct).",
+                name,
+            )
         arr = arr.astype(np.float32)
+    if arr.dtype == object:
+        # lists holding None, strings or nested lists
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as err:
+            raise InputError(
+                f"{name}: expected numbers, got Python objects ({err}); convert it first.", name
+            ) from None
     if not (np.issubdtype(arr.dtype, np.number)):
-        raise ValueError(f"{name}: expected numbers, got dtype {arr.dtype}; convert it first.")
+        raise InputError(
+            f"{name}: expected numbers, got dtype {arr.dtype}; convert it first "
+            "(e.g. np.asarray(x, dtype=float)).",
+            name,
+        )
     if np.iscomplexobj(arr):
-        raise ValueError(f"{name}: complex values are not supported; pass real numbers.")
+        raise InputError(f"{name}: complex values are not supported; pass real numbers.", name)
     if ndim == 1 and arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != ndim:
         want = "[n]" if ndim == 1 else "[n, d]"
-        raise ValueError(f"{name}: expected shape {want}, got shape {arr.shape}.")
+        raise InputError(f"{name}: expected shape {want}, got shape {arr.shape}.", name)
     arr = arr.astype(np.float64)
     bad = ~np.isfinite(arr)
+    if not bad.any():
+        # finite in float64 but beyond float32's range
+        bad = np.abs(arr) > np.finfo(np.float32).max
     if bad.any():
-        idx = np.argwhere(bad)[0]
-        where = int(idx[0]) if ndim == 1 else tuple(int(i) for i in idx)
-        raise ValueError(
-            f"{name}: non-finite value {arr[tuple(idx)]} at index {where}; "
-            "drop or impute such rows before calling."
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = idx[0] if ndim == 1 else idx
+        raise InputError(
+            f"{name}: non-finite value {arr[idx]:.6g} at index {where}; "
+            "drop or impute such rows before calling.",
+            name,
+            row=idx[0],
+            column=idx[1] if ndim == 2 else None,
         )
     return arr
+
+
+def _check_conf_range(conf: np.ndarray) -> None:
+    out = np.flatnonzero((conf < 0) | (conf > 1))
+    if not out.size:
+        return
+    if conf.min() >= 0 and conf.max() <= 100 and np.mean(conf > 1) >= 0.5:
+        raise InputError(
+            f"conf: values run up to {conf.max():.6g} ({np.mean(conf > 1):.0%} of them above 1): "
+            "these look like percentages (0 to 100); divide them by 100 to get probabilities "
+            "in [0, 1].",
+            "conf",
+            row=int(out[0]),
+        )
+    i = int(out[0])
+    raise InputError(
+        f"conf: value {conf[i]:.6g} at index {i} is outside [0, 1]; "
+        "pass probabilities (divide percentages by 100, apply a sigmoid to logits).",
+        "conf",
+        row=i,
+    )
 
 
 def validate_inputs(
@@ -68,8 +147,12 @@ def validate_inputs(
 ) -> ValidatedData:
     """Checks and converts ``(embeddings, conf, correct)``.
 
+    Legal but degenerate inputs are accepted: a single class in ``correct``,
+    one confidence value for every item, duplicated embeddings, ``d = 1``,
+    float16 or float64 arrays (converted to float32).
+
     Args:
-      embeddings: ``[n, d]`` input representation (finite reals).
+      embeddings: ``[n, d]`` input representation (finite reals; bools accepted).
       conf: ``[n]`` confidence that the answer is right, in ``[0, 1]``.
       correct: ``[n]`` 1 if the answer was right, else 0 (bools accepted).
       min_rows: fewest rows accepted.
@@ -78,7 +161,8 @@ def validate_inputs(
       A :class:`ValidatedData` of float32 arrays.
 
     Raises:
-      ValueError: naming the argument, the first bad index and value, and the fix.
+      ValueError: an :class:`InputError` naming the argument, the first bad
+        index and value, and the fix.
 
     Examples:
       >>> import numpy as np
@@ -92,30 +176,40 @@ def validate_inputs(
     n = emb.shape[0]
     for name, arr in (("conf", conf_arr), ("correct", correct_arr)):
         if arr.shape[0] != n:
-            raise ValueError(
+            raise InputError(
                 f"{name}: has {arr.shape[0]} rows but embeddings has {n}; "
-                "all inputs must be row-aligned (one row per item)."
+                "all inputs must be row-aligned (one row per item).",
+                name,
             )
     if emb.shape[1] == 0:
-        raise ValueError("embeddings: has 0 columns; pass at least one feature per item.")
+        raise InputError(
+            "embeddings: has 0 columns; pass at least one feature per item.", "embeddings"
+        )
     if n < min_rows:
-        raise ValueError(
+        raise InputError(
             f"embeddings: got {n} rows, need at least {min_rows}; "
-            "the field cannot be estimated from so few items."
+            "the field cannot be estimated from so few items.",
+            "embeddings",
         )
-    out = np.flatnonzero((conf_arr < 0) | (conf_arr > 1))
-    if out.size:
-        i = int(out[0])
-        raise ValueError(
-            f"conf: value {conf_arr[i]} at index {i} is outside [0, 1]; "
-            "pass probabilities (divide percentages by 100, apply a sigmoid to logits)."
+    spread = np.abs(emb - emb.mean(axis=0))
+    if spread.max() > MAX_ABS_EMBEDDING:
+        i, j = (int(v) for v in np.unravel_index(np.argmax(spread), spread.shape))
+        raise InputError(
+            f"embeddings: value {emb[i, j]:.3g} at index {(i, j)} is too large for float32 "
+            "distances; standardise or rescale the embeddings.",
+            "embeddings",
+            row=i,
+            column=j,
         )
+    _check_conf_range(conf_arr)
     nonbin = np.flatnonzero((correct_arr != 0) & (correct_arr != 1))
     if nonbin.size:
         i = int(nonbin[0])
-        raise ValueError(
-            f"correct: value {correct_arr[i]} at index {i} is not 0 or 1; "
-            "pass 1 for a right answer and 0 for a wrong one."
+        raise InputError(
+            f"correct: value {correct_arr[i]:.6g} at index {i} is not 0 or 1; "
+            "pass 1 for a right answer and 0 for a wrong one.",
+            "correct",
+            row=i,
         )
     return ValidatedData(
         emb.astype(np.float32), conf_arr.astype(np.float32), correct_arr.astype(np.float32)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from miscal_jax.validation import MIN_ROWS, top_label, validate_inputs
+from miscal_jax.validation import MIN_ROWS, InputError, top_label, validate_inputs
 
 N = 30
 
@@ -61,11 +61,54 @@ def test_accepts_and_converts():
         (lambda x, p, y: (x, np.array(["a"] * N), y), r"conf: expected numbers"),
         (lambda x, p, y: (x, p, [[1, 0], [1]]), r"correct: could not convert"),
         (lambda x, p, y: (x, p + 0j, y), r"conf: complex values"),
+        (lambda x, p, y: (x, p > 0.5, y), r"conf: got booleans; pass probabilities"),
+        (
+            lambda x, p, y: (x, p * 100, y),
+            r"conf: values run up to .* look like percentages \(0 to 100\); divide them by 100",
+        ),
+        (
+            lambda x, p, y: (x, np.where(np.arange(N) == 6, 40.0, p), y),
+            r"conf: value 40 at index 6 is outside \[0, 1\]",  # one stray value: no guess
+        ),
+        (
+            lambda x, p, y: (x, p, np.where(np.arange(N) == 1, -1.0, y)),
+            r"correct: value -1 at index 1 is not 0 or 1",
+        ),
+        (
+            lambda x, p, y: (np.where(np.arange(N)[:, None] == 8, 1e39, x), p, y),
+            r"embeddings: non-finite value 1e\+39 at index \(8, 0\)",  # overflows float32
+        ),
+        (
+            lambda x, p, y: (np.where(np.arange(N)[:, None] == 8, 1e20, x), p, y),
+            r"embeddings: value 1e\+20 at index \(8, 0\) is too large for float32 distances",
+        ),
+        (lambda x, p, y: (x[:, :, None], p, y), r"embeddings: expected shape \[n, d\]"),
+        (lambda x, p, y: (x, 0.5, y), r"conf: expected shape \[n\], got shape \(\)"),
+        (lambda x, p, y: (x, [0.5] * (N - 1) + [None], y), r"conf: non-finite value nan"),
+        (lambda x, p, y: (x, p, ["1"] * N), r"correct: expected numbers, got dtype <U1"),
+        (lambda x, p, y: (x, [0.5] * (N - 1) + ["a"], y), r"conf: expected numbers"),
+        (
+            lambda x, p, y: (x, p, [{"a": 1}] * N),
+            r"correct: expected numbers, got Python",
+        ),
+        (lambda x, p, y: ([[0.0, 1.0], [0.0]] * (N // 2), p, y), r"embeddings: could not convert"),
     ],
 )
 def test_rejects_with_clear_message(change, match):
     with pytest.raises(ValueError, match=match):
         validate_inputs(*change(*_ok()))
+
+
+def test_errors_say_which_row():
+    x, p, y = _ok()
+    p[11] = 2.0
+    with pytest.raises(InputError) as info:
+        validate_inputs(x, p, y)
+    assert (info.value.argument, info.value.row, info.value.column) == ("conf", 11, None)
+    x[4, 2] = np.nan
+    with pytest.raises(ValueError) as info:  # an InputError is a ValueError
+        validate_inputs(x, p, y)
+    assert (info.value.argument, info.value.row, info.value.column) == ("embeddings", 4, 2)
 
 
 def test_top_label_from_probs_and_logits():

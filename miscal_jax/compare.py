@@ -41,6 +41,7 @@ __all__ = [
     "load_demo_panel",
     "load_panel",
     "run_compare",
+    "select_models",
 ]
 
 
@@ -100,6 +101,45 @@ def load_demo_panel(confidence: str = "verbal") -> Panel:
     )
 
 
+def _floats(name: str, values: list, path: Path) -> np.ndarray:
+    """A column as float64: empty cells NaN, true/false as 1/0, else one line naming the row."""
+    out = np.empty(len(values), np.float64)
+    for i, v in enumerate(values):
+        text = v.strip().lower() if isinstance(v, str) else None
+        if v is None or text == "":
+            out[i] = np.nan
+        elif isinstance(v, bool) or text in ("true", "false"):
+            out[i] = float(v is True or text == "true")
+        else:
+            try:
+                out[i] = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{name}: value {v!r} at data row {i + 1} of {path} is not a number."
+                ) from None
+    return out
+
+
+def select_models(panel: Panel, names) -> Panel:
+    """The panel restricted to ``names`` (exact names or unambiguous parts of them)."""
+    rows = []
+    for name in names:
+        hits = [j for j, m in enumerate(panel.models) if m == name] or [
+            j for j, m in enumerate(panel.models) if name.lower() in m.lower()
+        ]
+        if len(hits) != 1:
+            raise ValueError(
+                f"--models: {name!r} matches {len(hits)} of the models {panel.models}; "
+                "pass exact names."
+            )
+        rows.append(hits[0])
+    if len(set(rows)) != len(rows):
+        raise ValueError("--models: a model is named twice.")
+    return panel._replace(
+        conf=panel.conf[rows], correct=panel.correct[rows], models=[panel.models[j] for j in rows]
+    )
+
+
 def load_panel(
     path,
     *,
@@ -134,13 +174,13 @@ def load_panel(
     Raises:
       ValueError: one line naming the file, column or row and the fix.
     """
-    from miscal_jax.io import _numeric, _read_table
+    from miscal_jax.io import _read_table
     from miscal_jax.text_embed import embed_texts
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"data: no such file {path}.")
-    cols = _read_table(path)
+    cols = _read_table(path).columns
     need = (
         (item_col, "--item-col"),
         (model_col, "--model-col"),
@@ -169,8 +209,8 @@ def load_panel(
             f"data: row {dup} of {path} repeats item {item_vals[dup]!r} for model "
             f"{model_vals[dup]!r}; keep one row per item and model."
         )
-    conf_rows = _numeric(confidence_col, cols[confidence_col], path)
-    correct_rows = _numeric(correct_col, cols[correct_col], path)
+    conf_rows = _floats(confidence_col, cols[confidence_col], path)
+    correct_rows = _floats(correct_col, cols[correct_col], path)
     bad = np.flatnonzero(np.isfinite(conf_rows) & ((conf_rows < 0) | (conf_rows > 1)))
     if bad.size:
         raise ValueError(
@@ -209,7 +249,7 @@ def load_panel(
                 f"appearance), got {emb.shape}."
             )
     elif emb_cols:
-        emb = np.stack([_numeric(c, [cols[c][r] for r in first], path) for c in emb_cols], 1)
+        emb = np.stack([_floats(c, [cols[c][r] for r in first], path) for c in emb_cols], 1)
     elif text_col is not None:
         te = embed_texts(
             text,
@@ -580,18 +620,22 @@ def _region_cards(panel: Panel, comp: Comparison) -> str:
             else "specific to one model"
         )
         words = ", ".join(reg["terms"][:4]) or f"region C{c}"
-        rows = "".join(
-            f"<tr><td>{H._e(_short(rep.name))}</td><td>"
-            + (
-                "n/a"
-                if not np.isfinite(vals[j])
-                else f"{H._sign_words('over' if vals[j] < 0 else 'under', vals[j])}"
-                f"{H._ci(vals[j] - z * comp.cell_se[j, c], vals[j] + z * comp.cell_se[j, c], 2)}"
+        rows = []
+        for j, rep in enumerate(comp.models):
+            v, half = vals[j], z * comp.cell_se[j, c]
+            if not np.isfinite(v):
+                cell = "<td>n/a</td><td></td>"
+            else:
+                word = "over" if v < 0 else "under"
+                cell = (
+                    f'<td class="{word}-t">{word} {abs(v):.2f}</td>'
+                    f'<td class="ci">[{v - half:+.2f}, {v + half:+.2f}]</td>'
+                )
+            mark = "reported" if j in reg["found_by"] else ""
+            rows.append(
+                f'<tr><td>{H._e(_short(rep.name, 22))}</td>{cell}<td class="small">{mark}</td></tr>'
             )
-            + ("" if j not in reg["found_by"] else " <b>(reported)</b>")
-            + "</td></tr>"
-            for j, rep in enumerate(comp.models)
-        )
+        rows = "".join(rows)
         cats = ""
         if panel.group is not None:
             share = H._share(reg["members"], panel.group, panel.group_names)
@@ -610,7 +654,8 @@ def _region_cards(panel: Panel, comp: Comparison) -> str:
             )
         out.append(
             f'<div class="card {sign}"><h3>C{c}: {H._e(words)}</h3>'
-            f'<p class="words">{kind}; {reg["members"].size} items</p>'
+            f'<p class="words">{kind}; {reg["members"].size} items</p><p class="small">'
+            "Accuracy minus each model's recalibrated confidence here:</p>"
             f'<div class="tablewrap"><table><tbody>{rows}</tbody></table></div>'
             f"{cats}{examples}</div>"
         )
@@ -621,7 +666,6 @@ def _region_cards(panel: Panel, comp: Comparison) -> str:
 def write_compare_report(out_dir, panel: Panel, comp: Comparison, *, seed: int = 0) -> dict:
     """Writes ``report.html`` and ``summary.json`` for a comparison; returns the summary."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     boots = []
     for j, rep in enumerate(comp.models):
         groups = None if panel.group is None else panel.group[rep.index]
@@ -636,7 +680,7 @@ def write_compare_report(out_dir, panel: Panel, comp: Comparison, *, seed: int =
             f"<tr><td>{H._e(_short(s['name'], 40))}</td><td>{s['n']}</td>"
             f"<td>{s['accuracy']:.3f}</td><td>{s['mean_confidence']:.3f}</td>"
             f"<td>{het['p_value']:.3g}</td>"
-            f"<td>{gl['estimate']:.4f}{H._ci(gl['ci_low'], gl['ci_high'], 4)}</td>"
+            f"<td>{gl['estimate']:.4f}<br>{H._ci(gl['ci_low'], gl['ci_high'], 4)}</td>"
             f"<td>{len(s['regimes'])} ({n_over} over)</td>"
             f"<td>{m['isotonic']['brier']:.3f} → {m['local']['brier']:.3f}</td></tr>"
         )
@@ -710,8 +754,24 @@ def run_compare(
     progress: bool = False,
 ) -> dict:
     """Runs :func:`compare_models` and writes its report; returns ``summary.json``'s content."""
+    from miscal_jax.report import check_out_dir
+
+    check_out_dir(out_dir)
     if panel.conf.shape[0] < 1:
         raise ValueError("data: the panel has no model.")
+    for j, name in enumerate(panel.models):
+        obs = np.isfinite(panel.conf[j])
+        right = panel.correct[j, obs]
+        if obs.sum() < 2 * folds:
+            raise ValueError(
+                f"data: model {name!r} has {int(obs.sum())} items with a confidence; "
+                f"{folds} folds need at least {2 * folds}."
+            )
+        if right.min() == right.max():
+            raise ValueError(
+                f"correct: model {name!r} has correct = {int(right[0])} on every item; the "
+                "comparison needs both right and wrong answers for each model."
+            )
     comp = compare_models(
         panel,
         folds=folds,
@@ -720,4 +780,7 @@ def run_compare(
         candidates=candidates,
         progress=progress,
     )
-    return write_compare_report(out_dir, panel, comp, seed=seed)
+    from miscal_jax.report import _staged
+
+    with _staged(Path(out_dir)) as tmp:  # the folder appears complete or not at all
+        return write_compare_report(tmp, panel, comp, seed=seed)

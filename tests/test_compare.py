@@ -1,0 +1,144 @@
+"""Tests of ``miscal-jax compare``: many models on the same items."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from miscal_jax.cli import main
+from miscal_jax.compare import (
+    fit_models,
+    load_demo_panel,
+    load_panel,
+    run_compare,
+    select_models,
+)
+
+FAST = ["--folds", "2", "--permutations", "10", "--geometry", "raw", "--quiet"]
+TOPICS = [
+    "force mass velocity energy electron momentum joules",
+    "cell gene protein membrane species enzyme dna",
+    "court contract defendant statute trial plaintiff law",
+    "demand supply market price inflation money economy",
+]
+
+
+def _panel_rows(n=600, seed=0):
+    """3 models on n items in 4 topic clusters: cluster 0 is overconfident for
+    models A and B (a shared region), cluster 2 underconfident for C only."""
+    rng = np.random.default_rng(seed)
+    cluster = np.arange(n) % 4
+    centres = rng.normal(size=(4, 8)) * 3.0
+    emb = centres[cluster] + rng.normal(size=(n, 8))
+    words = [t.split() for t in TOPICS]
+    text = [" ".join(rng.choice(words[k], 6)) for k in cluster]
+    offsets = {"A": {0: -0.35}, "B": {0: -0.35}, "C": {2: 0.3}}
+    rows = []
+    for model, off in offsets.items():
+        p_true = rng.uniform(0.3, 0.8, n)
+        shift = np.array([off.get(int(k), 0.0) for k in cluster])
+        correct = rng.random(n) < np.clip(p_true + shift, 0.02, 0.98)
+        for i in range(n):
+            rows.append((f"q{i}", model, float(p_true[i]), int(correct[i]), text[i], cluster[i]))
+    return rows, emb
+
+
+@pytest.fixture(scope="module")
+def long_csv(tmp_path_factory):
+    rows, emb = _panel_rows()
+    folder = tmp_path_factory.mktemp("panel")
+    path = folder / "long.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["item", "model", "confidence", "correct", "text", "group"])
+        for r in rows:
+            w.writerow([r[0], r[1], f"{r[2]:.4f}", r[3], r[4], f"topic{r[5]}"])
+    np.save(folder / "emb.npy", emb.astype(np.float32))
+    return path
+
+
+def test_load_panel_shapes_and_selection(long_csv):
+    panel = load_panel(long_csv, embeddings=long_csv.parent / "emb.npy")
+    assert panel.models == ["A", "B", "C"]
+    assert panel.conf.shape == (3, 600) and panel.embeddings.shape == (600, 8)
+    assert panel.text[0].split()[0] in TOPICS[0].split()
+    assert panel.group_names == ["topic0", "topic1", "topic2", "topic3"]
+    sub = select_models(panel, ["C", "A"])
+    assert sub.models == ["C", "A"]
+    np.testing.assert_array_equal(sub.conf[1], panel.conf[0])
+    with pytest.raises(ValueError, match="--models: 'Z' matches 0 of the models"):
+        select_models(panel, ["Z"])
+
+
+def test_fit_models_one_result_per_model_on_its_items():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(80, 3)).astype(np.float32)
+    conf = rng.uniform(0.2, 0.9, (2, 80))
+    conf[1, :10] = np.nan  # model 1 did not answer 10 items
+    correct = (rng.random((2, 80)) < conf).astype(float)
+    fits = fit_models(x, conf, correct, folds=2, candidates=("raw",))
+    assert len(fits) == 2
+    assert fits[0][0].size == 80 and fits[1][0].size == 70
+    assert fits[1][1].field.shape == (70,)
+    assert np.all(np.isfinite(fits[1][1].predictions["local"]))
+
+
+def test_compare_end_to_end_with_text_col(long_csv, tmp_path):
+    """Texts only (no embeddings): built-in representation, heat map, tables."""
+    out = tmp_path / "cmp"
+    code = main(
+        ["compare", "--data", str(long_csv), "--text-col", "text", "--text-embedding", "lsa"]
+        + ["--out", str(out), *FAST]
+    )
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [m["name"] for m in summary["models"]] == ["A", "B", "C"]
+    assert summary["source"]["text_embedding"] == "lsa"
+    assert list(long_csv.parent.glob(".long.csv.lsa-*.npy"))  # cached beside the data
+    page = (out / "report.html").read_text()
+    assert 'alt="model by region heat map"' in page
+    assert page.count("<table") >= 1 + 3  # overview + one method table per model
+    # the shared overconfident cluster (topic0) is a region with A and B both red
+    regions = summary["regions"]
+    assert regions, "no region found"
+    topic0 = [
+        r for r in regions if set(r["terms"][:3]) & set(TOPICS[0].split()) and len(r["found_by"])
+    ]
+    assert topic0, [r["terms"] for r in regions]
+    cells = topic0[0]["cells"]
+    assert cells["A"]["excess"] < -0.1 and cells["B"]["excess"] < -0.1
+    assert "built-in representation" in page
+
+
+def test_compare_rejects_bad_panels(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("item,model,confidence,correct,emb_0\nq1,A,0.5,1,0.1\nq1,A,0.6,0,0.1\n")
+    with pytest.raises(ValueError, match="repeats item 'q1' for model 'A'"):
+        load_panel(path)
+    path.write_text("item,model,conf,correct,emb_0\nq1,A,0.5,1,0.1\n")
+    with pytest.raises(ValueError, match="has no column 'confidence'; name it with"):
+        load_panel(path)
+    path.write_text("item,model,confidence,correct,emb_0\nq1,A,1.5,1,0.1\n")
+    with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
+        load_panel(path)
+    path.write_text("item,model,confidence,correct\nq1,A,0.5,1\n")
+    with pytest.raises(ValueError, match="--embeddings or the text column with --text-col"):
+        load_panel(path)
+
+
+@pytest.mark.slow
+def test_compare_on_the_shipped_demo_set(tmp_path):
+    """The demo set's 3 models: heat map, per-model tables, a region shared by all
+    (biology/health questions, underconfident after recalibration for every model).
+    About 2 minutes on 2 idle cores (raw geometry, 2 folds, 20 permutations)."""
+    panel = load_demo_panel()
+    assert len(panel.models) == 3
+    summary = run_compare(panel, tmp_path / "demo", folds=2, permutations=20, candidates=("raw",))
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert 'alt="model by region heat map"' in page
+    assert page.count("<h3>") >= 3
+    assert len(summary["models"]) == 3
+    shared = [r for r in summary["regions"] if len(r["found_by"]) == 3]
+    assert shared, [(r["terms"], r["found_by"]) for r in summary["regions"]]
+    assert all(c["excess"] > 0 for c in shared[0]["cells"].values())

@@ -23,6 +23,7 @@ References:
 """
 
 import functools
+import operator
 from typing import NamedTuple
 
 import jax
@@ -127,6 +128,17 @@ def _prepare(names: tuple[str, ...], arrays: tuple, weight) -> tuple[Array, ...]
     pad = -(-n // FIT_PAD) * FIT_PAD - n
     out = [jnp.pad(a, (0, pad), constant_values=0.5) for a in out]
     return (*out, jnp.pad(weight, (0, pad)))
+
+
+def _static_int(name: str, value) -> int:
+    """A positive static integer (Python or NumPy int) as a Python int, else ``ValueError``."""
+    try:
+        out = operator.index(value)
+    except TypeError:
+        out = None
+    if out is None or isinstance(value, bool) or out < 1:
+        raise ValueError(f"{name}: expected a positive Python int, got {value!r}.")
+    return out
 
 
 def _minimise(loss, init: Array, steps: int = 100) -> Array:
@@ -414,8 +426,7 @@ def fit_isotonic(
       >>> jax.vmap(fit_isotonic)(conf, conf > 0.5).knots_y.shape
       (8, 256)
     """
-    if not isinstance(max_knots, int) or max_knots < 1:
-        raise ValueError(f"max_knots: expected a positive Python int, got {max_knots!r}.")
+    max_knots = _static_int("max_knots", max_knots)
     return _fit_isotonic(
         *_prepare(("conf", "correct"), (conf, correct), weight), max_knots=max_knots
     )
@@ -518,8 +529,7 @@ def fit_histogram(
       >>> [round(float(v), 4) for v in apply_histogram(s, np.array([0.15, 0.9]))]
       [0.3333, 0.6667]
     """
-    if not isinstance(num_bins, int) or num_bins < 1:
-        raise ValueError(f"num_bins: expected a positive Python int, got {num_bins!r}.")
+    num_bins = _static_int("num_bins", num_bins)
     return _fit_histogram(
         *_prepare(("conf", "correct"), (conf, correct), weight), num_bins=num_bins
     )

@@ -240,3 +240,9 @@ def test_apply_is_traceable():
     f = jax.jit(B.apply_isotonic)
     np.testing.assert_allclose(f(state, GRID), B.apply_isotonic(state, GRID), atol=1e-7)
     assert jnp.all(jnp.isfinite(f(state, GRID)))
+
+
+def test_numpy_integer_static_sizes_are_accepted():
+    x, y = _data(9, 50)
+    assert B.fit_histogram(x, y, num_bins=np.int64(5)).bin_values.shape == (5,)
+    assert B.fit_isotonic(x, y, max_knots=np.int32(32)).knots_x.shape == (32,)

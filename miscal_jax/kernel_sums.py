@@ -89,27 +89,30 @@ class KernelMoments(NamedTuple):
     sum_w2: Array
 
 
-def _log_weights(query, query_sq, ref, ref_sq, inv_h2, excluded, kernel):
+def _log_weights(query, query_index, ref, ref_index, ref_valid, inv_h2, *, kernel, loo):
     """``[g, bq, bn]`` log-weights of ``[bq, d]`` queries against ``[bn, d]`` references.
 
     One matmul at HIGHEST precision gives the cross terms. The Gaussian is
-    written as ``q.z/h^2 - (|q|^2 + |z|^2)/(2h^2)``, capped at 0 (its value at
-    zero distance), which saves elementwise work in the hottest loop; other
-    kernels go through the squared scaled distance.
+    written as ``q.z/h^2 - |q|^2/(2h^2) - |z|^2/(2h^2)``, capped at 0 (its value
+    at zero distance), with masked references folded into the last term as
+    ``-inf``: the fewest elementwise operations in the hottest loop. Other
+    kernels go through the squared scaled distance. Leave-one-out (static
+    ``loo``) compares indices; without it that comparison is skipped.
     """
     cross = jnp.matmul(query, ref.T, precision=_HIGHEST)[None]
-    inv_h2 = inv_h2[:, None, None]
-    norms = (query_sq[:, None] + ref_sq[None, :])[None]
+    query_sq, ref_sq = jnp.sum(query * query, axis=1), jnp.sum(ref * ref, axis=1)
     if kernel == "gaussian":
-        log_w = jnp.minimum(cross * inv_h2 - (0.5 * inv_h2) * norms, 0.0)
+        query_bias = -0.5 * inv_h2[:, None] * query_sq[None, :]
+        ref_bias = jnp.where(ref_valid[None, :], -0.5 * inv_h2[:, None] * ref_sq[None, :], -jnp.inf)
+        log_w = cross * inv_h2[:, None, None] + query_bias[:, :, None] + ref_bias[:, None, :]
+        log_w = jnp.minimum(log_w, 0.0)
     else:
-        log_w = get_log_kernel(kernel)(jnp.maximum(norms - 2.0 * cross, 0.0) * inv_h2)
-    return jnp.where(excluded[None], -jnp.inf, log_w)
-
-
-def _excluded(query_index, ref_index, ref_valid):
-    """``[bq, bn]``: True where a reference is the query itself or masked out."""
-    return (query_index[:, None] == ref_index[None, :]) | ~ref_valid[None, :]
+        d2 = jnp.maximum(query_sq[:, None] + ref_sq[None, :] - 2.0 * cross, 0.0)
+        log_w = get_log_kernel(kernel)(d2 * inv_h2[:, None, None])
+        log_w = jnp.where(ref_valid[None, None, :], log_w, -jnp.inf)
+    if loo:
+        log_w = jnp.where(query_index[None, :, None] == ref_index[None, None, :], -jnp.inf, log_w)
+    return log_w
 
 
 def _merge(acc, log_w, values):
@@ -119,10 +122,12 @@ def _merge(acc, log_w, values):
     safe = jnp.where(jnp.isfinite(new_scale), new_scale, 0.0)
     w = jnp.exp(log_w - safe[..., None])
     rescale = jnp.exp(log_scale - safe)  # 0 while nothing has been seen (-inf - 0)
+    # values carry a leading column of ones: sum w comes out of the same matmul
+    moments = jnp.matmul(w, values, precision=_HIGHEST)
     return KernelMoments(
         new_scale,
-        rescale * sum_w + jnp.sum(w, axis=-1),
-        rescale[..., None] * sum_wv + jnp.matmul(w, values, precision=_HIGHEST),
+        rescale * sum_w + moments[..., 0],
+        rescale[..., None] * sum_wv + moments[..., 1:],
         rescale**2 * sum_w2 + jnp.sum(w * w, axis=-1),
     )
 
@@ -134,12 +139,11 @@ def _empty(g, q, c, dtype):
     )
 
 
-def _blocked(query, query_index, ref, ref_index, ref_valid, values, inv_h2, *, kernel, bq, bn):
+def _blocked(query, query_index, ref, ref_index, ref_valid, values, inv_h2, *, kernel, loo, bq, bn):
     """The ``"xla"`` path on padded inputs: ``[Q, d]`` queries, ``[N, d]`` references."""
     (big_q, d), (big_n, c), g = query.shape, values.shape, inv_h2.shape[0]
     ref_blocks = (
         ref.reshape(big_n // bn, bn, d),
-        jnp.sum(ref * ref, axis=1).reshape(-1, bn),
         ref_index.reshape(-1, bn),
         ref_valid.reshape(-1, bn),
         values.reshape(-1, bn, c),
@@ -148,15 +152,14 @@ def _blocked(query, query_index, ref, ref_index, ref_valid, values, inv_h2, *, k
     @jax.checkpoint
     def query_block(args):
         q, qi = args
-        q_sq = jnp.sum(q * q, axis=1)
 
         @jax.checkpoint
         def step(acc, block):
-            z, z_sq, zi, valid, v = block
-            log_w = _log_weights(q, q_sq, z, z_sq, inv_h2, _excluded(qi, zi, valid), kernel)
+            z, zi, valid, v = block
+            log_w = _log_weights(q, qi, z, zi, valid, inv_h2, kernel=kernel, loo=loo)
             return _merge(acc, log_w, v), None
 
-        acc, _ = jax.lax.scan(step, _empty(g, bq, c, query.dtype), ref_blocks)
+        acc, _ = jax.lax.scan(step, _empty(g, bq, c - 1, query.dtype), ref_blocks)
         return acc
 
     out = jax.lax.map(query_block, (query.reshape(-1, bq, d), query_index.reshape(-1, bq)))
@@ -164,50 +167,49 @@ def _blocked(query, query_index, ref, ref_index, ref_valid, values, inv_h2, *, k
     return KernelMoments(*(jnp.moveaxis(a, 0, 1).reshape(g, big_q, *a.shape[3:]) for a in out))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _blocked_moments(kernel, bq, bn, *args):
-    return _blocked(*args, kernel=kernel, bq=bq, bn=bn)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _blocked_moments(kernel, loo, bq, bn, *args):
+    return _blocked(*args, kernel=kernel, loo=loo, bq=bq, bn=bn)
 
 
-def _blocked_fwd(kernel, bq, bn, *args):
-    return _blocked(*args, kernel=kernel, bq=bq, bn=bn), args
+def _blocked_fwd(kernel, loo, bq, bn, *args):
+    return _blocked(*args, kernel=kernel, loo=loo, bq=bq, bn=bn), args
 
 
-def _blocked_bwd(kernel, bq, bn, args, cotangent):
+def _blocked_bwd(kernel, loo, bq, bn, args, cotangent):
     # Reverse mode recomputes each block (checkpointed scan bodies) with query
     # blocks of half the size: a block's backward holds about three
     # [bq, bn] buffers against the forward's two, so this keeps the gradient's
     # temporaries near the forward pass's.
     half = bq // 2 if bq % 16 == 0 else bq
-    _, vjp = jax.vjp(lambda *a: _blocked(*a, kernel=kernel, bq=half, bn=bn), *args)
+    _, vjp = jax.vjp(lambda *a: _blocked(*a, kernel=kernel, loo=loo, bq=half, bn=bn), *args)
     return vjp(cotangent)
 
 
 _blocked_moments.defvjp(_blocked_fwd, _blocked_bwd)
 
 
-def _dense(query, query_index, ref, ref_index, ref_valid, values, inv_h2, *, kernel):
+def _dense(query, query_index, ref, ref_index, ref_valid, values, inv_h2, *, kernel, loo):
     """The obvious ``[g, q, n]`` computation (reference and tiny inputs)."""
-    q_sq, z_sq = jnp.sum(query * query, 1), jnp.sum(ref * ref, 1)
-    excluded = _excluded(query_index, ref_index, ref_valid)
-    log_w = _log_weights(query, q_sq, ref, z_sq, inv_h2, excluded, kernel)
-    g, q, c = inv_h2.shape[0], query.shape[0], values.shape[1]
+    log_w = _log_weights(
+        query, query_index, ref, ref_index, ref_valid, inv_h2, kernel=kernel, loo=loo
+    )
+    g, q, c = inv_h2.shape[0], query.shape[0], values.shape[1] - 1
     return _merge(_empty(g, q, c, query.dtype), log_w, values)
 
 
 def _pallas_kernel(
-    q_ref, qi_ref, z_ref, zi_ref, valid_ref, v_ref, inv_h2_ref, *out_refs, bn, kernel
+    q_ref, qi_ref, z_ref, zi_ref, valid_ref, v_ref, inv_h2_ref, *out_refs, bn, kernel, loo
 ):
     """One query block against all references, looping over reference blocks in SRAM."""
     q, qi, inv_h2 = q_ref[...], qi_ref[...], inv_h2_ref[...]
-    q_sq = jnp.sum(q * q, axis=1)
-    bq, c, g = q.shape[0], v_ref.shape[1], inv_h2.shape[0]
+    bq, c, g = q.shape[0], v_ref.shape[1] - 1, inv_h2.shape[0]
 
     def body(k, acc):
         rows = pl.ds(pl.multiple_of(k * bn, bn), bn)
         z = z_ref[rows, :]
-        excluded = _excluded(qi, zi_ref[rows], valid_ref[rows] > 0)
-        log_w = _log_weights(q, q_sq, z, jnp.sum(z * z, axis=1), inv_h2, excluded, kernel)
+        valid = valid_ref[rows] > 0
+        log_w = _log_weights(q, qi, z, zi_ref[rows], valid, inv_h2, kernel=kernel, loo=loo)
         return _merge(acc, log_w, v_ref[rows, :])
 
     acc = jax.lax.fori_loop(0, z_ref.shape[0] // bn, body, _empty(g, bq, c, q.dtype))
@@ -216,13 +218,13 @@ def _pallas_kernel(
 
 
 def _pallas(
-    query, query_index, ref, ref_index, ref_valid, values, inv_h2, *, kernel, bq, bn, interpret
+    query, query_index, ref, ref_index, ref_valid, values, inv_h2, *, kernel, loo, bq, bn, interpret
 ):
     (big_q, d), (big_n, c), g = query.shape, values.shape, inv_h2.shape[0]
     whole = lambda shape: pl.BlockSpec(shape, lambda i: (0,) * len(shape))
     per_query = lambda *shape: pl.BlockSpec(shape, lambda i: (0, i, 0)[: len(shape)])
     call = pl.pallas_call(
-        functools.partial(_pallas_kernel, bn=bn, kernel=kernel),
+        functools.partial(_pallas_kernel, bn=bn, kernel=kernel, loo=loo),
         grid=(big_q // bq,),
         in_specs=[
             pl.BlockSpec((bq, d), lambda i: (i, 0)),
@@ -233,10 +235,10 @@ def _pallas(
             whole((big_n, c)),
             whole((g,)),
         ],
-        out_specs=[per_query(g, bq), per_query(g, bq), per_query(g, bq, c), per_query(g, bq)],
+        out_specs=[per_query(g, bq), per_query(g, bq), per_query(g, bq, c - 1), per_query(g, bq)],
         out_shape=[
             jax.ShapeDtypeStruct(shape, query.dtype)
-            for shape in ((g, big_q), (g, big_q), (g, big_q, c), (g, big_q))
+            for shape in ((g, big_q), (g, big_q), (g, big_q, c - 1), (g, big_q))
         ],
         interpret=interpret,
     )
@@ -244,18 +246,18 @@ def _pallas(
     return KernelMoments(*call(query, query_index, ref, ref_index, valid, values, inv_h2))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _pallas_moments(kernel, bq, bn, interpret, *args):
-    return _pallas(*args, kernel=kernel, bq=bq, bn=bn, interpret=interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
+def _pallas_moments(kernel, loo, bq, bn, interpret, *args):
+    return _pallas(*args, kernel=kernel, loo=loo, bq=bq, bn=bn, interpret=interpret)
 
 
-def _pallas_fwd(kernel, bq, bn, interpret, *args):
-    return _pallas(*args, kernel=kernel, bq=bq, bn=bn, interpret=interpret), args
+def _pallas_fwd(kernel, loo, bq, bn, interpret, *args):
+    return _pallas(*args, kernel=kernel, loo=loo, bq=bq, bn=bn, interpret=interpret), args
 
 
-def _pallas_bwd(kernel, bq, bn, interpret, args, cotangent):
+def _pallas_bwd(kernel, loo, bq, bn, interpret, args, cotangent):
     # The gradient recomputes blocks with the XLA path (checkpointed, bounded memory).
-    return _blocked_bwd(kernel, bq, bn, args, cotangent)
+    return _blocked_bwd(kernel, loo, bq, bn, args, cotangent)
 
 
 _pallas_moments.defvjp(_pallas_fwd, _pallas_bwd)
@@ -283,13 +285,16 @@ def _moments(
     inv_h2,
     *,
     kernel,
+    loo,
     blocks,
     impl,
     interpret,
 ):
     """Pads to whole blocks and dispatches to one implementation (inside ``jit``)."""
+    values = jnp.concatenate([jnp.ones((values.shape[0], 1), values.dtype), values], axis=1)
+    args = (query, query_index, ref, ref_index, ref_valid, values, inv_h2)
     if impl == "dense":
-        return _dense(query, query_index, ref, ref_index, ref_valid, values, inv_h2, kernel=kernel)
+        return _dense(*args, kernel=kernel, loo=loo)
     (q, d), (n, c), g = query.shape, values.shape, inv_h2.shape[0]
     align = 16 if impl == "pallas" else 8
     bn = min(_round_up(blocks[1], align), _round_up(n, align))
@@ -304,11 +309,12 @@ def _moments(
         # Triton's dot wants dimensions in multiples of 16: zero columns change nothing.
         d16, c16 = _round_up(d, 16), _round_up(c, 16)
         args = (_pad_cols(query, d16), query_index, _pad_cols(ref, d16), ref_index, ref_valid)
-        out = _pallas_moments(kernel, bq, bn, interpret, *args, _pad_cols(values, c16), inv_h2)
-        out = out._replace(sum_wv=out.sum_wv[..., :c])
+        padded = (*args, _pad_cols(values, c16), inv_h2)
+        out = _pallas_moments(kernel, loo, bq, bn, interpret, *padded)
+        out = out._replace(sum_wv=out.sum_wv[..., : c - 1])
     else:
         args = (query, query_index, ref, ref_index, ref_valid, values, inv_h2)
-        out = _blocked_moments(kernel, bq, bn, *args)
+        out = _blocked_moments(kernel, loo, bq, bn, *args)
     return KernelMoments(*(a[:, :q] for a in out))
 
 
@@ -318,7 +324,7 @@ def _centre(query, ref, ref_valid):
     return query - centre, ref - centre
 
 
-_STATIC = ("kernel", "blocks", "impl", "interpret")
+_STATIC = ("kernel", "loo", "blocks", "impl", "interpret")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -393,7 +399,7 @@ def _prepare(query, ref, values, log_bandwidth, query_index, ref_mask):
     return query, query_index, ref, ref_valid, values, log_bandwidth
 
 
-def _static(kernel, query_block, ref_block, impl, interpret) -> dict:
+def _static(kernel, loo, query_block, ref_block, impl, interpret) -> dict:
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl: expected one of {IMPLEMENTATIONS}, got {impl!r}.")
     if query_block < 1 or ref_block < 1:
@@ -404,7 +410,7 @@ def _static(kernel, query_block, ref_block, impl, interpret) -> dict:
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
     blocks = (int(query_block), int(ref_block))
-    return dict(kernel=kernel, blocks=blocks, impl=impl, interpret=bool(interpret))
+    return dict(kernel=kernel, loo=loo, blocks=blocks, impl=impl, interpret=bool(interpret))
 
 
 def _unstack(out: KernelMoments, log_bandwidth: Array) -> KernelMoments:
@@ -456,7 +462,7 @@ def kernel_moments(
       >>> round(float(m.sum_wv[0, 0] / m.sum_w[0]), 4)  # (1 + 3 e^-0.5) / (1 + e^-0.5)
       1.7551
     """
-    static = _static(kernel, query_block, ref_block, impl, interpret)
+    static = _static(kernel, query_index is not None, query_block, ref_block, impl, interpret)
     query, query_index, ref, ref_valid, values, log_bw = _prepare(
         query, ref, values, log_bandwidth, query_index, ref_mask
     )
@@ -519,7 +525,7 @@ def kernel_moments_sharded(
     """
     from jax.sharding import PartitionSpec as P
 
-    static = _static(kernel, query_block, ref_block, impl, interpret)
+    static = _static(kernel, query_index is not None, query_block, ref_block, impl, interpret)
     axis = axis_name or mesh.axis_names[0]
     devices = mesh.shape[axis]
     query, query_index, ref, ref_valid, values, log_bw = _prepare(

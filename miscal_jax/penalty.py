@@ -30,12 +30,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from miscal_jax._types import Array
+from miscal_jax.kernel_sums import kernel_moments
 from miscal_jax.kernels import get_log_kernel
-
-try:  # TEMPORARY: until miscal_jax.kernel_sums lands
-    from miscal_jax.kernel_sums import kernel_moments
-except ImportError:  # pragma: no cover
-    kernel_moments = None
 
 __all__ = ["ESTIMATORS", "local_calibration_penalty"]
 
@@ -191,8 +187,6 @@ def _penalty(
     if n <= dense_max:
         log_scale, sum_w, sum_wr = _dense_moments(z, residual, log_bandwidth, valid, kernel)
     else:
-        if kernel_moments is None:  # pragma: no cover  (TEMPORARY)
-            raise NotImplementedError("miscal_jax.kernel_sums is not available yet.")
         m = kernel_moments(
             z,
             z,

@@ -1,15 +1,11 @@
 """Tests for the local-calibration penalty (miscal_jax.penalty)."""
 
-from typing import NamedTuple
-
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from miscal_jax import penalty
-from miscal_jax.kernels import get_log_kernel
 from miscal_jax.metrics import regional_error
 from miscal_jax.penalty import local_calibration_penalty
 from miscal_jax.synthetic import make_planted
@@ -257,6 +253,21 @@ def test_null_mean_zero_many_sizes(estimator):
         assert abs(null.mean()) < 2 * se, (n, null.mean(), se)
 
 
+@pytest.mark.slow
+def test_large_batch_never_builds_the_kernel_matrix():
+    # value and gradient at n = 4096: compiled temporaries far below one [n, n]
+    n = 4096
+    z, conf, correct = _data(n, d=4, seed=8, dtype=np.float32)
+    fn = jax.jit(jax.value_and_grad(lambda c, z: local_calibration_penalty(z, c, correct, 0.0)))
+    compiled = fn.lower(conf, z).compile()
+    temp = compiled.memory_analysis().temp_size_in_bytes
+    assert temp < n * n * 4 / 4, temp
+    val, grad = compiled(conf, z)
+    small = local_calibration_penalty(z, conf, correct, 0.0, dense_max=n)
+    np.testing.assert_allclose(float(val), float(small), rtol=1e-4, atol=1e-9)
+    assert np.all(np.isfinite(grad))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -277,39 +288,3 @@ def test_bad_inputs(kwargs, match):
     pos = [args.pop(k) for k in ("z", "conf", "correct", "log_bandwidth")]
     with pytest.raises(ValueError, match=match):
         local_calibration_penalty(*pos, **args)
-
-
-# ---------------------------------------------------------------------------
-# Dense stand-in for miscal_jax.kernel_sums.kernel_moments (same interface),
-# used only while that module is missing.
-
-
-def _dense_kernel_moments(
-    query, ref, values, log_bandwidth, *, kernel="gaussian", query_index=None, ref_mask=None
-):
-    q, n = query.shape[0], ref.shape[0]
-    d2 = jnp.sum((query[:, None, :] - ref[None, :, :]) ** 2, axis=-1)
-    excluded = jnp.zeros((q, n), bool)
-    if query_index is not None:
-        excluded = excluded | (query_index[:, None] == jnp.arange(n)[None, :])
-    if ref_mask is not None:
-        excluded = excluded | ~ref_mask[None, :]
-    log_w = get_log_kernel(kernel)(jnp.where(excluded, 0.0, d2) * jnp.exp(-2 * log_bandwidth))
-    log_w = jnp.where(excluded, -jnp.inf, log_w)
-    mx = jax.lax.stop_gradient(jnp.max(log_w, axis=1))
-    log_scale = jnp.where(jnp.isfinite(mx), mx, 0.0)
-    w = jnp.exp(log_w - log_scale[:, None])
-    return _Moments(log_scale, w.sum(1), w @ values, (w * w).sum(1))
-
-
-class _Moments(NamedTuple):
-    log_scale: jax.Array
-    sum_w: jax.Array
-    sum_wv: jax.Array
-    sum_w2: jax.Array
-
-
-@pytest.fixture(autouse=True)
-def _kernel_moments_stand_in(monkeypatch):
-    if penalty.kernel_moments is None:
-        monkeypatch.setattr(penalty, "kernel_moments", _dense_kernel_moments)

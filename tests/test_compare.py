@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from test_html_report import check_in_browser, needs_chromium
 
 from miscal_jax.cli import main
 from miscal_jax.compare import (
@@ -24,7 +25,7 @@ TOPICS = [
 ]
 
 
-def _panel_rows(n=600, seed=0):
+def _panel_rows(n=400, seed=0):
     """3 models on n items in 4 topic clusters: cluster 0 is overconfident for
     models A and B (a shared region), cluster 2 underconfident for C only."""
     rng = np.random.default_rng(seed)
@@ -61,7 +62,7 @@ def long_csv(tmp_path_factory):
 def test_load_panel_shapes_and_selection(long_csv):
     panel = load_panel(long_csv, embeddings=long_csv.parent / "emb.npy")
     assert panel.models == ["A", "B", "C"]
-    assert panel.conf.shape == (3, 600) and panel.embeddings.shape == (600, 8)
+    assert panel.conf.shape == (3, 400) and panel.embeddings.shape == (400, 8)
     assert panel.text[0].split()[0] in TOPICS[0].split()
     assert panel.group_names == ["topic0", "topic1", "topic2", "topic3"]
     sub = select_models(panel, ["C", "A"])
@@ -75,23 +76,32 @@ def test_fit_models_one_result_per_model_on_its_items():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(80, 3)).astype(np.float32)
     conf = rng.uniform(0.2, 0.9, (2, 80))
-    conf[1, :10] = np.nan  # model 1 did not answer 10 items
+    conf[0, 10:20] = np.nan  # each model left 10 items unanswered (the same count, so
+    conf[1, :10] = np.nan  # both share one compilation)
     correct = (rng.random((2, 80)) < conf).astype(float)
     fits = fit_models(x, conf, correct, folds=2, candidates=("raw",))
     assert len(fits) == 2
-    assert fits[0][0].size == 80 and fits[1][0].size == 70
+    assert fits[0][0].size == 70 and fits[1][0].size == 70
+    np.testing.assert_array_equal(fits[1][0], np.arange(10, 80))
     assert fits[1][1].field.shape == (70,)
     assert np.all(np.isfinite(fits[1][1].predictions["local"]))
 
 
-def test_compare_end_to_end_with_text_col(long_csv, tmp_path):
-    """Texts only (no embeddings): built-in representation, heat map, tables."""
-    out = tmp_path / "cmp"
+@pytest.fixture(scope="module")
+def text_compare(long_csv, tmp_path_factory):
+    """``miscal-jax compare --text-col`` on the long table (texts, no embeddings)."""
+    out = tmp_path_factory.mktemp("cmp") / "out"
     code = main(
         ["compare", "--data", str(long_csv), "--text-col", "text", "--text-embedding", "lsa"]
         + ["--out", str(out), *FAST]
     )
     assert code == 0
+    return out
+
+
+def test_compare_end_to_end_with_text_col(long_csv, text_compare):
+    """Texts only (no embeddings): built-in representation, heat map, tables."""
+    out = text_compare
     summary = json.loads((out / "summary.json").read_text())
     assert [m["name"] for m in summary["models"]] == ["A", "B", "C"]
     assert summary["source"]["text_embedding"] == "lsa"
@@ -109,6 +119,11 @@ def test_compare_end_to_end_with_text_col(long_csv, tmp_path):
     cells = topic0[0]["cells"]
     assert cells["A"]["excess"] < -0.1 and cells["B"]["excess"] < -0.1
     assert "built-in representation" in page
+
+
+@needs_chromium
+def test_compare_page_loads_in_chromium(text_compare, tmp_path):
+    check_in_browser(text_compare / "report.html", tmp_path, width=1100, height=2600)
 
 
 def test_compare_rejects_bad_panels(tmp_path):

@@ -12,7 +12,6 @@ from miscal_jax.compare import (
     fit_models,
     load_demo_panel,
     load_panel,
-    run_compare,
     select_models,
 )
 
@@ -144,16 +143,21 @@ def test_compare_rejects_bad_panels(tmp_path):
 
 @pytest.mark.slow
 def test_compare_on_the_shipped_demo_set(tmp_path):
-    """The demo set's 3 models: heat map, per-model tables, a region shared by all
-    (biology/health questions, underconfident after recalibration for every model).
-    About 2 minutes on 2 idle cores (raw geometry, 2 folds, 20 permutations)."""
-    panel = load_demo_panel()
-    assert len(panel.models) == 3
-    summary = run_compare(panel, tmp_path / "demo", folds=2, permutations=20, candidates=("raw",))
-    page = (tmp_path / "demo" / "report.html").read_text()
+    """``miscal-jax compare`` with no --data: the demo set's 3 models. Heat map,
+    per-model tables, and a region shared by all three (biology/health questions,
+    underconfident after recalibration for every model). About 2 minutes on 2 idle
+    cores (raw geometry, 2 folds, 20 permutations)."""
+    out = tmp_path / "demo"
+    args = ["--folds", "2", "--permutations", "20", "--geometry", "raw", "--quiet"]
+    assert main(["compare", "--out", str(out), *args]) == 0
+    assert len(load_demo_panel().models) == 3
+    summary = json.loads((out / "summary.json").read_text())
+    page = (out / "report.html").read_text()
     assert 'alt="model by region heat map"' in page
     assert page.count("<h3>") >= 3
     assert len(summary["models"]) == 3
+    for m in summary["models"]:
+        assert set(m["methods"]) >= {"isotonic", "local"} and m["method_intervals"]
     shared = [r for r in summary["regions"] if len(r["found_by"]) == 3]
     assert shared, [(r["terms"], r["found_by"]) for r in summary["regions"]]
     assert all(c["excess"] > 0 for c in shared[0]["cells"].values())

@@ -401,7 +401,7 @@ def _markdown(s: dict, regimes, texts) -> str:
             "Found on one half of the items, measured on the other; `excess` is the mean "
             "residual left after a global isotonic map.",
             "",
-            "| regime | after global recalibration | terms | size | raw mean residual "
+            "| regime | in words | terms | size | raw mean residual "
             "[90% CI] | excess | adjusted p |",
             "|---|---|---|---|---|---|---|",
         ]

@@ -91,3 +91,25 @@ def test_minilm_offline_matches_shipped_embeddings():
     ref = d.embeddings[:40] / np.linalg.norm(d.embeddings[:40], axis=1, keepdims=True)
     cos = np.sum(emb * ref, axis=1)
     assert cos.min() > 0.99, cos.min()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not T.minilm_available(), reason="the [embed] extra is not installed")
+def test_text_col_with_minilm_through_the_loader(tmp_path):
+    """--text-col with the extra: a table of demo questions loads with MiniLM
+    embeddings equal to the shipped ones, cached beside the table."""
+    import csv
+
+    from miscal_jax.io import load_data, load_default
+
+    d = load_default()
+    path = tmp_path / "q.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["question", "confidence", "correct"])
+        w.writerows([d.text[i], d.conf[i], int(d.correct[i])] for i in range(60))
+    data = load_data(path, text_col="question", text_embedding="auto")
+    assert data.meta["text_embedding"] == "minilm"
+    ref = d.embeddings[:60] / np.linalg.norm(d.embeddings[:60], axis=1, keepdims=True)
+    assert np.sum(data.embeddings * ref, axis=1).min() > 0.99
+    assert len(list(tmp_path.glob(".q.csv.minilm-*.npy"))) == 1

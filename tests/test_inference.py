@@ -51,7 +51,7 @@ def test_bootstrap_intervals_never_collapse():
 
 def test_bootstrap_interval_covers_mean_of_noisy_neighbourhood():
     rng = np.random.default_rng(1)
-    hits = 0
+    hits, widths = 0, []
     for s in range(40):
         ref = rng.normal(size=(200, 1)) * 0.01
         residual = (rng.random(200) < 0.7).astype(float) - 0.5  # mean 0.2
@@ -59,7 +59,12 @@ def test_bootstrap_interval_covers_mean_of_noisy_neighbourhood():
             jax.random.key(s), np.zeros((1, 1)), ref, residual, 0.0, num_samples=300
         )
         hits += float(lo[0]) <= 0.2 <= float(hi[0])
-    assert 30 <= hits <= 40  # nominal 90% of 40
+        widths.append(float(hi[0] - lo[0]))
+    # nominal 90% of 40: Binomial(40, 0.9) lies in [30, 39] with probability 0.98
+    assert 30 <= hits <= 39
+    # and not by being wide: a 90% interval for a mean of 200 Bernoulli(0.7)
+    # draws is 2 * 1.645 * sqrt(0.21 / 200) = 0.107 wide
+    assert 0.085 < np.mean(widths) < 0.133, np.mean(widths)
 
 
 @pytest.fixture(scope="module")

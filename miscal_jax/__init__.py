@@ -29,6 +29,9 @@ from miscal_jax.inference import grouping_loss_interval
 from miscal_jax.inference import heterogeneity_test
 from miscal_jax.inference import normal_interval
 from miscal_jax.inference import undersmoothed_field
+from miscal_jax.kernel_sums import KernelMoments
+from miscal_jax.kernel_sums import kernel_moments
+from miscal_jax.kernel_sums import kernel_moments_sharded
 from miscal_jax.io import load_data
 from miscal_jax.io import load_default
 from miscal_jax.metrics import auroc
@@ -39,6 +42,13 @@ from miscal_jax.metrics import local_calibration_error
 from miscal_jax.metrics import nll
 from miscal_jax.metrics import regional_error
 from miscal_jax.penalty import local_calibration_penalty
+from miscal_jax.model import FieldModel
+from miscal_jax.model import FitConfig
+from miscal_jax.model import fit
+from miscal_jax.model import load
+from miscal_jax.model import out_of_fold
+from miscal_jax.model import predict
+from miscal_jax.model import save
 from miscal_jax.regimes import assign_regimes
 from miscal_jax.regimes import discover_regimes
 from miscal_jax.representation import Encoder
@@ -47,6 +57,7 @@ from miscal_jax.representation import TrainState
 from miscal_jax.representation import fit_encoder
 from miscal_jax.representation import init_train_state
 from miscal_jax.representation import train_step
+from miscal_jax.smoother import field_from_moments
 from miscal_jax.smoother import loo_field
 from miscal_jax.smoother import nw_field
 from miscal_jax.smoother import select_bandwidth
@@ -63,7 +74,10 @@ __all__ = (
     "Encoder",
     "EncoderConfig",
     "FieldEstimate",
+    "FieldModel",
+    "FitConfig",
     "Geometry",
+    "KernelMoments",
     "TrainState",
     "apply_crossfit",
     "apply_histogram",
@@ -78,6 +92,8 @@ __all__ = (
     "discover_regimes",
     "ece",
     "embed",
+    "field_from_moments",
+    "fit",
     "fit_correction_params",
     "fit_encoder",
     "fit_geometry",
@@ -89,6 +105,9 @@ __all__ = (
     "grouping_loss_interval",
     "heterogeneity_test",
     "init_train_state",
+    "kernel_moments",
+    "kernel_moments_sharded",
+    "load",
     "load_data",
     "load_default",
     "local_calibration_error",
@@ -99,7 +118,10 @@ __all__ = (
     "nll",
     "normal_interval",
     "nw_field",
+    "out_of_fold",
+    "predict",
     "regional_error",
+    "save",
     "select_bandwidth",
     "top_label",
     "train_step",

@@ -1,19 +1,21 @@
 """The whole pipeline, cross-fitted: an honest out-of-fold field and correction.
 
-For each of K folds, everything (global map, geometry, encoder, bandwidth,
-correction parameters, final map) is fitted on the other folds and applied to
-the held-out fold, so nothing about an item is ever fitted on that item.
-The fitted fold models are kept; :func:`apply_crossfit` averages them on new
-data.
+A thin layer over the functional core (:func:`~miscal_jax.model.fit`,
+:func:`~miscal_jax.model.out_of_fold`, :func:`~miscal_jax.model.predict`):
+it validates the inputs, fits every fold in one compiled call, and adds the
+confidence-only baselines under the same folds, so nothing about an item is
+ever fitted on that item. :func:`apply_crossfit` applies the fold models to
+new data.
 """
 
+import sys
+import time
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
-from tqdm.auto import tqdm
 
 from miscal_jax._types import Array, FieldEstimate
 from miscal_jax.baselines import (
@@ -26,30 +28,24 @@ from miscal_jax.baselines import (
     fit_platt,
     fit_temperature,
 )
-from miscal_jax.correction import (
-    CorrectionState,
-    apply_global,
-    fit_correction_params,
-    fit_global,
-    local_confidence,
-)
-from miscal_jax.geometry import GEOMETRIES, Geometry, embed, fit_geometry
+from miscal_jax.correction import CorrectionState, apply_global
+from miscal_jax.geometry import GEOMETRIES, Geometry, embed
+from miscal_jax.model import FieldModel, FitConfig, fit, out_of_fold, predict
 from miscal_jax.representation import EncoderConfig
-from miscal_jax.smoother import loo_field, nw_field
 from miscal_jax.validation import validate_inputs
 
-__all__ = ["CrossFitResult", "FoldModel", "apply_crossfit", "crossfit", "fold_ids"]
+__all__ = ["CrossFitResult", "FoldModel", "apply_crossfit", "crossfit"]
 
 
 class FoldModel(NamedTuple):
-    """Everything fitted on one fold's training items.
+    """A view of one fold of a :class:`~miscal_jax.model.FieldModel`.
 
     Attributes:
-      geometry: the chosen :class:`~miscal_jax.geometry.Geometry`.
-      ref_z: ``[m, k]`` training items in the chosen space.
+      geometry: the fold's :class:`~miscal_jax.geometry.Geometry`.
+      ref_z: ``[m, k]`` the fold's training items in its space.
       ref_residual: ``[m]`` ``correct - conf`` of the training items.
       ref_residual_global: ``[m]`` ``correct - p_global`` of the training items.
-      correction: the fitted :class:`~miscal_jax.correction.CorrectionState`.
+      correction: the fold's :class:`~miscal_jax.correction.CorrectionState`.
     """
 
     geometry: Geometry
@@ -60,7 +56,7 @@ class FoldModel(NamedTuple):
 
 
 class CrossFitResult(NamedTuple):
-    """Out-of-fold outputs for every item (all ``[n]``), and the fold models.
+    """Out-of-fold outputs for every item (all ``[n]``), and the fitted model.
 
     Attributes:
       field: estimate of ``E[correct - conf | x]``.
@@ -70,9 +66,11 @@ class CrossFitResult(NamedTuple):
       fold: fold id of each item.
       predictions: out-of-fold confidences by method: ``uncorrected``,
         ``temperature``, ``platt``, ``isotonic``, ``histogram``, ``local``.
-      models: one :class:`FoldModel` per fold.
-      info: per fold, the geometry selection report of
-        :func:`~miscal_jax.geometry.fit_geometry`.
+      models: one :class:`FoldModel` view per fold.
+      info: per fold, ``chosen`` (geometry name), ``select_error`` (by
+        candidate) and ``constant_error``.
+      model: the :class:`~miscal_jax.model.FieldModel` (save it, or
+        :func:`~miscal_jax.model.predict` with it).
     """
 
     field: np.ndarray
@@ -83,71 +81,49 @@ class CrossFitResult(NamedTuple):
     predictions: dict
     models: tuple
     info: tuple
+    model: FieldModel
 
 
-def fold_ids(n: int, folds: int, seed: int) -> np.ndarray:
-    """``[n]`` fold ids in ``[0, folds)``, balanced and randomly placed."""
-    if folds < 2:
-        raise ValueError(f"folds: need at least 2 for cross-fitting, got {folds}.")
-    if n < 2 * folds:
-        raise ValueError(f"folds: {folds} folds need at least {2 * folds} items, got {n}.")
-    perm = np.random.default_rng(seed).permutation(n)
-    ids = np.empty(n, np.int64)
-    ids[perm] = np.arange(n) % folds
-    return ids
+_fit = jax.jit(fit, static_argnums=4)
 
 
-def _apply_fold(model: FoldModel, x, conf):
-    """Field and corrected confidence of a fold model at ``[q]`` new items."""
-    z = embed(model.geometry, x, conf)
-    bw, kernel = model.geometry.log_bandwidth, model.geometry.kernel
-    est = nw_field(z, model.ref_z, model.ref_residual, bw, kernel=kernel)
-    local = nw_field(z, model.ref_z, model.ref_residual_global, bw, kernel=kernel)
-    p_global = apply_global(model.correction.global_map, conf)
-    p_local = local_confidence(model.correction.params, p_global, local.value, local.n_eff)
-    if model.correction.final_map is not None:
-        p_local = apply_isotonic(model.correction.final_map, p_local)
-    return est, p_local
+@jax.jit
+def _baselines(model: FieldModel) -> dict:
+    """Out-of-fold confidence-only baselines under the model's folds."""
+    conf, correct, masks = model.ref_conf, model.ref_correct, model.train_mask
+    methods = {
+        "temperature": (fit_temperature, apply_temperature),
+        "platt": (fit_platt, apply_platt),
+        "isotonic": (fit_isotonic, apply_isotonic),
+        "histogram": (fit_histogram, apply_histogram),
+    }
+    out = {}
+    for name, (fit_one, apply_one) in methods.items():
+        per_fold = jax.vmap(lambda m, f=fit_one, a=apply_one: a(f(conf, correct, m), conf))(masks)
+        out[name] = jnp.sum(jnp.where(masks, 0.0, per_fold), axis=0)
+    return out
 
 
-def _fit_fold(
-    rng,
-    x,
-    conf,
-    correct,
-    *,
-    candidates,
-    config,
-    use_conf,
-    global_method,
-    final_recalibration,
-    progress,
-):
-    global_map = fit_global(conf, correct, method=global_method)
-    p_global = np.asarray(apply_global(global_map, conf))
-    residual_global = correct - p_global
-    geometry, info = fit_geometry(
-        rng,
-        x,
-        conf,
-        residual_global,
-        candidates=candidates,
-        config=config,
-        use_conf=use_conf,
-        progress=progress,
-    )
-    z = embed(geometry, x, conf)
-    loo = loo_field(z, residual_global, geometry.log_bandwidth, kernel=geometry.kernel)
-    params = fit_correction_params(p_global, loo.value, loo.n_eff, correct)
-    final_map = None
-    if final_recalibration:
-        p_loo = local_confidence(params, p_global, loo.value, loo.n_eff)
-        final_map = fit_isotonic(p_loo, correct)
-    correction = CorrectionState(global_map, params, final_map)
-    model = FoldModel(
-        geometry, z, jnp.asarray(correct - conf), jnp.asarray(residual_global), correction
-    )
-    return model, info
+def _fold_views(model: FieldModel) -> tuple[FoldModel, ...]:
+    views = []
+    for k in range(model.config.folds):
+        geometry, global_map, params, final_map, train = jax.tree.map(
+            lambda a, k=k: a[k],
+            (model.geometry, model.global_map, model.params, model.final_map, model.train_mask),
+        )
+        rows = np.asarray(train)
+        z = embed(geometry, model.ref_x, model.ref_conf)[rows]
+        residual_global = model.ref_correct - apply_global(global_map, model.ref_conf)
+        views.append(
+            FoldModel(
+                geometry,
+                z,
+                (model.ref_correct - model.ref_conf)[rows],
+                residual_global[rows],
+                CorrectionState(global_map, params, final_map),
+            )
+        )
+    return tuple(views)
 
 
 def crossfit(
@@ -177,7 +153,7 @@ def crossfit(
       use_conf: feed ``logit(conf)`` to the encoder.
       global_method: ``"isotonic"`` or ``"temperature"`` for the first map.
       final_recalibration: fit a final isotonic map on the corrected values.
-      progress: show progress bars.
+      progress: print one line to stderr when the fit starts and ends.
 
     Returns:
       A :class:`CrossFitResult`; every per-item output is out-of-fold.
@@ -190,54 +166,65 @@ def crossfit(
       >>> res.field.shape, sorted(res.predictions)[:2]
       ((300,), ['histogram', 'isotonic'])
     """
-    data = validate_inputs(embeddings, conf, correct)
-    x, p, y = data
-    n = x.shape[0]
-    ids = fold_ids(n, folds, seed)
-    out = {k: np.zeros(n, np.float32) for k in ("field", "se", "n_eff", "local")}
-    preds = {k: np.zeros(n, np.float32) for k in ("temperature", "platt", "isotonic", "histogram")}
-    models, infos = [], []
-    keys = jax.random.split(jax.random.key(seed), folds)
-    for k in tqdm(range(folds), desc="folds", disable=not progress):
-        tr, te = ids != k, ids == k
-        model, info = _fit_fold(
-            keys[k],
-            x[tr],
-            p[tr],
-            y[tr],
-            candidates=candidates,
-            config=config,
-            use_conf=use_conf,
-            global_method=global_method,
-            final_recalibration=final_recalibration,
-            progress=progress,
+    x, p, y = validate_inputs(embeddings, conf, correct)
+    if global_method not in ("isotonic", "temperature"):
+        raise ValueError(
+            f"global_method: expected 'isotonic' or 'temperature', got {global_method!r}."
         )
-        est, p_local = _apply_fold(model, x[te], p[te])
-        out["field"][te], out["se"][te], out["n_eff"][te] = (np.asarray(a) for a in est)
-        out["local"][te] = np.asarray(p_local)
-        preds["temperature"][te] = apply_temperature(fit_temperature(p[tr], y[tr]), p[te])
-        preds["platt"][te] = apply_platt(fit_platt(p[tr], y[tr]), p[te])
-        preds["isotonic"][te] = apply_isotonic(fit_isotonic(p[tr], y[tr]), p[te])
-        preds["histogram"][te] = apply_histogram(fit_histogram(p[tr], y[tr]), p[te])
-        models.append(model)
-        infos.append(info)
-    preds = {"uncorrected": p.copy(), **preds, "local": out["local"]}
+    unknown = set(candidates) - set(GEOMETRIES)
+    if not candidates or unknown:
+        raise ValueError(
+            f"candidates: expected a non-empty subset of {GEOMETRIES}, got {candidates}."
+        )
+    if folds < 2:
+        raise ValueError(f"folds: need at least 2 for cross-fitting, got {folds}.")
+    if x.shape[0] < 2 * folds:
+        raise ValueError(f"folds: {folds} folds need at least {2 * folds} items, got {x.shape[0]}.")
+    fit_config = FitConfig(
+        folds=folds,
+        candidates=tuple(candidates),
+        encoder=config,
+        use_conf=use_conf,
+        global_method=global_method,
+        final_recalibration=final_recalibration,
+    )
+    start = time.perf_counter()
+    if progress:
+        print(f"miscal-jax: fitting {folds} folds ({', '.join(candidates)})...", file=sys.stderr)
+    model, info = _fit(jax.random.key(seed), x, p, y, fit_config)
+    est, p_local = jax.jit(out_of_fold)(model)
+    baselines = _baselines(model)
+    if progress:
+        print(f"miscal-jax: folds fitted in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    preds = {"uncorrected": p.copy()}
+    preds.update({k: np.asarray(v, np.float32) for k, v in baselines.items()})
+    preds["local"] = np.asarray(p_local, np.float32)
+    choice = np.asarray(model.geometry.choice)
+    infos = tuple(
+        {
+            "chosen": candidates[int(choice[k])],
+            "select_error": dict(zip(candidates, map(float, info["select_error"][k]), strict=True)),
+            "constant_error": float(info["constant_error"][k]),
+        }
+        for k in range(folds)
+    )
     return CrossFitResult(
-        out["field"],
-        out["se"],
-        out["n_eff"],
-        out["local"],
-        ids,
+        np.asarray(est.value, np.float32),
+        np.asarray(est.se, np.float32),
+        np.asarray(est.n_eff, np.float32),
+        preds["local"],
+        np.asarray(model.fold),
         preds,
-        tuple(models),
-        tuple(infos),
+        _fold_views(model),
+        infos,
+        model,
     )
 
 
 def apply_crossfit(
     result: CrossFitResult, embeddings: ArrayLike, conf: ArrayLike
 ) -> tuple[FieldEstimate, Array]:
-    """Applies the fold models to new items and averages them.
+    """Applies the fold models to new items and averages them (:func:`~miscal_jax.model.predict`).
 
     Args:
       result: a :class:`CrossFitResult`.
@@ -249,14 +236,4 @@ def apply_crossfit(
       :class:`FieldEstimate` (``se`` and ``n_eff`` averaged too, a
       conservative choice) and ``[q]`` corrected confidences.
     """
-    x = np.asarray(embeddings, np.float32)
-    p = np.asarray(conf, np.float32)
-    if x.ndim != 2 or x.shape[1] != result.models[0].geometry.mean.shape[0]:
-        raise ValueError(
-            f"embeddings: expected [q, {result.models[0].geometry.mean.shape[0]}], got {x.shape}."
-        )
-    if p.shape != (x.shape[0],):
-        raise ValueError(f"conf: expected shape [{x.shape[0]}], got {p.shape}.")
-    outs = [_apply_fold(m, x, p) for m in result.models]
-    est = FieldEstimate(*(jnp.mean(jnp.stack([o[0][i] for o in outs]), 0) for i in range(3)))
-    return est, jnp.mean(jnp.stack([o[1] for o in outs]), 0)
+    return jax.jit(predict)(result.model, embeddings, conf)

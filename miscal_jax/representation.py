@@ -19,11 +19,9 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax.training import train_state
 from jax.typing import ArrayLike
-from tqdm.auto import tqdm
 
 from miscal_jax._types import Array, PRNGKey
 from miscal_jax.smoother import bandwidth_grid, loo_field, nw_field
@@ -75,7 +73,9 @@ class TrainState(train_state.TrainState):
     """flax ``TrainState`` whose ``params`` are ``{"encoder": ..., "log_bandwidth": []}``."""
 
 
-def batch_loo_loss(params, apply_fn, x: Array, residual: Array, *, kernel: str) -> Array:
+def batch_loo_loss(
+    params, apply_fn, x: Array, residual: Array, mask: Array | None = None, *, kernel: str
+) -> Array:
     """Mean squared leave-one-out NW error of ``[b]`` residuals within a batch.
 
     Args:
@@ -83,132 +83,176 @@ def batch_loo_loss(params, apply_fn, x: Array, residual: Array, *, kernel: str) 
       apply_fn: the encoder's ``apply``.
       x: ``[b, d]`` encoder inputs.
       residual: ``[b]`` residuals.
+      mask: optional ``[b]`` bools; ``False`` rows neither predict nor count.
       kernel: static kernel name.
 
     Returns:
       Scalar loss.
     """
     z = apply_fn({"params": params["encoder"]}, x)
-    pred = loo_field(z, residual, params["log_bandwidth"], kernel=kernel).value
-    return jnp.mean((residual - pred) ** 2)
+    mask = jnp.ones(residual.shape, bool) if mask is None else mask
+    pred = loo_field(z, residual, params["log_bandwidth"], ref_mask=mask, kernel=kernel).value
+    return jnp.sum(mask * (residual - pred) ** 2) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def init_train_state(rng: PRNGKey, x: ArrayLike, config: EncoderConfig) -> TrainState:
+def init_train_state(
+    rng: PRNGKey, x: ArrayLike, config: EncoderConfig, mask: ArrayLike | None = None
+) -> TrainState:
     """Initialises encoder parameters, bandwidth and optimiser.
 
-    The initial bandwidth is the median distance between encoded training
-    points, so training starts near the constant predictor and narrows from there.
+    The initial bandwidth is a wide one on the grid of the encoded points
+    (:func:`~miscal_jax.smoother.bandwidth_grid`), so training starts near the
+    constant predictor and narrows from there.
 
     Args:
       rng: PRNG key.
       x: ``[n, d]`` encoder inputs (used for shapes and the bandwidth scale).
       config: an :class:`EncoderConfig`.
+      mask: optional ``[n]`` bools: rows used for the bandwidth scale.
 
     Returns:
       A :class:`TrainState`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> state = init_train_state(jax.random.key(0), jnp.ones((10, 3)), EncoderConfig(out_dim=2))
+      >>> sorted(state.params)
+      ['encoder', 'log_bandwidth']
     """
     model = Encoder(hidden=tuple(config.hidden), out_dim=config.out_dim)
     x = jnp.asarray(x, jnp.float32)
     enc_params = model.init(rng, x[:1])["params"]
-    z0 = model.apply({"params": enc_params}, x[:512])
-    log_bw = jnp.asarray(bandwidth_grid(z0, num=24)[-7], jnp.float32)
+    z0 = model.apply({"params": enc_params}, x)
+    log_bw = bandwidth_grid(z0, num=24, ref_mask=mask)[-7]
     tx = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
     params = {"encoder": enc_params, "log_bandwidth": log_bw}
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
 
 def train_step(
-    state: TrainState, x: Array, residual: Array, *, kernel: str = "gaussian"
+    state: TrainState,
+    x: Array,
+    residual: Array,
+    mask: Array | None = None,
+    *,
+    kernel: str = "gaussian",
 ) -> tuple[TrainState, dict]:
     """One optimiser step on a ``[b, d]`` batch; returns ``(state, {"loss": ...})``."""
     loss, grads = jax.value_and_grad(batch_loo_loss)(
-        state.params, state.apply_fn, x, residual, kernel=kernel
+        state.params, state.apply_fn, x, residual, mask, kernel=kernel
     )
     return state.apply_gradients(grads=grads), {"loss": loss}
 
 
-_jit_train_step = jax.jit(train_step, static_argnames=("kernel",))
-
-
-@functools.partial(jax.jit, static_argnames=("apply_fn", "kernel"))
-def _heldout_loss(params, apply_fn, x_fit, r_fit, x_val, r_val, kernel: str) -> Array:
-    z_fit = apply_fn({"params": params["encoder"]}, x_fit)
-    z_val = apply_fn({"params": params["encoder"]}, x_val)
-    est = nw_field(z_val, z_fit, r_fit, params["log_bandwidth"], kernel=kernel)
-    return jnp.mean((r_val - est.value) ** 2)
+def heldout_loss(params, apply_fn, x, residual, fit_mask, val_mask, *, kernel: str) -> Array:
+    """Squared error of predicting ``val_mask`` residuals from ``fit_mask`` rows (``[n]`` masks)."""
+    z = apply_fn({"params": params["encoder"]}, x)
+    est = nw_field(z, z, residual, params["log_bandwidth"], ref_mask=fit_mask, kernel=kernel)
+    return jnp.sum(val_mask * (residual - est.value) ** 2) / jnp.maximum(jnp.sum(val_mask), 1)
 
 
 def fit_encoder(
     rng: PRNGKey,
-    x_fit: ArrayLike,
-    residual_fit: ArrayLike,
-    x_val: ArrayLike,
-    residual_val: ArrayLike,
+    x: ArrayLike,
+    residual: ArrayLike,
+    fit_mask: ArrayLike,
+    val_mask: ArrayLike,
     config: EncoderConfig = EncoderConfig(),
-    *,
-    progress: bool = True,
 ) -> tuple[TrainState, dict]:
-    """Trains the encoder with early stopping on a validation split.
+    """Trains the encoder with early stopping on a validation split (pure, ``jit``-able).
 
-    The validation loss predicts each validation residual from the fitting
-    points (never from itself). Training stops after ``patience`` evaluations
-    without improvement and returns the best parameters seen.
+    Mini-batches walk through the ``fit_mask`` rows in a random order. Every
+    ``eval_every`` steps the validation loss predicts each ``val_mask``
+    residual from the ``fit_mask`` rows (never from itself); the best
+    parameters so far are kept with ``jnp.where``, and training stops after
+    ``patience`` evaluations without improvement (a ``lax.while_loop`` over
+    evaluation blocks, a ``lax.fori_loop`` of steps inside each). Masks
+    instead of slices keep every shape static, so folds share one compiled
+    loop and the whole fit can be vmapped.
 
     Args:
       rng: PRNG key.
-      x_fit: ``[n, d]`` fitting inputs; ``residual_fit``: ``[n]``.
-      x_val: ``[m, d]`` validation inputs; ``residual_val``: ``[m]``.
-      config: an :class:`EncoderConfig`.
-      progress: show a progress bar.
+      x: ``[n, d]`` encoder inputs.
+      residual: ``[n]`` residuals.
+      fit_mask: ``[n]`` bools, rows to train on.
+      val_mask: ``[n]`` bools, rows for early stopping.
+      config: an :class:`EncoderConfig` (static).
 
     Returns:
-      ``(best_state, history)`` where ``history`` has ``"step"``,
-      ``"train_loss"``, ``"val_loss"`` lists and ``"constant_loss"``, the
-      validation error of predicting the fitting mean everywhere.
+      ``(best_state, history)``: ``history["val_loss"]`` is ``[E + 1]``
+      (evaluation 0 is the initial state; NaN after stopping),
+      ``history["best_val_loss"]``, ``history["constant_loss"]`` (the
+      validation error of predicting the fitting mean everywhere) and
+      ``history["steps"]``, the number of steps taken.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> x = jax.random.normal(jax.random.key(0), (64, 3))
+      >>> r = jnp.sign(x[:, 0]) * 0.3
+      >>> fit = jnp.arange(64) < 48
+      >>> cfg = EncoderConfig(out_dim=2, batch_size=16, max_steps=20, eval_every=10)
+      >>> state, hist = jax.jit(fit_encoder, static_argnums=5)(
+      ...     jax.random.key(1), x, r, fit, ~fit, cfg)
+      >>> hist["val_loss"].shape
+      (3,)
     """
-    x_fit = jnp.asarray(x_fit, jnp.float32)
-    r_fit = jnp.asarray(residual_fit, jnp.float32)
-    x_val = jnp.asarray(x_val, jnp.float32)
-    r_val = jnp.asarray(residual_val, jnp.float32)
-    x_np, r_np = np.asarray(x_fit), np.asarray(r_fit)  # cheap host-side batch gathers
-    n = x_fit.shape[0]
+    x = jnp.asarray(x, jnp.float32)
+    residual = jnp.asarray(residual, jnp.float32)
+    fit_mask = jnp.asarray(fit_mask, bool)
+    val_mask = jnp.asarray(val_mask, bool)
+    n = x.shape[0]
     batch = min(config.batch_size, n)
-    init_rng, rng = jax.random.split(rng)
-    state = init_train_state(init_rng, x_fit, config)
-    evaluate = lambda s: _heldout_loss(
-        s.params, s.apply_fn, x_fit, r_fit, x_val, r_val, kernel=config.kernel
+    evals = max(1, config.max_steps // config.eval_every)
+    init_rng, order_rng = jax.random.split(rng)
+    state = init_train_state(init_rng, x, config, fit_mask)
+    # fit rows first, in a random order; batches walk through them cyclically
+    order = jnp.argsort(jnp.where(fit_mask, jax.random.uniform(order_rng, (n,)), 2.0))
+    n_fit = jnp.maximum(jnp.sum(fit_mask), 1)
+    in_batch = jnp.arange(batch) < n_fit  # no row twice in one batch
+    evaluate = functools.partial(
+        heldout_loss,
+        x=x,
+        residual=residual,
+        fit_mask=fit_mask,
+        val_mask=val_mask,
+        kernel=config.kernel,
     )
-    best_state, best_val = state, float(evaluate(state))
-    history = {
-        "step": [0],
-        "train_loss": [float("nan")],
-        "val_loss": [best_val],
-        "constant_loss": float(jnp.mean((r_val - jnp.mean(r_fit)) ** 2)),
+
+    def step(i, state):
+        idx = order[(i * batch + jnp.arange(batch)) % n_fit]
+        state, _ = train_step(state, x[idx], residual[idx], in_batch, kernel=config.kernel)
+        return state
+
+    def block(carry):
+        k, state, best, best_val, bad, history = carry
+        start = k * config.eval_every
+        state = jax.lax.fori_loop(start, start + config.eval_every, step, state)
+        val = evaluate(state.params, state.apply_fn)
+        better = val < best_val
+        best = jax.tree.map(lambda new, old: jnp.where(better, new, old), state.params, best)
+        return (
+            k + 1,
+            state,
+            best,
+            jnp.where(better, val, best_val),
+            jnp.where(better, 0, bad + 1),
+            history.at[k + 1].set(val),
+        )
+
+    def running(carry):
+        k, _, _, _, bad, _ = carry
+        return (k < evals) & (bad < config.patience)
+
+    first = evaluate(state.params, state.apply_fn)
+    history = jnp.full(evals + 1, jnp.nan).at[0].set(first)
+    carry = (0, state, state.params, first, 0, history)
+    k, state, best, best_val, _, history = jax.lax.while_loop(running, block, carry)
+    fit_mean = jnp.sum(fit_mask * residual) / n_fit
+    constant = jnp.sum(val_mask * (residual - fit_mean) ** 2) / jnp.maximum(jnp.sum(val_mask), 1)
+    info = {
+        "val_loss": history,
+        "best_val_loss": best_val,
+        "constant_loss": constant,
+        "steps": k * config.eval_every,
     }
-    bad_evals, running = 0, []
-    order = np.zeros(0, np.int64)
-    bar = tqdm(range(1, config.max_steps + 1), desc="encoder", disable=not progress, leave=False)
-    for step in bar:
-        if order.size < batch:  # a fresh shuffle each epoch
-            rng, perm_rng = jax.random.split(rng)
-            order = np.asarray(jax.random.permutation(perm_rng, n))
-        idx, order = order[:batch], order[batch:]
-        state, metrics = _jit_train_step(state, x_np[idx], r_np[idx], kernel=config.kernel)
-        running.append(metrics["loss"])
-        if step % config.eval_every:
-            continue
-        val = float(evaluate(state))
-        history["step"].append(step)
-        history["train_loss"].append(float(jnp.mean(jnp.stack(running))))
-        history["val_loss"].append(val)
-        running = []
-        bar.set_postfix(val=f"{val:.4f}", best=f"{best_val:.4f}")
-        if val < best_val:
-            best_state, best_val, bad_evals = state, val, 0
-        else:
-            bad_evals += 1
-            if bad_evals >= config.patience:
-                break
-    bar.close()
-    history["best_val_loss"] = best_val
-    return best_state, history
+    return state.replace(params=best), info

@@ -1,21 +1,24 @@
+import jax
 import numpy as np
 import pytest
 
 from miscal_jax import metrics as M
-from miscal_jax.crossfit import apply_crossfit, crossfit, fold_ids
+from miscal_jax.crossfit import apply_crossfit, crossfit
+from miscal_jax.model import fold_masks
 from miscal_jax.representation import EncoderConfig
 from miscal_jax.synthetic import make_planted
 
 FAST = EncoderConfig(max_steps=200, eval_every=25)
 
 
-def test_fold_ids_balanced_and_validated():
-    ids = fold_ids(103, 5, 0)
-    assert set(np.bincount(ids)) <= {20, 21}
+def test_fold_masks_balanced_and_validated():
+    masks = np.asarray(fold_masks(jax.random.key(0), 103, 5))
+    assert np.all((~masks).sum(0) == 1)  # every item held out exactly once
+    assert set((~masks).sum(1)) <= {20, 21}
     with pytest.raises(ValueError, match="folds: need at least 2"):
-        fold_ids(100, 1, 0)
+        fold_masks(jax.random.key(0), 100, 1)
     with pytest.raises(ValueError, match="folds: 5 folds need at least 10 items"):
-        fold_ids(8, 5, 0)
+        fold_masks(jax.random.key(0), 8, 5)
 
 
 def test_outputs_are_out_of_fold():

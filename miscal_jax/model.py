@@ -1,0 +1,391 @@
+"""The functional core: ``fit`` and ``predict`` over one :class:`FieldModel` pytree.
+
+``fit(key, embeddings, conf, correct, config)`` runs the whole cross-fitted
+pipeline (global map, geometry, bandwidth, correction, final map) for all K
+folds at once, folds chosen by masks rather than slices, and returns one
+pytree with the fold models stacked on a leading axis. It is pure: it runs
+under ``jax.jit`` with ``config`` static, and ``jax.vmap`` over many models'
+``(conf, correct)`` sharing one embedding matrix fits them all in one call.
+``predict(model, embeddings, conf)`` applies the fold models to new items and
+averages them; :func:`out_of_fold` gives every fitted item its estimate from
+the fold model that never saw it. :func:`save` and :func:`load` write and read
+a versioned msgpack file.
+"""
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import serialization, struct
+from jax.typing import ArrayLike
+
+from miscal_jax._types import Array, FieldEstimate, PRNGKey
+from miscal_jax.baselines import apply_isotonic, fit_isotonic
+from miscal_jax.correction import (
+    CorrectionParams,
+    apply_global,
+    fit_correction_params,
+    fit_global,
+    local_confidence,
+)
+from miscal_jax.geometry import GEOMETRIES, Geometry, embed, fit_geometry
+from miscal_jax.kernel_sums import kernel_moments
+from miscal_jax.representation import EncoderConfig
+from miscal_jax.smoother import field_from_moments, loo_field, residual_values
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FieldModel",
+    "FitConfig",
+    "fit",
+    "fold_masks",
+    "load",
+    "out_of_fold",
+    "predict",
+    "save",
+]
+
+#: Version of the file layout written by :func:`save`; :func:`load` refuses others.
+FORMAT_VERSION = 1
+
+
+class FitConfig(NamedTuple):
+    """Static configuration of :func:`fit` (hashable: a ``jit`` static argument).
+
+    Attributes:
+      folds: number of cross-fitting folds K (>= 2).
+      candidates: geometries to choose from per fold (:mod:`miscal_jax.geometry`).
+      encoder: encoder configuration (also holds the kernel name).
+      use_conf: feed ``logit(conf)`` to the encoder.
+      global_method: ``"isotonic"`` or ``"temperature"`` for the first map.
+      final_recalibration: fit a final isotonic map on the corrected values.
+    """
+
+    folds: int = 5
+    candidates: tuple[str, ...] = GEOMETRIES
+    encoder: EncoderConfig = EncoderConfig()
+    use_conf: bool = True
+    global_method: str = "isotonic"
+    final_recalibration: bool = True
+
+
+@struct.dataclass
+class FieldModel:
+    """Everything :func:`fit` learned, fold models stacked on a leading ``[K]`` axis.
+
+    Attributes:
+      ref_x: ``[n, d]`` fitted items (the smoother's references).
+      ref_conf: ``[n]`` their confidences.
+      ref_correct: ``[n]`` their outcomes.
+      train_mask: ``[K, n]`` bools: the items fold model ``k`` was fitted on.
+      geometry: :class:`~miscal_jax.geometry.Geometry` with ``[K, ...]`` leaves.
+      global_map: the first, confidence-only map, ``[K, ...]`` leaves.
+      params: :class:`~miscal_jax.correction.CorrectionParams`, ``[K]`` leaves.
+      final_map: isotonic map applied last, ``[K, ...]`` leaves (``None`` when off).
+      config: the :class:`FitConfig` (static).
+    """
+
+    ref_x: Array
+    ref_conf: Array
+    ref_correct: Array
+    train_mask: Array
+    geometry: Geometry
+    global_map: Any
+    params: CorrectionParams
+    final_map: Any
+    config: FitConfig = struct.field(pytree_node=False, default=FitConfig())
+
+    @property
+    def fold(self) -> Array:
+        """``[n]`` fold id of each fitted item (the fold that held it out)."""
+        return jnp.argmin(self.train_mask, axis=0)
+
+
+def fold_masks(rng: PRNGKey, n: int, folds: int) -> Array:
+    """``[folds, n]`` training masks of a balanced, random K-fold split.
+
+    Examples:
+      >>> import jax
+      >>> m = fold_masks(jax.random.key(0), 10, 5)
+      >>> m.shape, int(m.sum(0).min()), int(m.sum(1).min())
+      ((5, 10), 4, 8)
+    """
+    if folds < 2:
+        raise ValueError(f"folds: need at least 2 for cross-fitting, got {folds}.")
+    if n < 2 * folds:
+        raise ValueError(f"folds: {folds} folds need at least {2 * folds} items, got {n}.")
+    fold = jax.random.permutation(rng, n) % folds
+    return fold[None, :] != jnp.arange(folds)[:, None]
+
+
+def _fit_fold(rng, x, conf, correct, train, config: FitConfig):
+    """One fold model from the ``train`` rows (every shape static)."""
+    global_map = fit_global(conf, correct, train, method=config.global_method)
+    p_global = apply_global(global_map, conf)
+    residual_global = correct - p_global
+    geometry, info = fit_geometry(
+        rng,
+        x,
+        conf,
+        residual_global,
+        train,
+        candidates=config.candidates,
+        config=config.encoder,
+        use_conf=config.use_conf,
+    )
+    z = embed(geometry, x, conf)
+    loo = loo_field(
+        z, residual_global, geometry.log_bandwidth, ref_mask=train, kernel=geometry.kernel
+    )
+    params = fit_correction_params(p_global, loo.value, loo.n_eff, correct, train)
+    final_map = None
+    if config.final_recalibration:
+        p_loo = local_confidence(params, p_global, loo.value, loo.n_eff)
+        final_map = fit_isotonic(p_loo, correct, train)
+    return (geometry, global_map, params, final_map), info
+
+
+def fit(
+    rng: PRNGKey,
+    embeddings: ArrayLike,
+    conf: ArrayLike,
+    correct: ArrayLike,
+    config: FitConfig = FitConfig(),
+) -> tuple[FieldModel, dict]:
+    """Fits the cross-fitted field and local correction (pure; ``jit`` with ``config`` static).
+
+    Validate first (:func:`~miscal_jax.validation.validate_inputs`): this
+    function only checks shapes, so it can be traced.
+
+    Args:
+      rng: PRNG key (fold split, splits inside folds, encoder training).
+      embeddings: ``[n, d]`` item representations.
+      conf: ``[n]`` confidences in ``[0, 1]``.
+      correct: ``[n]`` 0/1 outcomes.
+      config: a :class:`FitConfig`.
+
+    Returns:
+      ``(model, info)``: the :class:`FieldModel` and per-fold selection
+      details (``info["select_error"]`` is ``[K, c]``, ``info["constant_error"]``
+      is ``[K]``; with a learned candidate, ``info["encoder"]`` holds its
+      training history).
+
+    Examples:
+      >>> import jax
+      >>> from miscal_jax.synthetic import make_planted
+      >>> d = make_planted(200, seed=0)
+      >>> cfg = FitConfig(folds=3, candidates=("raw",))
+      >>> model, info = jax.jit(fit, static_argnums=4)(
+      ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
+      >>> model.train_mask.shape, info["select_error"].shape
+      ((3, 200), (3, 1))
+    """
+    x = jnp.asarray(embeddings, jnp.float32)
+    conf = jnp.asarray(conf, jnp.float32)
+    correct = jnp.asarray(correct, jnp.float32)
+    if x.ndim != 2 or conf.shape != (x.shape[0],) or correct.shape != conf.shape:
+        raise ValueError(
+            f"embeddings/conf/correct: expected [n, d], [n], [n], got {x.shape}, {conf.shape}, "
+            f"{correct.shape}; call validate_inputs first."
+        )
+    split_rng, fold_rng = jax.random.split(rng)
+    masks = fold_masks(split_rng, x.shape[0], config.folds)
+    keys = jax.random.split(fold_rng, config.folds)
+    fold = lambda args: _fit_fold(args[0], x, conf, correct, args[1], config)
+    (geometry, global_map, params, final_map), info = jax.lax.map(fold, (keys, masks))
+    model = FieldModel(x, conf, correct, masks, geometry, global_map, params, final_map, config)
+    return model, info
+
+
+def _fold_model(model: FieldModel, k) -> tuple:
+    take = lambda tree: jax.tree.map(lambda a: a[k], tree)
+    return take((model.geometry, model.global_map, model.params, model.final_map, model.train_mask))
+
+
+def _apply_fold(model: FieldModel, parts, x, conf):
+    """Field (of ``correct - conf``) and corrected confidence of one fold model."""
+    geometry, global_map, params, final_map, train = parts
+    ref_z = embed(geometry, model.ref_x, model.ref_conf)
+    z = embed(geometry, x, conf)
+    p_global_ref = apply_global(global_map, model.ref_conf)
+    values = jnp.concatenate(
+        [
+            residual_values(model.ref_correct - model.ref_conf),
+            residual_values(model.ref_correct - p_global_ref),
+        ],
+        axis=1,
+    )
+    m = kernel_moments(
+        z, ref_z, values, geometry.log_bandwidth, ref_mask=train, kernel=geometry.kernel
+    )
+    field = field_from_moments(m._replace(sum_wv=m.sum_wv[:, :2]))
+    local = field_from_moments(m._replace(sum_wv=m.sum_wv[:, 2:]))
+    p_local = local_confidence(params, apply_global(global_map, conf), local.value, local.n_eff)
+    if final_map is not None:
+        p_local = apply_isotonic(final_map, p_local)
+    return field, p_local
+
+
+def _check_new(model: FieldModel, x, conf):
+    x = jnp.asarray(x, jnp.float32)
+    conf = jnp.asarray(conf, jnp.float32)
+    d = model.ref_x.shape[-1]
+    if x.ndim != 2 or x.shape[1] != d:
+        raise ValueError(f"embeddings: expected [q, {d}], got {x.shape}.")
+    if conf.shape != (x.shape[0],):
+        raise ValueError(f"conf: expected shape [{x.shape[0]}], got {conf.shape}.")
+    return x, conf
+
+
+def predict(
+    model: FieldModel, embeddings: ArrayLike, conf: ArrayLike
+) -> tuple[FieldEstimate, Array]:
+    """Applies the fold models to new items and averages them (pure, ``jit``-able).
+
+    Args:
+      model: a :class:`FieldModel`.
+      embeddings: ``[q, d]`` new items.
+      conf: ``[q]`` their confidences.
+
+    Returns:
+      ``(field_estimate, corrected_conf)``: the fold-averaged
+      :class:`~miscal_jax.FieldEstimate` of ``correct - conf`` (``se`` and
+      ``n_eff`` averaged too, a conservative choice) and ``[q]`` corrected
+      confidences.
+
+    Examples:
+      >>> import jax
+      >>> from miscal_jax.synthetic import make_planted
+      >>> d = make_planted(200, seed=0)
+      >>> model, _ = fit(jax.random.key(0), d.embeddings, d.conf, d.correct,
+      ...                FitConfig(folds=2, candidates=("raw",)))
+      >>> est, p = jax.jit(predict)(model, d.embeddings[:5], d.conf[:5])
+      >>> est.value.shape, p.shape
+      ((5,), (5,))
+    """
+    x, conf = _check_new(model, embeddings, conf)
+    folds = model.train_mask.shape[0]
+    per_fold = jax.lax.map(
+        lambda k: _apply_fold(model, _fold_model(model, k), x, conf), jnp.arange(folds)
+    )
+    return jax.tree.map(lambda a: jnp.mean(a, axis=0), per_fold)
+
+
+def out_of_fold(model: FieldModel) -> tuple[FieldEstimate, Array]:
+    """Each fitted item's field and corrected confidence from the fold that held it out.
+
+    Returns:
+      ``(field_estimate, corrected_conf)`` of ``[n]`` arrays, all out-of-fold.
+
+    Examples:
+      >>> import jax
+      >>> from miscal_jax.synthetic import make_planted
+      >>> d = make_planted(200, seed=0)
+      >>> model, _ = fit(jax.random.key(0), d.embeddings, d.conf, d.correct,
+      ...                FitConfig(folds=2, candidates=("raw",)))
+      >>> est, p = out_of_fold(model)
+      >>> est.value.shape
+      (200,)
+    """
+    folds = model.train_mask.shape[0]
+    per_fold = jax.lax.map(
+        lambda k: _apply_fold(model, _fold_model(model, k), model.ref_x, model.ref_conf),
+        jnp.arange(folds),
+    )
+    held_out = ~model.train_mask  # [K, n], one True per column
+    pick = lambda a: jnp.sum(jnp.where(held_out, a, 0.0), axis=0)
+    return jax.tree.map(pick, per_fold)
+
+
+def _template(config: FitConfig, shapes: dict) -> FieldModel:
+    """A :class:`FieldModel` of the right structure for ``serialization.from_state_dict``."""
+    n, d = shapes["n"], shapes["d"]
+    x = jnp.zeros((n, d))
+    model, _ = jax.eval_shape(
+        lambda: fit(jax.random.key(0), x, jnp.full(n, 0.5), jnp.zeros(n), config)
+    )
+    return model
+
+
+def save(model: FieldModel, path: str | Path) -> None:
+    """Writes ``model`` to ``path`` (msgpack, versioned, bit-exact).
+
+    Args:
+      model: a :class:`FieldModel` (unbatched).
+      path: output file, conventionally ``*.msgpack``.
+
+    Examples:
+      >>> import jax, tempfile, os
+      >>> from miscal_jax.synthetic import make_planted
+      >>> d = make_planted(100, seed=0)
+      >>> model, _ = fit(jax.random.key(0), d.embeddings, d.conf, d.correct,
+      ...                FitConfig(folds=2, candidates=("raw",)))
+      >>> path = os.path.join(tempfile.mkdtemp(), "model.msgpack")
+      >>> save(model, path)
+      >>> bool((load(path).ref_x == model.ref_x).all())
+      True
+    """
+    config = model.config
+    header = {
+        "format": "miscal_jax.FieldModel",
+        "version": FORMAT_VERSION,
+        "config": {
+            "folds": config.folds,
+            "candidates": list(config.candidates),
+            "encoder": dict(config.encoder._asdict(), hidden=list(config.encoder.hidden)),
+            "use_conf": config.use_conf,
+            "global_method": config.global_method,
+            "final_recalibration": config.final_recalibration,
+        },
+        "shapes": {"n": model.ref_x.shape[0], "d": model.ref_x.shape[1], "folds": config.folds},
+    }
+    state = serialization.to_state_dict(model)
+    payload = serialization.msgpack_serialize({"header": header, "state": state})
+    Path(path).write_bytes(payload)
+
+
+def load(path: str | Path) -> FieldModel:
+    """Reads a model written by :func:`save`.
+
+    Raises:
+      ValueError: the file is missing, unreadable, corrupt, not a miscal_jax
+        model, or from another format version.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"model: cannot read {str(path)!r} ({err.strerror or err}).") from None
+    try:
+        content = serialization.msgpack_restore(raw)
+        header = content["header"]
+        kind, version = header["format"], header["version"]
+    except Exception:
+        raise ValueError(
+            f"model: {str(path)!r} is not a miscal_jax model file (corrupt or another format); "
+            "write one with `miscal-jax fit --save` or miscal_jax.save."
+        ) from None
+    if kind != "miscal_jax.FieldModel" or version != FORMAT_VERSION:
+        raise ValueError(
+            f"model: {str(path)!r} is format {kind!r} version {version}; this miscal_jax reads "
+            f"version {FORMAT_VERSION}: refit the model with this version."
+        )
+    cfg = header["config"]
+    enc = dict(cfg["encoder"], hidden=tuple(cfg["encoder"]["hidden"]))
+    config = FitConfig(
+        folds=int(cfg["folds"]),
+        candidates=tuple(cfg["candidates"]),
+        encoder=EncoderConfig(**enc),
+        use_conf=bool(cfg["use_conf"]),
+        global_method=str(cfg["global_method"]),
+        final_recalibration=bool(cfg["final_recalibration"]),
+    )
+    template = _template(config, header["shapes"])
+    try:
+        model = serialization.from_state_dict(template, content["state"])
+    except Exception as err:
+        raise ValueError(
+            f"model: {str(path)!r} is damaged ({err}); refit and save again."
+        ) from None
+    return jax.tree.map(jnp.asarray, model)

@@ -1,14 +1,32 @@
-"""Throughput of the chunked Nadaraya-Watson smoother against a dense baseline.
+"""Throughput and gradient memory of the kernel-sum primitive, next to baselines.
 
-    python benchmarks/smoother_throughput.py
+    python benchmarks/smoother_throughput.py                 # the default table
+    python benchmarks/smoother_throughput.py --sizes 4096 20480 --dims 16
+    python benchmarks/smoother_throughput.py --grad-n 65536  # backward-pass memory only
 
-For each size, both are jit-compiled and timed on the same data in the same
-run: ``chunked`` is :func:`miscal_jax.nw_field` (``lax.map`` over query
-chunks, memory ``O(chunk * n)``), ``dense`` builds the whole ``[q, n]`` kernel
-matrix (memory ``O(q * n)``). Prints compile time, steady-state wall time
-(median of 5), queries per second and the size of the largest kernel block.
+Every row of one run is measured on the same machine in the same process:
+
+- ``library``: :func:`miscal_jax.nw_field` (value, se and n_eff: the moments
+  ``sum w``, ``sum w r``, ``sum w r^2``, ``sum w^2``), jitted.
+- ``v0.1``: the smoother as it was before the primitive (one query at a time,
+  vmapped, ``lax.map`` over chunks of 256; kept here as the baseline).
+- ``numpy``: NumPy chunked (``Q @ Z.T``, ``np.exp``, moments by matmul), float32.
+- ``ceiling``: jitted ``exp`` plus a row sum over the same number of elements,
+  the most any kernel sum can do on this machine.
+- ``pykeops``: KeOps' Gaussian kernel sum, if it installs and compiles.
+- ``dot_product_attention``: ``jax.nn.dot_product_attention`` (on a GPU, the
+  fused attention the Gaussian smoother is equivalent to).
+
+Pairs/s is ``q * n / wall``; wall is the best of ``--reps`` runs after one
+compile-and-warm-up run. The gradient section reports the peak resident memory
+of ``jax.grad`` of a leave-one-out loss, in a fresh subprocess.
 """
 
+import argparse
+import json
+import resource
+import subprocess
+import sys
 import time
 
 import jax
@@ -18,52 +36,168 @@ import numpy as np
 from miscal_jax.smoother import nw_field
 
 
-@jax.jit
-def dense(query, ref, residual, log_bw):
-    d2 = jnp.sum((query[:, None, :] - ref[None]) ** 2, -1) * jnp.exp(-2 * log_bw)
-    log_w = -0.5 * d2
-    w = jnp.exp(log_w - jnp.max(log_w, axis=1, keepdims=True))
-    return (w @ residual) / jnp.sum(w, axis=1)
-
-
-def timed(fn, *args):
+def best_time(fn, reps):
     start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    compile_s = time.perf_counter() - start
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - start
     runs = []
-    for _ in range(5):
+    for _ in range(reps):
         start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
+        jax.block_until_ready(fn())
         runs.append(time.perf_counter() - start)
-    return compile_s, float(np.median(runs))
+    return first, min(runs)
+
+
+@jax.jit
+def ceiling(points):
+    """exp + row sum over [q, n] elements (an outer product), query blocks of 1024."""
+    a = points[:, 0] * 1e-3
+    return jax.lax.map(
+        lambda q: jnp.sum(jnp.exp(q[:, None] * a[None, :]), axis=1), a.reshape(-1, 1024)
+    )
+
+
+@jax.jit
+def v01_nw_field(query, ref, residual, log_bw):
+    """The pre-primitive smoother: one query at a time, vmapped, lax.map over chunks."""
+    ref_sq = jnp.sum(ref * ref, axis=1)
+    inv_h2 = jnp.exp(-2.0 * log_bw)
+
+    def one(q):
+        log_w = -0.5 * jnp.maximum(jnp.sum(q * q) + ref_sq - 2.0 * (ref @ q), 0.0) * inv_h2
+        w = jnp.exp(log_w - jnp.max(log_w))
+        sw = jnp.sum(w)
+        value = jnp.sum(w * residual) / sw
+        return value, jnp.sum(w * (residual - value) ** 2) / sw, jnp.sum(w * w)
+
+    return jax.lax.map(one, query, batch_size=256)
+
+
+@jax.jit
+def attention(points):
+    """``jax.nn.dot_product_attention`` of the points with themselves (one head)."""
+    x = points[None, :, None, :]
+    return jax.nn.dot_product_attention(x, x, x)
+
+
+def numpy_chunked(query, ref, residual, h, chunk=1024):
+    cols = np.stack([np.ones_like(residual), residual, residual**2], 1)
+    ref_sq = (ref * ref).sum(1)
+    out = np.empty((query.shape[0], 3), np.float32)
+    for s in range(0, query.shape[0], chunk):
+        q = query[s : s + chunk]
+        log_w = (q @ ref.T - 0.5 * ref_sq[None] - 0.5 * (q * q).sum(1)[:, None]) / h**2
+        w = np.exp(log_w - log_w.max(1, keepdims=True))
+        out[s : s + chunk] = w @ cols
+    return out
+
+
+def pykeops_sum():
+    try:
+        from pykeops.numpy import LazyTensor  # noqa: F401
+
+        def run(query, ref, residual, h):
+            x = LazyTensor(query[:, None, :] / h)
+            y = LazyTensor(ref[None, :, :] / h)
+            w = (-0.5 * ((x - y) ** 2).sum(-1)).exp()
+            return (w * LazyTensor(residual[None, :, None])).sum(1)
+
+        return run
+    except Exception as err:  # not installed, or no compiler
+        print(f"pykeops: not available ({type(err).__name__}: {err})", flush=True)
+        return None
+
+
+def throughput(sizes, dims, reps, with_numpy_up_to):
+    rng = np.random.default_rng(0)
+    print("| q = n | d | method | first run (s) | wall (s) | pairs/s | share of ceiling |")
+    print("|---|---|---|---|---|---|---|")
+    keops = pykeops_sum()
+    for d in dims:
+        for n in sizes:
+            points = rng.normal(size=(n, d)).astype(np.float32) / np.sqrt(d)
+            residual = (rng.random(n) - 0.5).astype(np.float32)
+            z, r = jnp.asarray(points), jnp.asarray(residual)
+            lb = jnp.float32(np.log(0.5))
+            rows = {}
+            rows["ceiling"] = best_time(lambda z=z: ceiling(z), reps)
+            rows["library"] = best_time(lambda z=z, r=r, lb=lb: nw_field(z, z, r, lb), reps)
+            rows["v0.1"] = best_time(lambda z=z, r=r, lb=lb: v01_nw_field(z, z, r, lb), reps)
+            rows["dot_product_attention"] = best_time(lambda z=z: attention(z), reps)
+            if n <= with_numpy_up_to:
+                rows["numpy"] = best_time(
+                    lambda p=points, s=residual: numpy_chunked(p, p, s, 0.5), reps
+                )
+                if keops is not None:
+                    rows["pykeops"] = best_time(
+                        lambda p=points, s=residual: keops(p, p, s[:, None], 0.5), reps
+                    )
+            top = rows["ceiling"][1]
+            for name, (first, wall) in rows.items():
+                print(
+                    f"| {n} | {d} | {name} | {first:.2f} | {wall:.3f} | {n * n / wall:.2e} | "
+                    f"{top / wall:.2f} |",
+                    flush=True,
+                )
+
+
+GRAD_SCRIPT = """
+import json, resource, sys, time
+import jax, jax.numpy as jnp, numpy as np
+from miscal_jax.smoother import loo_field, nw_field
+n, d, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+rng = np.random.default_rng(0)
+z = jnp.asarray(rng.normal(size=(n, d)).astype(np.float32) / np.sqrt(d))
+r = jnp.asarray((rng.random(n) - 0.5).astype(np.float32))
+loss = lambda lb, z: jnp.mean((r - loo_field(z, r, lb).value) ** 2)
+fn = jax.jit(jax.grad(loss, argnums=(0, 1))) if mode == "grad" else jax.jit(loss)
+lowered = fn.lower(jnp.float32(-0.5), z).compile()
+temp = lowered.memory_analysis().temp_size_in_bytes
+start = time.perf_counter()
+jax.block_until_ready(lowered(jnp.float32(-0.5), z))
+wall = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"temp": temp, "peak": peak, "wall": wall}))
+"""
+
+
+def gradient_memory(n, d):
+    print(f"\nleave-one-out loss at q = n = {n}, d = {d} (fresh process each):")
+    print("| pass | XLA temporaries (MB) | peak RSS (MB) | wall (s) |")
+    print("|---|---|---|---|")
+    for mode in ("forward", "grad"):
+        out = subprocess.run(
+            [sys.executable, "-c", GRAD_SCRIPT, str(n), str(d), mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        print(
+            f"| {mode} | {row['temp'] / 2**20:.1f} | {row['peak'] / 2**20:.0f} | "
+            f"{row['wall']:.1f} |",
+            flush=True,
+        )
+    print(f"(a dense [q, n] float32 matrix would be {n * n * 4 / 2**20:,.0f} MB)")
 
 
 def main():
-    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
-    print("| n = q | d | method | compile (s) | wall (s) | queries/s | largest block (MB) |")
-    print("|---|---|---|---|---|---|---|")
-    rng = np.random.default_rng(0)
-    d = 16
-    for n in (2000, 8000, 16000):
-        ref = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
-        res = jnp.asarray(rng.random(n) - 0.5, jnp.float32)
-        lb = jnp.float32(0.0)
-        chunked = lambda q, r, s, b: nw_field(q, r, s, b, chunk_size=256).value
-        c, w = timed(chunked, ref, ref, res, lb)
-        print(
-            f"| {n} | {d} | chunked (256) | {c:.2f} | {w:.3f} | {n / w:,.0f} | "
-            f"{256 * n * 4 / 1e6:.1f} |",
-            flush=True,
-        )
-        if n * n * d * 4 > 6e9:  # the dense baseline's [q, n, d] intermediate
-            print(f"| {n} | {d} | dense | - | - | - | {n * n * d * 4 / 1e6:,.0f} (skipped) |")
-            continue
-        c, w = timed(dense, ref, ref, res, lb)
-        print(
-            f"| {n} | {d} | dense | {c:.2f} | {w:.3f} | {n / w:,.0f} | "
-            f"{n * n * d * 4 / 1e6:,.0f} |",
-            flush=True,
-        )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 20480, 102400])
+    parser.add_argument("--dims", type=int, nargs="+", default=[16, 384])
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--numpy-up-to", type=int, default=20480)
+    parser.add_argument("--grad-n", type=int, default=65536)
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    device = jax.devices()[0]
+    print(f"device: {device.platform} / {device.device_kind}, jax {jax.__version__}")
+    if not args.skip_throughput:
+        throughput(args.sizes, args.dims, args.reps, args.numpy_up_to)
+    if args.grad_n:
+        gradient_memory(args.grad_n, 16)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process: {peak:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -676,13 +676,15 @@ def write_compare_report(out_dir, panel: Panel, comp: Comparison, *, seed: int =
     for s in summary["models"]:
         het, gl, m = s["heterogeneity"], s["grouping_loss"], s["methods"]
         n_over = sum(r["sign"] == "over" for r in s["regimes"])
+        d = (s.get("local_minus_isotonic") or {}).get("brier")
+        diff = f"<br>{H._ci(d[1], d[2], 4)}" if d else ""
         rows.append(
             f"<tr><td>{H._e(_short(s['name'], 40))}</td><td>{s['n']}</td>"
             f"<td>{s['accuracy']:.3f}</td><td>{s['mean_confidence']:.3f}</td>"
             f"<td>{het['p_value']:.3g}</td>"
             f"<td>{gl['estimate']:.4f}<br>{H._ci(gl['ci_low'], gl['ci_high'], 4)}</td>"
             f"<td>{len(s['regimes'])} ({n_over} over)</td>"
-            f"<td>{m['isotonic']['brier']:.3f} → {m['local']['brier']:.3f}</td></tr>"
+            f"<td>{m['isotonic']['brier']:.3f} → {m['local']['brier']:.3f}{diff}</td></tr>"
         )
     n_yes = sum(s["heterogeneity"]["p_value"] < 0.05 for s in summary["models"])
     shared = sum(len(r["found_by"]) > 1 for r in summary["regions"])
@@ -697,7 +699,8 @@ def write_compare_report(out_dir, panel: Panel, comp: Comparison, *, seed: int =
         f"{shared} of them reported for more than one model.</p></div>",
         '<div class="tablewrap"><table><thead><tr><th>model</th><th>n</th><th>accuracy</th>'
         "<th>mean conf.</th><th>heterogeneity p</th><th>grouping loss</th><th>regimes</th>"
-        "<th>Brier isotonic → local</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+        '<th>Brier isotonic → local<br><span class="ci">[CI of the difference]</span></th>'
+        "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
         "</div>",
         "<h2>Which regions are shared, which are model-specific</h2>",
     ]

@@ -1,0 +1,125 @@
+"""The functional core: fit and predict under jit and vmap, out-of-fold honesty, save/load."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from miscal_jax.model import (
+    FitConfig,
+    fit,
+    load,
+    out_of_fold,
+    predict,
+    save,
+)
+from miscal_jax.representation import EncoderConfig
+from miscal_jax.synthetic import make_planted
+
+FAST = FitConfig(folds=3, candidates=("raw", "pca"))
+LEARNED = FitConfig(
+    folds=2, encoder=EncoderConfig(out_dim=4, batch_size=64, max_steps=40, eval_every=20)
+)
+jit_fit = jax.jit(fit, static_argnums=4)
+
+
+def _data(n=240, seed=0):
+    d = make_planted(n, seed=seed)
+    return d.embeddings, d.conf, d.correct
+
+
+def test_jit_fit_and_predict_run_with_every_geometry():
+    x, p, y = _data()
+    model, info = jit_fit(jax.random.key(0), x, p, y, LEARNED)
+    assert info["select_error"].shape == (2, 3)
+    assert info["encoder"]["val_loss"].shape[0] == 2
+    est, corrected = jax.jit(predict)(model, x[:10], p[:10])
+    assert est.value.shape == (10,) and np.all(np.isfinite(np.asarray(corrected)))
+    eager = predict(model, x[:10], p[:10])
+    np.testing.assert_allclose(eager[1], corrected, rtol=1e-5, atol=1e-6)
+
+
+def test_vmap_over_models_equals_a_loop():
+    x, _, _ = _data()
+    rng = np.random.default_rng(0)
+    confs = rng.uniform(0.3, 0.95, size=(8, x.shape[0])).astype(np.float32)
+    corrects = (rng.random((8, x.shape[0])) < confs**1.5).astype(np.float32)
+    key = jax.random.key(1)
+    many, _ = jax.jit(jax.vmap(fit, in_axes=(None, None, 0, 0, None)), static_argnums=4)(
+        key, x, confs, corrects, FAST
+    )
+    oof_many = jax.vmap(out_of_fold)(many)
+    for m in range(8):
+        one, _ = jit_fit(key, x, confs[m], corrects[m], FAST)
+        oof_one = out_of_fold(one)
+        np.testing.assert_allclose(oof_many[0].value[m], oof_one[0].value, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(oof_many[1][m], oof_one[1], rtol=1e-4, atol=1e-5)
+
+
+def test_out_of_fold_outputs_ignore_the_items_own_outcome():
+    x, p, y = _data()
+    model, _ = jit_fit(jax.random.key(2), x, p, y, FAST)
+    i = 11
+    flipped = y.copy()
+    flipped[i] = 1 - flipped[i]
+    other, _ = jit_fit(jax.random.key(2), x, p, flipped, FAST)
+    (a, pa), (b, pb) = out_of_fold(model), out_of_fold(other)
+    assert a.value[i] == b.value[i] and pa[i] == pb[i]
+    assert np.any(np.asarray(a.value) != np.asarray(b.value))
+
+
+def test_one_compilation_serves_new_values():
+    x, p, y = _data()
+    jit_fit(jax.random.key(0), x, p, y, FAST)
+    before = jit_fit._cache_size()
+    jit_fit(jax.random.key(5), x * 2.0, p * 0.9, 1.0 - y, FAST)
+    assert jit_fit._cache_size() == before
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path):
+    x, p, y = _data()
+    model, _ = jit_fit(jax.random.key(0), x, p, y, LEARNED)
+    path = tmp_path / "model.msgpack"
+    save(model, path)
+    again = load(path)
+    assert again.config == model.config
+    for a, b in zip(jax.tree.leaves(model), jax.tree.leaves(again), strict=True):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(predict(again, x[:7], p[:7])[1], predict(model, x[:7], p[:7])[1])
+
+
+def test_load_refuses_corrupt_foreign_and_future_files(tmp_path):
+    from flax import serialization
+
+    x, p, y = _data(60)
+    model, _ = jit_fit(jax.random.key(0), x, p, y, FitConfig(folds=2, candidates=("raw",)))
+    good = tmp_path / "model.msgpack"
+    save(model, good)
+    corrupt = tmp_path / "corrupt.msgpack"
+    corrupt.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a miscal_jax model file"):
+        load(corrupt)
+    foreign = tmp_path / "foreign.msgpack"
+    foreign.write_bytes(serialization.msgpack_serialize({"weights": np.zeros(3)}))
+    with pytest.raises(ValueError, match="not a miscal_jax model file"):
+        load(foreign)
+    content = serialization.msgpack_restore(good.read_bytes())
+    content["header"]["version"] = 99
+    future = tmp_path / "future.msgpack"
+    future.write_bytes(serialization.msgpack_serialize(content))
+    with pytest.raises(ValueError, match="version 99; this miscal_jax reads version 1"):
+        load(future)
+    with pytest.raises(ValueError, match="model: cannot read"):
+        load(tmp_path / "missing.msgpack")
+
+
+def test_predict_rejects_wrong_shapes():
+    x, p, y = _data(60)
+    model, _ = jit_fit(jax.random.key(0), x, p, y, FitConfig(folds=2, candidates=("raw",)))
+    with pytest.raises(ValueError, match=r"embeddings: expected \[q, 8\]"):
+        predict(model, x[:, :3], p)
+    with pytest.raises(ValueError, match=r"conf: expected shape \[60\]"):
+        predict(model, x, p[:5])
+    with pytest.raises(ValueError, match="embeddings/conf/correct"):
+        fit(jax.random.key(0), x, p[:5], y, FitConfig(folds=2))
+    assert jnp.isfinite(predict(model, 1e4 * x[:3], p[:3])[0].value).all()

@@ -277,7 +277,7 @@ def _run_compare(args) -> int:
             permutations=args.permutations,
             seed=args.seed,
             candidates=candidates,
-            progress=not args.quiet,
+            progress=not args.quiet and sys.stderr.isatty(),
         )
     except ValueError as err:
         return _fail(str(err))

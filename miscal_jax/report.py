@@ -104,7 +104,12 @@ def check_out_dir(out_dir: str | Path, *, name: str = "out_dir") -> None:
       ValueError: one line naming ``name``, the path and the fix.
     """
     out = Path(out_dir)
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    if out.is_symlink():
+        raise ValueError(
+            f"{name}: {out} is a symbolic link; pass the folder it points to (the report "
+            "folder is replaced as a whole, so a link would be replaced by a folder)."
+        )
+    if out.exists() and not out.is_dir():
         raise ValueError(
             f"{name}: {out} exists and is not a folder; pass a new folder path "
             "(it is created) or a previous report folder (it is replaced)."

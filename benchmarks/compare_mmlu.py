@@ -95,6 +95,7 @@ def main(argv=None) -> int:
     ap.add_argument("--geometry", default="raw")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--reports", default="/tmp/compare_mmlu", help="where the HTML reports go")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     items = [json.loads(line) for line in open(MMLU / "items.jsonl")]
@@ -130,10 +131,7 @@ def main(argv=None) -> int:
             candidates=candidates,
             progress=True,
         )
-        out_dir = Path("/tmp") / f"compare_mmlu_{name}"
-        import shutil
-
-        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir = Path(args.reports) / name
         summary = write_compare_report(out_dir, panel, comp, seed=args.seed)
         results[name] = {"summary": summary, "seconds": time.perf_counter() - t0}
         print(f"{name}: {time.perf_counter() - t0:.0f} s; report in {out_dir}", flush=True)

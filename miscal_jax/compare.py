@@ -624,17 +624,15 @@ def _region_cards(panel: Panel, comp: Comparison) -> str:
         for j, rep in enumerate(comp.models):
             v, half = vals[j], z * comp.cell_se[j, c]
             if not np.isfinite(v):
-                cell = "<td>n/a</td><td></td>"
+                cell = "<td>n/a</td>"
             else:
                 word = "over" if v < 0 else "under"
                 cell = (
-                    f'<td class="{word}-t">{word} {abs(v):.2f}</td>'
-                    f'<td class="ci">[{v - half:+.2f}, {v + half:+.2f}]</td>'
+                    f'<td><span class="{word}-t">{word} {abs(v):.2f}</span><br>'
+                    f'<span class="ci">[{v - half:+.2f}, {v + half:+.2f}]</span></td>'
                 )
-            mark = "reported" if j in reg["found_by"] else ""
-            rows.append(
-                f'<tr><td>{H._e(_short(rep.name, 22))}</td>{cell}<td class="small">{mark}</td></tr>'
-            )
+            mark = " ●" if j in reg["found_by"] else ""
+            rows.append(f"<tr><td>{H._e(_short(rep.name, 24))}{mark}</td>{cell}</tr>")
         rows = "".join(rows)
         cats = ""
         if panel.group is not None:
@@ -655,7 +653,8 @@ def _region_cards(panel: Panel, comp: Comparison) -> str:
         out.append(
             f'<div class="card {sign}"><h3>C{c}: {H._e(words)}</h3>'
             f'<p class="words">{kind}; {reg["members"].size} items</p><p class="small">'
-            "Accuracy minus each model's recalibrated confidence here:</p>"
+            "Accuracy minus each model's recalibrated confidence here (●: reported for that "
+            "model):</p>"
             f'<div class="tablewrap"><table><tbody>{rows}</tbody></table></div>'
             f"{cats}{examples}</div>"
         )
@@ -666,6 +665,7 @@ def _region_cards(panel: Panel, comp: Comparison) -> str:
 def write_compare_report(out_dir, panel: Panel, comp: Comparison, *, seed: int = 0) -> dict:
     """Writes ``report.html`` and ``summary.json`` for a comparison; returns the summary."""
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     boots = []
     for j, rep in enumerate(comp.models):
         groups = None if panel.group is None else panel.group[rep.index]
@@ -688,6 +688,13 @@ def write_compare_report(out_dir, panel: Panel, comp: Comparison, *, seed: int =
         )
     n_yes = sum(s["heterogeneity"]["p_value"] < 0.05 for s in summary["models"])
     shared = sum(len(r["found_by"]) > 1 for r in summary["regions"])
+    perms = min(s["heterogeneity"]["permutations"] for s in summary["models"])
+    floor_note = (
+        f" With {perms} permutations the smallest attainable p is {1 / (perms + 1):.3g}: "
+        "use more permutations (--permutations) for this test."
+        if 1 / (perms + 1) >= 0.05
+        else ""
+    )
     body = [
         f"<h1>Where are {len(panel.models)} models' confidences wrong?</h1>",
         f'<p class="sub">{H._e(panel.meta.get("source", ""))}; confidence '
@@ -696,7 +703,7 @@ def write_compare_report(out_dir, panel: Panel, comp: Comparison, *, seed: int =
         f'<div class="verdict {"yes" if n_yes else "no"}"><p><b>{n_yes} of '
         f"{len(panel.models)} models</b> show input-dependent miscalibration (permutation test "
         f"p &lt; 0.05). Their regimes pool into {len(summary['regions'])} regions, "
-        f"{shared} of them reported for more than one model.</p></div>",
+        f"{shared} of them reported for more than one model.{floor_note}</p></div>",
         '<div class="tablewrap"><table><thead><tr><th>model</th><th>n</th><th>accuracy</th>'
         "<th>mean conf.</th><th>heterogeneity p</th><th>grouping loss</th><th>regimes</th>"
         '<th>Brier isotonic → local<br><span class="ci">[CI of the difference]</span></th>'

@@ -540,6 +540,7 @@ img{max-width:100%;height:auto;display:block;margin:8px auto}
 table{border-collapse:collapse;font-size:.9rem;min-width:100%}
 th,td{padding:5px 8px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
 th:first-child,td:first-child{text-align:left}
+th{white-space:normal;vertical-align:bottom}.card td{white-space:normal}
 tr.hl td{font-weight:600;background:#fdf3f3}
 .ci{color:var(--muted);font-size:.8em}
 .figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:12px;align-items:start}

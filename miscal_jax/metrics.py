@@ -59,8 +59,8 @@ def ece(conf: ArrayLike, correct: ArrayLike, *, num_bins: int = 15, strategy: st
       Scalar ECE in ``[0, 1]``.
 
     Examples:
-      >>> float(ece([0.9, 0.9], [1.0, 0.0]))
-      0.4000000059604645
+      >>> round(float(ece([0.9, 0.9], [1.0, 0.0])), 6)
+      0.4
     """
     conf, correct = _f32(conf), _f32(correct)
     idx = _bin_index(conf, num_bins, strategy)

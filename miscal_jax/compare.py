@@ -484,7 +484,7 @@ def heatmap_png(comparison: Comparison, models, *, level: float = H.LEVEL) -> by
     cells = comparison.cells
     m, r = cells.shape
     z = NormalDist().inv_cdf(0.5 + level / 2)
-    fig = Figure(figsize=(max(4.5, 1.05 * r + 2.8), max(2.2, 0.55 * m + 1.6)))
+    fig = Figure(figsize=(min(12.0, max(4.5, 1.05 * r + 2.8)), max(2.2, 0.5 * m + 1.6)))
     ax = fig.subplots()
     finite = np.abs(cells[np.isfinite(cells)])
     lim = float(finite.max()) if finite.size else 0.1

@@ -6,13 +6,22 @@ exits with code 2, before anything is written. Ctrl-C exits with 130 and
 SIGTERM with 143, one line each, leaving no report folder behind. Progress
 bars appear only when stderr is a terminal; otherwise each stage prints one
 line, and ``--quiet`` prints nothing but the final summary line.
+
+The same data and seed give byte-identical ``points.csv`` and ``summary.json``
+(apart from the run time) whatever the number of CPU cores: XLA's
+multi-threaded CPU matrix products sum in an order that depends on the thread
+count, so the command pins them to one thread unless ``XLA_FLAGS`` already
+says otherwise (``--xla_cpu_multi_thread_eigen=true`` trades that for speed).
 """
 
 import argparse
+import contextlib
+import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 __all__ = ["main"]
 
@@ -165,6 +174,26 @@ def _on_sigterm(signum, frame):
     raise _Terminated
 
 
+@contextlib.contextmanager
+def _matrix_threads_pinned() -> Iterator[None]:
+    """Makes results independent of the core count (see the module docstring).
+
+    Takes effect only if no JAX computation has run in this process yet (the
+    flags are read when the CPU backend starts), which holds for the command;
+    ``XLA_FLAGS`` is restored afterwards.
+    """
+    before = os.environ.get("XLA_FLAGS")
+    if "xla_cpu_multi_thread_eigen" not in (before or ""):
+        os.environ["XLA_FLAGS"] = f"{before or ''} --xla_cpu_multi_thread_eigen=false".strip()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("XLA_FLAGS", None)
+        else:
+            os.environ["XLA_FLAGS"] = before
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code.
 
@@ -181,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     on_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if on_main else None
     try:
-        return _run_compare(args) if args.command == "compare" else _run(args)
+        with _matrix_threads_pinned():
+            return _run_compare(args) if args.command == "compare" else _run(args)
     except KeyboardInterrupt:
         print("miscal-jax: interrupted (Ctrl-C); no report written.", file=sys.stderr)
         return 130

@@ -74,7 +74,8 @@ def run_apply(model_path: str | Path, data: Dataset, out_dir: str | Path) -> Pat
 
     Columns: ``row``, ``field`` (estimated ``E[correct - conf | x]``),
     ``field_low``/``field_high`` (90% normal interval), ``n_eff``, ``conf``
-    and ``corrected_conf``. Where ``data`` has outcomes, ``correct`` too.
+    and ``corrected_conf``; ``correct`` too where ``data`` has outcomes
+    (``data.meta["outcomes"]``).
 
     Args:
       model_path: a file written by :func:`run_fit` or :func:`~miscal_jax.save`.
@@ -101,7 +102,7 @@ def run_apply(model_path: str | Path, data: Dataset, out_dir: str | Path) -> Pat
         "conf": data.conf,
         "corrected_conf": corrected,
     }
-    if data.correct is not None:
+    if data.meta.get("outcomes", True):
         cols["correct"] = data.correct
     cols = {k: np.asarray(v, np.float64) for k, v in cols.items()}
     out = Path(out_dir)

@@ -78,7 +78,31 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--geometry", default=None, help=argparse.SUPPRESS)
     _text_args(rep)
     _compare_parser(sub)
+    _model_parsers(sub)
     return parser
+
+
+def _data_args(parser, *, correct: bool = True) -> None:
+    parser.add_argument("--data", required=True, help="npz/csv/csv.gz/jsonl/parquet file")
+    parser.add_argument("--embeddings", help="row-aligned .npy of embeddings for a table")
+    parser.add_argument("--confidence-col", default="confidence")
+    help_correct = None if correct else "correctness column, if the new items have outcomes"
+    parser.add_argument("--correct-col", default="correct", help=help_correct)
+
+
+def _model_parsers(sub) -> None:
+    fit = sub.add_parser("fit", help="cross-fit the field and correction, save the model")
+    _data_args(fit)
+    fit.add_argument("--save", required=True, help="model file to write (.msgpack)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--folds", type=int, default=5)
+    fit.add_argument("--quiet", action="store_true", help="no stage lines, only the result")
+    fit.add_argument("--geometry", default=None, help=argparse.SUPPRESS)
+    fit.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    app = sub.add_parser("apply", help="apply a saved model to new items")
+    app.add_argument("--model", required=True, help="model file written by `miscal-jax fit`")
+    _data_args(app, correct=False)
+    app.add_argument("--out", required=True, help="output folder for predictions.csv")
 
 
 def _text_args(parser) -> None:
@@ -133,9 +157,11 @@ def _fail(message: str) -> int:
 
 def _check_args(args) -> str | None:
     """One line about the first bad argument, or ``None``."""
+    if args.command == "apply":
+        return None
     if args.folds < 2:
         return f"--folds: need at least 2, got {args.folds}."
-    if args.permutations < 1:
+    if getattr(args, "permutations", 1) < 1:
         return f"--permutations: need at least 1, got {args.permutations}."
     if not 0 <= args.seed <= MAX_SEED:
         return f"--seed: must be an integer in [0, {MAX_SEED}], got {args.seed}."
@@ -211,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if on_main else None
     try:
         with _matrix_threads_pinned():
-            return _run_compare(args) if args.command == "compare" else _run(args)
+            run = {"compare": _run_compare, "fit": _run_fit, "apply": _run_apply}
+            return run.get(args.command, _run)(args)
     except KeyboardInterrupt:
         print("miscal-jax: interrupted (Ctrl-C); no report written.", file=sys.stderr)
         return 130
@@ -326,3 +353,64 @@ def _run_compare(args) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _run_fit(args) -> int:
+    from miscal_jax.apply import run_fit
+    from miscal_jax.io import load_data
+
+    try:
+        data = load_data(
+            args.data,
+            embeddings=args.embeddings,
+            confidence_col=args.confidence_col,
+            correct_col=args.correct_col,
+        )
+        problem = _check_data(data, args.folds)
+        if problem:
+            return _fail(problem)
+        candidates = ("raw", "pca", "learned")
+        if args.geometry is not None:
+            candidates = tuple(g.strip() for g in args.geometry.split(","))
+        summary = run_fit(
+            data,
+            args.save,
+            seed=args.seed,
+            folds=args.folds,
+            candidates=candidates,
+            progress=not args.quiet,
+        )
+    except ValueError as err:
+        return _fail(str(err))
+    except OSError as err:
+        return _fail(f"--save: cannot write the model to {args.save} ({err.strerror or err}).")
+    print(
+        f"fitted {summary['items']} items, {summary['folds']} folds "
+        f"(geometry {', '.join(summary['geometry'])}); held-out Brier isotonic "
+        f"{summary['brier_isotonic']:.4f} -> local {summary['brier_local']:.4f}; "
+        f"model in {args.save}"
+    )
+    return 0
+
+
+def _run_apply(args) -> int:
+    from miscal_jax.apply import run_apply
+    from miscal_jax.io import load_data
+    from miscal_jax.report import check_out_dir
+
+    try:
+        check_out_dir(args.out, name="--out")
+        data = load_data(
+            args.data,
+            embeddings=args.embeddings,
+            confidence_col=args.confidence_col,
+            correct_col=args.correct_col,
+            outcomes_required=False,
+        )
+        out = run_apply(args.model, data, args.out)
+    except ValueError as err:
+        return _fail(str(err).replace("model: ", "--model: ", 1))
+    except OSError as err:
+        return _fail(f"--out: cannot write to {args.out} ({err.strerror or err}).")
+    print(f"{data.embeddings.shape[0]} items; predictions in {out}")
+    return 0

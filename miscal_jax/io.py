@@ -473,6 +473,7 @@ def load_data(
     correct_col: str = "correct",
     text_col: str | None = None,
     text_embedding: str = "auto",
+    outcomes_required: bool = True,
 ) -> Dataset:
     """Loads a user's per-item results.
 
@@ -488,6 +489,9 @@ def load_data(
         ``emb_*`` columns the texts are embedded by
         :func:`~miscal_jax.text_embed.embed_texts` (cached beside ``path``).
       text_embedding: ``"auto"``, ``"minilm"`` or ``"lsa"`` (see there).
+      outcomes_required: with ``False`` (new items to apply a model to) a
+        missing correctness column is allowed: ``correct`` is then all zeros
+        and ``meta["outcomes"]`` is ``False``.
 
     Returns:
       A validated :class:`Dataset`.
@@ -515,6 +519,9 @@ def load_data(
         conf_key = confidence_col if confidence_col in arrays else "confidence"
         if conf_key not in arrays and "conf" in arrays:
             conf_key = "conf"
+        has_outcomes = correct_col in arrays
+        if not (has_outcomes or outcomes_required) and "embeddings" in arrays:
+            arrays[correct_col] = np.zeros(len(arrays["embeddings"]))
         for key, what in (
             (conf_key, "--confidence-col"),
             (correct_col, "--correct-col"),
@@ -547,8 +554,9 @@ def load_data(
     else:
         table = _read_table(path)
         used = [confidence_col, correct_col, "text", "group"]
+        has_outcomes = correct_col in table.columns
         for col, flag in ((confidence_col, "--confidence-col"), (correct_col, "--correct-col")):
-            if col not in table.columns:
+            if col not in table.columns and (col != correct_col or outcomes_required):
                 sep = next((s for s in ";\t|" if s in "".join(table.columns)), None)
                 hint = (
                     f"; the header looks {sep!r}-separated: save the file comma-separated"
@@ -577,7 +585,11 @@ def load_data(
                 "rename or drop the copies."
             )
         conf = _numeric(confidence_col, table.columns[confidence_col], table.place, kind="conf")
-        correct = _numeric(correct_col, table.columns[correct_col], table.place, kind="correct")
+        correct = (
+            _numeric(correct_col, table.columns[correct_col], table.place, kind="correct")
+            if has_outcomes
+            else np.zeros(table.rows)
+        )
         if embeddings is not None:
             emb_path = Path(embeddings)
             emb = _load_npy(emb_path, table.rows, path)
@@ -620,6 +632,7 @@ def load_data(
             "model": None,
             "confidence": confidence_col,
             "dropped": 0,
+            "outcomes": has_outcomes,
             **extra_meta,
         },
     )

@@ -45,3 +45,30 @@ def test_apply_refuses_other_widths(tmp_path):
     with pytest.raises(ValueError, match="data: embeddings have 3 dimensions but the model"):
         run_apply(path, narrow, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_fit_then_apply_without_outcomes(tmp_path, capsys):
+    from miscal_jax.cli import main
+
+    d = make_planted(200, seed=1)
+    train, new = tmp_path / "train.npz", tmp_path / "new.npz"
+    np.savez(train, embeddings=d.embeddings[:150], confidence=d.conf[:150], correct=d.correct[:150])
+    np.savez(new, embeddings=d.embeddings[150:], confidence=d.conf[150:])  # no outcomes
+    model = tmp_path / "model.msgpack"
+    argv = ["fit", "--data", str(train), "--save", str(model), "--folds", "3", "--quiet"]
+    assert main([*argv, "--geometry", "raw"]) == 0
+    assert "model in" in capsys.readouterr().out
+    out = tmp_path / "applied"
+    assert main(["apply", "--model", str(model), "--data", str(new), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == 50 and "correct" not in rows[0]
+    # a corrupt model file: one line, exit 2, nothing written
+    bad = tmp_path / "bad.msgpack"
+    bad.write_bytes(b"not a model")
+    capsys.readouterr()
+    code = main(["apply", "--model", str(bad), "--data", str(new), "--out", str(tmp_path / "o2")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        code == 2 and len(err) == 1 and "--model:" in err[0] and "not a miscal_jax model" in err[0]
+    )
+    assert not (tmp_path / "o2").exists()

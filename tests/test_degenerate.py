@@ -75,7 +75,7 @@ def test_all_correct_at_one_confidence_gives_the_constant_field():
     assert np.all(res.corrected_conf > 0.95)
 
 
-@pytest.mark.parametrize("d", [1, 4096])
+@pytest.mark.parametrize("d", [1, pytest.param(4096, marks=pytest.mark.slow)])  # 4096: ~70 s
 def test_extreme_dimensions(d):
     x, p, y = _base(d=d)
     _run(x, p, y)

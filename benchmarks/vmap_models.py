@@ -60,13 +60,16 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     jax.block_until_ready(one(conf[0], correct[0]))
     compile_one = time.perf_counter() - start
+    print(f"single fit compiled in {compile_one:.1f} s", flush=True)
     start = time.perf_counter()
     loop = [jax.block_until_ready(one(conf[i], correct[i])) for i in range(m)]
     loop_s = time.perf_counter() - start
+    print(f"loop of {m} fits: {loop_s:.1f} s", flush=True)
 
     start = time.perf_counter()
     jax.block_until_ready(many.lower(conf, correct).compile())
     compile_many = time.perf_counter() - start
+    print(f"vmapped fit compiled in {compile_many:.1f} s", flush=True)
     start = time.perf_counter()
     batched = jax.block_until_ready(many(conf, correct))
     vmap_s = time.perf_counter() - start

@@ -175,11 +175,11 @@ def fit(
       >>> import jax
       >>> from miscal_jax.synthetic import make_planted
       >>> d = make_planted(200, seed=0)
-      >>> cfg = FitConfig(folds=3, candidates=("raw",))
+      >>> cfg = FitConfig(folds=2, candidates=("raw",))
       >>> model, info = jax.jit(fit, static_argnums=4)(
       ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
       >>> model.train_mask.shape, info["select_error"].shape
-      ((3, 200), (3, 1))
+      ((2, 200), (2, 1))
     """
     x = jnp.asarray(embeddings, jnp.float32)
     conf = jnp.asarray(conf, jnp.float32)
@@ -258,8 +258,9 @@ def predict(
       >>> import jax
       >>> from miscal_jax.synthetic import make_planted
       >>> d = make_planted(200, seed=0)
-      >>> model, _ = fit(jax.random.key(0), d.embeddings, d.conf, d.correct,
-      ...                FitConfig(folds=2, candidates=("raw",)))
+      >>> cfg = FitConfig(folds=2, candidates=("raw",))
+      >>> model, _ = jax.jit(fit, static_argnums=4)(
+      ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
       >>> est, p = jax.jit(predict)(model, d.embeddings[:5], d.conf[:5])
       >>> est.value.shape, p.shape
       ((5,), (5,))
@@ -282,8 +283,9 @@ def out_of_fold(model: FieldModel) -> tuple[FieldEstimate, Array]:
       >>> import jax
       >>> from miscal_jax.synthetic import make_planted
       >>> d = make_planted(200, seed=0)
-      >>> model, _ = fit(jax.random.key(0), d.embeddings, d.conf, d.correct,
-      ...                FitConfig(folds=2, candidates=("raw",)))
+      >>> cfg = FitConfig(folds=2, candidates=("raw",))
+      >>> model, _ = jax.jit(fit, static_argnums=4)(
+      ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
       >>> est, p = out_of_fold(model)
       >>> est.value.shape
       (200,)
@@ -318,9 +320,10 @@ def save(model: FieldModel, path: str | Path) -> None:
     Examples:
       >>> import jax, tempfile, os
       >>> from miscal_jax.synthetic import make_planted
-      >>> d = make_planted(100, seed=0)
-      >>> model, _ = fit(jax.random.key(0), d.embeddings, d.conf, d.correct,
-      ...                FitConfig(folds=2, candidates=("raw",)))
+      >>> d = make_planted(200, seed=0)
+      >>> cfg = FitConfig(folds=2, candidates=("raw",))
+      >>> model, _ = jax.jit(fit, static_argnums=4)(
+      ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
       >>> path = os.path.join(tempfile.mkdtemp(), "model.msgpack")
       >>> save(model, path)
       >>> bool((load(path).ref_x == model.ref_x).all())

@@ -1,0 +1,339 @@
+"""Panel geometry: a space learned from other models' outcomes on the same items.
+
+When many models answer the same items (a leaderboard, MMLU-Pro's 84
+models), which items the *panel* gets right or wrong says far more about
+which items are alike than one model's coin flips do. A flax MLP with a
+``k``-wide bottleneck, trained with optax, predicts every panel model's 0/1
+outcome on an item from the item's embedding (a masked logistic loss: missing
+outcomes do not count); the bottleneck is the geometry. It is rotated and
+scaled by the decoder's singular vectors, so that Euclidean distance in the
+panel space is the root-mean-square difference of the predicted panel logits
+and the coordinates come ordered by how much of it they carry.
+
+The map reads embeddings and the panel's outcomes only, never the target
+model's, so it can be fitted once on all items and its output passed as the
+``embeddings`` of the cross-fitted pipeline
+(:func:`~miscal_jax.crossfit.crossfit`, :func:`~miscal_jax.model.fit`); it
+needs only an embedding to place an item, so new items are mapped too.
+"""
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from jax.typing import ArrayLike
+
+from miscal_jax._types import Array, PRNGKey
+
+__all__ = ["PanelConfig", "PanelMap", "PanelNet", "fit_panel", "panel_embed"]
+
+
+class PanelConfig(NamedTuple):
+    """Static configuration of :func:`fit_panel` (hashable: a ``jit`` static argument).
+
+    Attributes:
+      out_dim: width ``k`` of the bottleneck (the panel space).
+      hidden: widths of the encoder's hidden layers.
+      learning_rate: AdamW step size.
+      weight_decay: AdamW weight decay.
+      batch_size: items per step.
+      max_steps: most optimiser steps.
+      eval_every: steps between evaluations on the held-out items.
+      patience: evaluations without improvement before stopping.
+      val_fraction: share of items held out for early stopping.
+    """
+
+    out_dim: int = 16
+    hidden: tuple[int, ...] = (128,)
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-2
+    batch_size: int = 512
+    max_steps: int = 3000
+    eval_every: int = 50
+    patience: int = 8
+    val_fraction: float = 0.15
+
+
+class PanelNet(nn.Module):
+    """Encoder ``[..., d] -> [..., out_dim]`` and linear decoder to ``num_models`` logits.
+
+    Attributes:
+      hidden: widths of the encoder's hidden layers.
+      out_dim: bottleneck width ``k``.
+      num_models: panel size ``m``.
+    """
+
+    hidden: Sequence[int]
+    out_dim: int
+    num_models: int
+
+    def setup(self):
+        self.layers = [nn.Dense(width) for width in self.hidden]
+        self.bottleneck = nn.Dense(self.out_dim)
+        self.decoder = nn.Dense(self.num_models)
+
+    def encode(self, x: Array) -> Array:
+        """``[..., d] -> [..., k]`` bottleneck."""
+        for layer in self.layers:
+            x = nn.gelu(layer(x))
+        return self.bottleneck(x)
+
+    def __call__(self, x: Array) -> Array:
+        """``[..., d] -> [..., m]`` logits of each panel model answering right."""
+        return self.decoder(self.encode(x))
+
+
+@struct.dataclass
+class PanelMap:
+    """A fitted panel geometry: standardisation, network and output rotation.
+
+    Attributes:
+      mean: ``[d]`` centre of the embeddings.
+      scale: ``[d]`` their standard deviation per coordinate.
+      params: the :class:`PanelNet` parameters.
+      rotation: ``[k, k]`` bottleneck to panel space (decoder singular
+        vectors times singular values over ``sqrt(m)``).
+      net: the :class:`PanelNet` (static).
+    """
+
+    mean: Array
+    scale: Array
+    params: Any
+    rotation: Array
+    net: PanelNet = struct.field(pytree_node=False)
+
+
+def panel_embed(panel_map: PanelMap, embeddings: ArrayLike) -> Array:
+    """Maps ``[n, d]`` item embeddings to ``[n, k]`` points of the panel space.
+
+    Args:
+      panel_map: a :class:`PanelMap` from :func:`fit_panel`.
+      embeddings: ``[n, d]`` item embeddings (new items too: no outcomes needed).
+
+    Returns:
+      ``[n, k]`` coordinates; the distance between two items is the
+      root-mean-square difference of the panel's predicted logits on them.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> x = jax.random.normal(jax.random.key(0), (40, 5))
+      >>> y = (x[:, :1] > jnp.arange(3.0) - 1).astype(jnp.float32)
+      >>> pm, _ = fit_panel(jax.random.key(1), x, y, jnp.ones_like(y, bool),
+      ...                   PanelConfig(out_dim=2, max_steps=20, eval_every=10))
+      >>> panel_embed(pm, x[:3]).shape
+      (3, 2)
+    """
+    x = (jnp.asarray(embeddings, jnp.float32) - panel_map.mean) / panel_map.scale
+    z = panel_map.net.apply({"params": panel_map.params}, x, method=PanelNet.encode)
+    return z @ panel_map.rotation
+
+
+def _masked_bce(logits: Array, correct: Array, mask: Array) -> Array:
+    """Mean logistic loss over the ``mask`` cells of ``[b, m]`` outcomes."""
+    loss = optax.sigmoid_binary_cross_entropy(logits, correct)
+    return jnp.sum(jnp.where(mask, loss, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def _rotation(decoder_kernel: Array) -> Array:
+    """``[k, k]``: ``z @ R`` has ``|dz R|^2 = |dz W|^2 / m`` for the ``[k, m]`` decoder ``W``."""
+    u, s, _ = jnp.linalg.svd(decoder_kernel, full_matrices=False)
+    return u * s / jnp.sqrt(decoder_kernel.shape[1])
+
+
+def _check(embeddings, panel_correct, panel_mask, config: PanelConfig) -> None:
+    """Static checks (shapes, config), plus value checks when the inputs are concrete."""
+    shapes = {
+        "embeddings": np.shape(embeddings),
+        "panel_correct": np.shape(panel_correct),
+        "panel_mask": np.shape(panel_mask),
+    }
+    for name, shape in shapes.items():
+        if len(shape) != 2:
+            raise ValueError(f"{name}: expected a 2-D array, got shape {shape}.")
+    n = shapes["embeddings"][0]
+    if shapes["panel_correct"][0] != n:
+        raise ValueError(
+            f"panel_correct: has {shapes['panel_correct'][0]} rows but embeddings has {n}; "
+            "pass one row per item, in the same order."
+        )
+    if shapes["panel_mask"] != shapes["panel_correct"]:
+        raise ValueError(
+            f"panel_mask: shape {shapes['panel_mask']} differs from panel_correct's "
+            f"{shapes['panel_correct']}; pass True where an outcome was observed."
+        )
+    if shapes["panel_correct"][1] < 1:
+        raise ValueError("panel_correct: the panel has no models; pass at least one column.")
+    n_val = round(config.val_fraction * n)
+    if not 0 < config.val_fraction < 1 or n_val < 1 or n - n_val < 1:
+        raise ValueError(
+            f"config.val_fraction: {config.val_fraction} of {n} items leaves no held-out or "
+            "no fitting items; use a fraction in (0, 1) and at least a few items."
+        )
+    if config.eval_every < 1 or config.max_steps < config.eval_every:
+        raise ValueError(
+            f"config: need 1 <= eval_every <= max_steps, got {config.eval_every} and "
+            f"{config.max_steps}."
+        )
+    arrays = (embeddings, panel_correct, panel_mask)
+    if any(isinstance(a, jax.core.Tracer) for a in arrays):
+        return
+    x = np.asarray(embeddings, np.float64)
+    bad = np.argwhere(~np.isfinite(x))
+    if bad.size:
+        i, j = bad[0]
+        raise ValueError(
+            f"embeddings: value {x[i, j]} at index [{i}, {j}] is not finite; fix or drop that item."
+        )
+    y = np.asarray(panel_correct, np.float64)
+    mask = np.asarray(panel_mask)
+    if mask.dtype != bool:
+        raise ValueError(
+            f"panel_mask: expected booleans (True where observed), got dtype {mask.dtype}."
+        )
+    bad = np.argwhere(mask & ~np.isin(y, (0.0, 1.0)))
+    if bad.size:
+        i, j = bad[0]
+        raise ValueError(
+            f"panel_correct: value {y[i, j]} at index [{i}, {j}] is not 0 or 1; write 1 for "
+            "a right answer and 0 for a wrong one, or set panel_mask False there."
+        )
+    empty = np.flatnonzero(~mask.any(axis=0))
+    if empty.size:
+        raise ValueError(
+            f"panel_mask: panel model (column) {empty[0]} has no observed outcome; drop that "
+            "column."
+        )
+
+
+def fit_panel(
+    rng: PRNGKey,
+    embeddings: ArrayLike,
+    panel_correct: ArrayLike,
+    panel_mask: ArrayLike,
+    config: PanelConfig = PanelConfig(),
+) -> tuple[PanelMap, dict]:
+    """Learns the panel geometry from the panel's outcomes (pure, ``jit``-able).
+
+    A random ``val_fraction`` of the *items* is held out. Mini-batches of the
+    other items train the network with AdamW on the masked logistic loss;
+    every ``eval_every`` steps the held-out loss is computed, the best
+    parameters so far are kept with ``jnp.where``, and training stops after
+    ``patience`` evaluations without improvement (a ``lax.while_loop`` over
+    evaluation blocks, a ``lax.fori_loop`` of steps inside; no host syncs).
+    The decoder's biases start at each model's fitting accuracy (as logits).
+
+    Args:
+      rng: PRNG key (split, initialisation and batch order).
+      embeddings: ``[n, d]`` item embeddings.
+      panel_correct: ``[n, m]`` 0/1 outcomes of the ``m`` panel models
+        (anything where ``panel_mask`` is ``False``, NaN included).
+      panel_mask: ``[n, m]`` bools, ``True`` where the outcome was observed.
+      config: a :class:`PanelConfig` (static).
+
+    Returns:
+      ``(panel_map, history)``: ``history["val_loss"]`` is ``[E + 1]`` held-out
+      losses (evaluation 0 is the initial network; NaN after stopping),
+      ``history["best_val_loss"]``, ``history["constant_loss"]`` (held-out
+      loss of predicting each model's fitting accuracy everywhere) and
+      ``history["steps"]``.
+
+    Raises:
+      ValueError: bad shapes or configuration; with concrete inputs also
+        non-finite embeddings, outcomes other than 0/1 where observed, a
+        non-boolean mask, or a panel model with no observed outcome.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> x = jax.random.normal(jax.random.key(0), (200, 8))
+      >>> y = (x[:, :1] + 0.3 * jnp.arange(6.0) > 0.5).astype(jnp.float32)
+      >>> mask = jnp.ones_like(y, bool)
+      >>> cfg = PanelConfig(out_dim=2, max_steps=300)
+      >>> pm, hist = jax.jit(fit_panel, static_argnums=4)(jax.random.key(1), x, y, mask, cfg)
+      >>> bool(hist["best_val_loss"] < 0.5 * hist["constant_loss"])
+      True
+    """
+    _check(embeddings, panel_correct, panel_mask, config)
+    x = jnp.asarray(embeddings, jnp.float32)
+    mask = jnp.asarray(panel_mask, bool)
+    y = jnp.where(mask, jnp.asarray(panel_correct, jnp.float32), 0.0)
+    n, m = y.shape
+    mean = jnp.mean(x, axis=0)
+    std = jnp.std(x, axis=0)
+    scale = jnp.where(std > 0, std, 1.0)
+    xs = (x - mean) / scale
+
+    split_rng, init_rng, order_rng = jax.random.split(rng, 3)
+    n_val = round(config.val_fraction * n)
+    val = jnp.zeros(n, bool).at[jax.random.permutation(split_rng, n)[:n_val]].set(True)
+    fit_mask = mask & ~val[:, None]
+    val_mask = mask & val[:, None]
+    seen = jnp.maximum(jnp.sum(fit_mask, axis=0), 1)
+    accuracy = jnp.clip(jnp.sum(jnp.where(fit_mask, y, 0.0), axis=0) / seen, 1e-3, 1 - 1e-3)
+    bias = jnp.log(accuracy) - jnp.log1p(-accuracy)
+
+    net = PanelNet(hidden=tuple(config.hidden), out_dim=config.out_dim, num_models=m)
+    params = net.init(init_rng, xs[:1])["params"]
+    params = {**params, "decoder": {**params["decoder"], "bias": bias}}
+    tx = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
+    opt_state = tx.init(params)
+
+    def val_loss(params):
+        return _masked_bce(net.apply({"params": params}, xs), y, val_mask)
+
+    batch = min(config.batch_size, n - n_val)
+    order = jnp.argsort(jnp.where(val, 2.0, jax.random.uniform(order_rng, (n,))))
+
+    def step(i, carry):
+        params, opt_state = carry
+        idx = order[(i * batch + jnp.arange(batch)) % (n - n_val)]
+
+        def loss(p):
+            return _masked_bce(net.apply({"params": p}, xs[idx]), y[idx], fit_mask[idx])
+
+        grads = jax.grad(loss)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    evals = config.max_steps // config.eval_every
+
+    def block(carry):
+        k, params, opt_state, best, best_val, bad, history = carry
+        start = k * config.eval_every
+        params, opt_state = jax.lax.fori_loop(
+            start, start + config.eval_every, step, (params, opt_state)
+        )
+        loss = val_loss(params)
+        better = loss < best_val
+        best = jax.tree.map(lambda new, old: jnp.where(better, new, old), params, best)
+        return (
+            k + 1,
+            params,
+            opt_state,
+            best,
+            jnp.where(better, loss, best_val),
+            jnp.where(better, 0, bad + 1),
+            history.at[k + 1].set(loss),
+        )
+
+    def running(carry):
+        k, *_, bad, _ = carry
+        return (k < evals) & (bad < config.patience)
+
+    first = val_loss(params)
+    history = jnp.full(evals + 1, jnp.nan).at[0].set(first)
+    carry = (0, params, opt_state, params, first, 0, history)
+    k, _, _, best, best_val, _, history = jax.lax.while_loop(running, block, carry)
+    constant = _masked_bce(jnp.broadcast_to(bias, y.shape), y, val_mask)
+    panel_map = PanelMap(mean, scale, best, _rotation(best["decoder"]["kernel"]), net)
+    info = {
+        "val_loss": history,
+        "best_val_loss": best_val,
+        "constant_loss": constant,
+        "steps": k * config.eval_every,
+    }
+    return panel_map, info

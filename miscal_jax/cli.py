@@ -61,8 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--seed", type=int, default=0)
     rep.add_argument(
-        "--model", default=None, help="demo set only: model name or part of it (default gpt-4o)"
+        "--model",
+        default=None,
+        help="demo set: model name or part of it (default gpt-4o); with --data: the target "
+        "model of a long table, smoothed in the panel geometry learned from every other model",
     )
+    rep.add_argument("--item-col", default=None, help="with --model: item column (default item)")
+    rep.add_argument("--model-col", default=None, help="with --model: model column (default model)")
     rep.add_argument(
         "--confidence-col",
         default=None,
@@ -167,8 +172,21 @@ def _check_args(args) -> str | None:
         return f"--seed: must be an integer in [0, {MAX_SEED}], got {args.seed}."
     if args.data is None and args.embeddings:
         return "--embeddings: only used together with --data."
-    if args.data is not None and args.model:
+    panel = args.command == "report" and args.data is not None and args.model
+    if args.data is not None and args.model and not panel:
         return "--model: only selects a model of the shipped demo set."
+    if args.command == "report" and not panel:
+        for flag in ("item_col", "model_col"):
+            if getattr(args, flag) is not None:
+                return (
+                    f"--{flag.replace('_', '-')}: only with --data LONG_TABLE --model TARGET "
+                    "(the panel geometry)."
+                )
+    if panel and args.text_col is not None:
+        return (
+            "--text-col: not used with --model (panel geometry); give item embeddings with "
+            "--embeddings or emb_* columns."
+        )
     if args.geometry is not None:
         known = ("raw", "pca", "learned")
         parts = tuple(g.strip() for g in args.geometry.split(","))
@@ -264,6 +282,8 @@ def _run(args) -> int:
         check_out_dir(args.out, name="--out")
         if args.data is None:
             data = load_default(args.model or DEFAULT_MODEL, args.confidence_col or "verbal")
+        elif args.model:
+            data = _panel_data(args, log if not args.quiet else lambda line: None)
         else:
             data = load_data(
                 args.data,
@@ -301,6 +321,48 @@ def _run(args) -> int:
         f"report in {args.out}/report.html"
     )
     return 0
+
+
+def _panel_data(args, log):
+    """The target's rows of a long table, embedded in the panel geometry of the other models.
+
+    The panel map reads no outcome of the target, so it is fitted once on
+    all items; cross-fitting then runs on the target's rows in its space.
+    """
+    import jax
+    import numpy as np
+
+    from miscal_jax.io import load_with_panel
+    from miscal_jax.panel import DEFAULT_CONFIG, fit_panel, panel_embed
+
+    panel = load_with_panel(
+        args.data,
+        model=args.model,
+        item_col=args.item_col or "item",
+        model_col=args.model_col or "model",
+        confidence_col=args.confidence_col or "confidence",
+        correct_col=args.correct_col,
+        embeddings=args.embeddings,
+    )
+    n_items, n_models = panel.panel_correct.shape
+    log(f"panel geometry from {n_models} other models on {n_items} items")
+    panel_map, history = jax.jit(fit_panel, static_argnums=4)(
+        jax.random.key(args.seed),
+        panel.item_embeddings,
+        panel.panel_correct,
+        panel.panel_mask,
+        DEFAULT_CONFIG,
+    )
+    z = np.asarray(panel_embed(panel_map, panel.item_embeddings))
+    info = {
+        "models": n_models,
+        "items": n_items,
+        "dims": int(z.shape[1]),
+        "val_loss": float(history["best_val_loss"]),
+        "constant_loss": float(history["constant_loss"]),
+    }
+    data = panel.target
+    return data._replace(embeddings=z[panel.target_item], meta={**data.meta, "panel": info})
 
 
 def _run_compare(args) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 
 from miscal_jax.validation import InputError, validate_inputs
 
-__all__ = ["DEFAULT_MODEL", "Dataset", "load_data", "load_default"]
+__all__ = ["DEFAULT_MODEL", "Dataset", "PanelData", "load_data", "load_default", "load_with_panel"]
 
 DEFAULT_MODEL = "gpt-4o-2024-08-06"
 _CONF_KINDS = {
@@ -45,6 +45,7 @@ class Dataset(NamedTuple):
       group: ``[n]`` int group ids (evaluation only), or ``None``.
       group_names: names of the group ids, or ``None``.
       meta: provenance (source, model, confidence kind, dropped rows).
+      item: ``n`` item ids (a long table's item column), or ``None``.
     """
 
     embeddings: np.ndarray
@@ -54,6 +55,7 @@ class Dataset(NamedTuple):
     group: np.ndarray | None
     group_names: list | None
     meta: dict
+    item: list | None = None
 
 
 def load_default(model: str = DEFAULT_MODEL, confidence: str = "verbal") -> Dataset:
@@ -388,7 +390,7 @@ def _magic(path: Path, arg: str) -> bytes:
         raise ValueError(f"{arg}: cannot read {path} ({err.strerror or err}).") from None
 
 
-def _load_npy(emb_path: Path, rows: int, path: Path) -> np.ndarray:
+def _load_npy(emb_path: Path, rows: int | None, path: Path) -> np.ndarray:
     _check_file(emb_path, "embeddings")
     head = _magic(emb_path, "embeddings")
     if head.startswith(b"PK"):
@@ -416,7 +418,7 @@ def _load_npy(emb_path: Path, rows: int, path: Path) -> np.ndarray:
         raise ValueError(
             f"embeddings: {emb_path} is not a readable .npy array ({err}); save it with numpy.save."
         ) from None
-    if arr.ndim >= 1 and arr.shape[0] != rows:
+    if rows is not None and arr.ndim >= 1 and arr.shape[0] != rows:
         raise ValueError(
             f"embeddings: {emb_path} has {arr.shape[0]} rows but {path} has {rows} data rows; "
             "pass embeddings row-aligned with the table (one row per item, same order)."
@@ -635,4 +637,293 @@ def load_data(
             "outcomes": has_outcomes,
             **extra_meta,
         },
+    )
+
+
+class PanelData(NamedTuple):
+    """A target model's rows of a long table and the panel of the other models.
+
+    Attributes:
+      target: :class:`Dataset` of the target's rows (each row's embedding is
+        its item's; ``item`` holds the item ids).
+      item_embeddings: ``[N, d]`` float32, one row per item of the table.
+      panel_correct: ``[N, M]`` float32 outcomes of the other models (0 where missing).
+      panel_mask: ``[N, M]`` bools, ``True`` where an outcome was given.
+      panel_models: the ``M`` other models' names.
+      items: the ``N`` item ids, in order of first appearance.
+      target_item: ``[n]`` index into ``items`` of each target row.
+    """
+
+    target: Dataset
+    item_embeddings: np.ndarray
+    panel_correct: np.ndarray
+    panel_mask: np.ndarray
+    panel_models: list
+    items: list
+    target_item: np.ndarray
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _keys(col: str, values: list, place: Callable[[int], str], flag: str) -> list[str]:
+    """Item or model names as strings; an empty cell is an error naming the row."""
+    for i, v in enumerate(values):
+        if _blank(v):
+            raise ValueError(
+                f"{col}: empty value on {place(i)}; every row needs its {flag[2:-4]} "
+                f"(name the column with {flag})."
+            )
+    return [str(v).strip() for v in values]
+
+
+def _pick_model(model: str, names: list[str], path: Path) -> str:
+    hits = [m for m in names if m == model] or [m for m in names if model.lower() in m.lower()]
+    if len(hits) != 1:
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        raise ValueError(
+            f"--model: {model!r} matches {len(hits)} of the {len(names)} models in {path} "
+            f"({shown}); pass one of them exactly."
+        )
+    return hits[0]
+
+
+def _item_embeddings_npy(emb_path: Path, items: list[str], first: np.ndarray, table: _Table):
+    """Rows of a ``.npy`` by integer item id (row ``k`` belongs to item ``k``)."""
+    ids = []
+    for k, item in enumerate(items):
+        try:
+            ids.append(int(item))
+        except ValueError:
+            raise ValueError(
+                f"item: value {_short(item)} on {table.place(int(first[k]))} is not an "
+                f"integer; with --embeddings row k of {emb_path} belongs to item id k, so "
+                "item ids must be integers (or give emb_* columns instead)."
+            ) from None
+    arr = _load_npy(emb_path, None, emb_path)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"embeddings: {emb_path} has shape {arr.shape}; save a [items, d] array, row k "
+            "for item id k."
+        )
+    ids = np.array(ids, np.int64)
+    bad = np.flatnonzero((ids < 0) | (ids >= arr.shape[0]))
+    if bad.size:
+        k = int(bad[0])
+        raise ValueError(
+            f"item: id {ids[k]} on {table.place(int(first[k]))} has no row in {emb_path} "
+            f"({arr.shape[0]} rows); row k belongs to item id k, so ids must lie in "
+            f"[0, {arr.shape[0] - 1}]."
+        )
+    emb = np.asarray(arr[ids], np.float64)
+    bad = np.argwhere(~np.isfinite(emb))
+    if bad.size:
+        k, j = (int(v) for v in bad[0])
+        raise ValueError(
+            f"embeddings: non-finite value at row {ids[k]}, column {j} of {emb_path}; fix or "
+            "drop that item."
+        )
+    return emb
+
+
+def _item_embeddings_columns(table: _Table, path: Path, row_item: np.ndarray, first: np.ndarray):
+    """``emb_*`` columns, one embedding per item; every row of an item must agree."""
+    cols = _embedding_columns(table, path)
+    dup = sorted(set(cols) & table.duplicates)
+    if dup:
+        raise ValueError(
+            f"data: column {dup[0]!r} appears more than once in the header of {path}; rename "
+            "or drop the copies."
+        )
+    per_row = np.stack([_numeric(c, table.columns[c], table.place) for c in cols], axis=1)
+    emb = per_row[first]
+    differs = np.flatnonzero(np.any(per_row != emb[row_item], axis=1))
+    if differs.size:
+        i = int(differs[0])
+        raise ValueError(
+            f"data: the embedding on {table.place(i)} differs from the one on "
+            f"{table.place(int(first[row_item[i]]))} for the same item; give each item one "
+            "embedding (the same emb_* values on all its rows)."
+        )
+    bad = np.argwhere(~np.isfinite(emb))
+    if bad.size:
+        k, j = (int(v) for v in bad[0])
+        raise ValueError(
+            f"{cols[j]}: non-finite value on {table.place(int(first[k]))}; fix or drop that item."
+        )
+    return emb
+
+
+def load_with_panel(
+    path: str | Path,
+    *,
+    model: str,
+    item_col: str = "item",
+    model_col: str = "model",
+    confidence_col: str = "confidence",
+    correct_col: str = "correct",
+    embeddings: str | Path | None = None,
+) -> PanelData:
+    """Loads a long table (one row per item and model): one target model and its panel.
+
+    The panel is every other model in the table; only its ``correct`` column
+    is read (an empty cell is a missing outcome). The target's rows with an
+    empty confidence are dropped and counted in ``meta["dropped"]``.
+
+    Args:
+      path: ``.csv``, ``.csv.gz``, ``.jsonl`` or ``.parquet`` with item, model,
+        confidence and correct columns, and optional ``group`` (evaluation
+        only) and ``text`` columns.
+      model: the target model: its name, or an unambiguous part of it.
+      item_col, model_col, confidence_col, correct_col: column names.
+      embeddings: ``.npy`` of ``[rows, d]`` whose row ``k`` belongs to integer
+        item id ``k``; without it the table's ``emb_0..emb_{d-1}`` columns
+        (the same on every row of an item) are used.
+
+    Returns:
+      A :class:`PanelData`.
+
+    Raises:
+      ValueError: one line naming the argument, the file and row or column,
+        and the fix.
+
+    Examples:
+      >>> import tempfile, pathlib
+      >>> rows = ["item,model,confidence,correct,emb_0"] + [
+      ...     f"{i},{m},0.7,{(i + j) % 2},{i / 30}" for i in range(30)
+      ...     for j, m in enumerate(["a", "b", "c"])]
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "long.csv"
+      >>> _ = path.write_text("\\n".join(rows))
+      >>> d = load_with_panel(path, model="a")
+      >>> d.target.embeddings.shape, d.panel_correct.shape, d.panel_models
+      ((30, 1), (30, 2), ['b', 'c'])
+    """
+    path = Path(path)
+    _check_file(path, "data")
+    if path.suffix.lower() == ".npz":
+        raise ValueError(
+            f"data: with --model the data is a long table (.csv, .csv.gz, .jsonl, .parquet: "
+            f"one row per item and model); {path} is an .npz."
+        )
+    if confidence_col == correct_col:
+        raise ValueError(
+            f"correct_col: same column as confidence_col ({correct_col!r}); name the "
+            "correctness column with --correct-col."
+        )
+    table = _read_table(path)
+    need = (
+        (item_col, "--item-col"),
+        (model_col, "--model-col"),
+        (confidence_col, "--confidence-col"),
+        (correct_col, "--correct-col"),
+    )
+    for col, flag in need:
+        if col not in table.columns:
+            raise ValueError(
+                f"data: {path} has no column {col!r}; pass the right name with {flag} "
+                f"(columns: {sorted(table.columns)[:12]})."
+            )
+    dup = sorted({c for c, _ in need} & table.duplicates)
+    if dup:
+        raise ValueError(
+            f"data: column {dup[0]!r} appears more than once in the header of {path}; "
+            "rename or drop the copies."
+        )
+    item_vals = _keys(item_col, table.columns[item_col], table.place, "--item-col")
+    model_vals = _keys(model_col, table.columns[model_col], table.place, "--model-col")
+    items = list(dict.fromkeys(item_vals))
+    names = list(dict.fromkeys(model_vals))
+    target = _pick_model(model, names, path)
+    others = [m for m in names if m != target]
+    if not others:
+        raise ValueError(
+            f"--model: {path} has no model besides {target!r}; the panel geometry needs other "
+            "models' outcomes on the same items."
+        )
+    item_of = {v: k for k, v in enumerate(items)}
+    row_item = np.array([item_of[v] for v in item_vals], np.int64)
+    model_of = {v: j for j, v in enumerate(others)}
+    row_model = np.array([model_of.get(v, -1) for v in model_vals], np.int64)
+    cell = np.where(row_model >= 0, row_model, len(others)) * len(items) + row_item
+    _, first_row, counts = np.unique(cell, return_index=True, return_counts=True)
+    if np.any(counts > 1):
+        i = int(np.flatnonzero(cell == cell[first_row[np.argmax(counts > 1)]])[1])
+        raise ValueError(
+            f"data: {table.place(i)} repeats item {item_vals[i]!r} for model "
+            f"{model_vals[i]!r}; keep one row per item and model."
+        )
+    first = np.full(len(items), -1, np.int64)
+    first[row_item[::-1]] = np.arange(row_item.size)[::-1]  # first row of each item
+
+    correct_vals = table.columns[correct_col]
+    given = np.array([not _blank(v) for v in correct_vals])
+    at = np.flatnonzero(given)
+    values = np.full(table.rows, np.nan)
+    values[at] = _numeric(
+        correct_col,
+        [correct_vals[i] for i in at],
+        lambda k: table.place(int(at[k])),
+        kind="correct",
+    )
+    bad = np.flatnonzero(given & ~np.isin(values, (0.0, 1.0)))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"{correct_col}: value {values[i]:.6g} on {table.place(i)} is not 0 or 1; write 1 "
+            "for a right answer and 0 for a wrong one (or true/false)."
+        )
+    panel = (row_model >= 0) & given
+    panel_correct = np.zeros((len(items), len(others)), np.float32)
+    panel_mask = np.zeros((len(items), len(others)), bool)
+    panel_correct[row_item[panel], row_model[panel]] = values[panel]
+    panel_mask[row_item[panel], row_model[panel]] = True
+    answered = panel_mask.any(axis=0)
+    if not answered.any():
+        raise ValueError(
+            f"{correct_col}: no model besides {target!r} has an outcome in {path}; the panel "
+            "geometry needs other models' outcomes on the same items."
+        )
+
+    if embeddings is not None:
+        emb = _item_embeddings_npy(Path(embeddings), items, first, table)
+    else:
+        emb = _item_embeddings_columns(table, path, row_item, first)
+
+    conf_vals = table.columns[confidence_col]
+    rows = np.array(
+        [i for i, v in enumerate(model_vals) if v == target and not _blank(conf_vals[i])],
+        np.int64,
+    )
+    dropped = sum(v == target for v in model_vals) - rows.size
+    place = lambda k: table.place(int(rows[k]))
+    conf = _numeric(confidence_col, [conf_vals[i] for i in rows], place, kind="conf")
+    correct = _numeric(correct_col, [correct_vals[i] for i in rows], place, kind="correct")
+    target_item = row_item[rows]
+    try:
+        data = validate_inputs(emb[target_item], conf, correct)
+    except InputError as err:
+        where = place(err.row) if err.row is not None else str(path)
+        column = {"conf": confidence_col, "correct": correct_col}.get(err.argument, "emb")
+        raise ValueError(f"{err} ({where}, column {column!r}, model {target!r})") from None
+    text = group = group_names = None
+    if "text" in table.columns:
+        text = [str(table.columns["text"][i]) for i in rows]
+    if "group" in table.columns:
+        group, group_names = _groups([table.columns["group"][i] for i in rows])
+    meta = {
+        "source": str(path),
+        "model": target,
+        "confidence": confidence_col,
+        "dropped": int(dropped),
+        "outcomes": True,
+    }
+    return PanelData(
+        Dataset(*data, text, group, group_names, meta, item=[items[k] for k in target_item]),
+        np.asarray(emb, np.float32),
+        panel_correct[:, answered],
+        panel_mask[:, answered],
+        [m for m, a in zip(others, answered, strict=True) if a],
+        items,
+        target_item,
     )

@@ -30,7 +30,7 @@ from jax.typing import ArrayLike
 
 from miscal_jax._types import Array, PRNGKey
 
-__all__ = ["PanelConfig", "PanelMap", "PanelNet", "fit_panel", "panel_embed"]
+__all__ = ["DEFAULT_CONFIG", "PanelConfig", "PanelMap", "PanelNet", "fit_panel", "panel_embed"]
 
 
 class PanelConfig(NamedTuple):
@@ -38,7 +38,11 @@ class PanelConfig(NamedTuple):
 
     Attributes:
       out_dim: width ``k`` of the bottleneck (the panel space).
-      hidden: widths of the encoder's hidden layers.
+      hidden: widths of the encoder's hidden layers. None by default (a
+        logistic reduced-rank map): on MMLU-Pro (83 models, 12,032 items)
+        and on planted low-rank data one GELU layer of 128 reached a worse
+        held-out loss (0.578 against 0.573; 0.59 against 0.50), stopping
+        after its first few hundred steps.
       learning_rate: AdamW step size.
       weight_decay: AdamW weight decay.
       batch_size: items per step.
@@ -49,7 +53,7 @@ class PanelConfig(NamedTuple):
     """
 
     out_dim: int = 16
-    hidden: tuple[int, ...] = (128,)
+    hidden: tuple[int, ...] = ()
     learning_rate: float = 3e-3
     weight_decay: float = 1e-2
     batch_size: int = 512
@@ -57,6 +61,9 @@ class PanelConfig(NamedTuple):
     eval_every: int = 50
     patience: int = 8
     val_fraction: float = 0.15
+
+
+DEFAULT_CONFIG = PanelConfig()
 
 
 class PanelNet(nn.Module):
@@ -96,8 +103,8 @@ class PanelMap:
       mean: ``[d]`` centre of the embeddings.
       scale: ``[d]`` their standard deviation per coordinate.
       params: the :class:`PanelNet` parameters.
-      rotation: ``[k, k]`` bottleneck to panel space (decoder singular
-        vectors times singular values over ``sqrt(m)``).
+      rotation: ``[k, min(k, m)]`` bottleneck to panel space (decoder
+        singular vectors times singular values over ``sqrt(m)``).
       net: the :class:`PanelNet` (static).
     """
 
@@ -116,8 +123,9 @@ def panel_embed(panel_map: PanelMap, embeddings: ArrayLike) -> Array:
       embeddings: ``[n, d]`` item embeddings (new items too: no outcomes needed).
 
     Returns:
-      ``[n, k]`` coordinates; the distance between two items is the
-      root-mean-square difference of the panel's predicted logits on them.
+      ``[n, min(k, m)]`` coordinates (``m`` panel models); the distance
+      between two items is the root-mean-square difference of the panel's
+      predicted logits on them.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -140,7 +148,7 @@ def _masked_bce(logits: Array, correct: Array, mask: Array) -> Array:
 
 
 def _rotation(decoder_kernel: Array) -> Array:
-    """``[k, k]``: ``z @ R`` has ``|dz R|^2 = |dz W|^2 / m`` for the ``[k, m]`` decoder ``W``."""
+    """``[k, min(k, m)]``: ``|dz R|^2 = |dz W|^2 / m`` for the ``[k, m]`` decoder ``W``."""
     u, s, _ = jnp.linalg.svd(decoder_kernel, full_matrices=False)
     return u * s / jnp.sqrt(decoder_kernel.shape[1])
 
@@ -215,7 +223,7 @@ def fit_panel(
     embeddings: ArrayLike,
     panel_correct: ArrayLike,
     panel_mask: ArrayLike,
-    config: PanelConfig = PanelConfig(),
+    config: PanelConfig = DEFAULT_CONFIG,
 ) -> tuple[PanelMap, dict]:
     """Learns the panel geometry from the panel's outcomes (pure, ``jit``-able).
 

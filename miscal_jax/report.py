@@ -46,12 +46,14 @@ METHODS = ("uncorrected", "temperature", "platt", "isotonic", "histogram", "loca
 
 
 def method_metrics(predictions: dict, correct, groups=None) -> dict:
-    """Held-out ECE, equal-mass ECE, Brier, NLL, AUROC and regional error per method."""
+    """Held-out ECE, smooth ECE, ECCE, equal-mass ECE, Brier, NLL, AUROC, regional error."""
     out = {}
     for name in METHODS:
         p = predictions[name]
         row = {
             "ece": float(M.ece(p, correct)),
+            "smece": float(M.smooth_ece(p, correct)),
+            "ecce": float(M.ecce(p, correct)),
             "ece_mass": float(M.ece(p, correct, strategy="mass")),
             "brier": float(M.brier(p, correct)),
             "nll": float(M.nll(p, correct)),
@@ -300,9 +302,11 @@ def run_report(
     with _staged(out) as tmp:
         with open(tmp / "points.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
+            item = [] if data.item is None else ["item"]
             w.writerow(
                 [
                     "index",
+                    *item,
                     "confidence",
                     "correct",
                     "field",
@@ -319,6 +323,7 @@ def run_report(
                 w.writerow(
                     [
                         i,
+                        *([] if data.item is None else [data.item[i]]),
                         f"{p[i]:.6g}",
                         int(y[i]),
                         f"{res.field[i]:.6g}",
@@ -358,6 +363,24 @@ def run_report(
     return summary
 
 
+def _panel_note(panel: dict | None) -> list[str]:
+    """The report line on the panel geometry (none without a panel)."""
+    if panel is None:
+        return []
+    return [
+        "",
+        f"Geometry: the panel space ({panel['dims']}-d) learned from {panel['models']} other "
+        f"models' outcomes on {panel['items']} items (held-out loss {panel['val_loss']:.4f} "
+        f"against {panel['constant_loss']:.4f} for each model's accuracy alone); no outcome "
+        "of this model enters it.",
+    ]
+
+
+def _opt(value) -> str:
+    """A metric cell, empty for a summary written before the metric existed."""
+    return "" if value is None else f"{value:.4f}"
+
+
 def _markdown(s: dict, regimes, texts) -> str:
     het = s["heterogeneity"]
     src = s["source"]
@@ -369,6 +392,7 @@ def _markdown(s: dict, regimes, texts) -> str:
         + f", confidence `{src.get('confidence')}`; n = {s['n']}"
         + (f" ({src['dropped']} rows without a confidence dropped)" if src.get("dropped") else "")
         + f"; accuracy {s['accuracy']:.3f}, mean confidence {s['mean_confidence']:.3f}.",
+        *_panel_note(src.get("panel")),
         "",
         "## Does miscalibration depend on the input?",
         "",
@@ -380,17 +404,21 @@ def _markdown(s: dict, regimes, texts) -> str:
         "",
         "## Held-out metrics by method",
         "",
-        "| method | ECE | ECE (equal mass) | Brier | NLL | AUROC | regional error |",
-        "|---|---|---|---|---|---|---|",
+        "| method | ECE | smooth ECE | ECE (equal mass) | Brier | NLL | AUROC | regional error |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, m in s["methods"].items():
         reg = "" if m["regional_error"] is None else f"{m['regional_error']:.4f}"
         lines.append(
-            f"| {name} | {m['ece']:.4f} | {m['ece_mass']:.4f} | {m['brier']:.4f} | "
+            f"| {name} | {m['ece']:.4f} | {_opt(m.get('smece'))} | {m['ece_mass']:.4f} | "
+            f"{m['brier']:.4f} | "
             f"{m['nll']:.4f} | {m['auroc']:.4f} | {reg} |"
         )
     lines += [
         "",
+        "Smooth ECE: binning-free ECE (Blasiok & Nakkiran 2023, reflected Gaussian kernel "
+        "at its self-consistent bandwidth); `summary.json` also holds ECCE, the range of the "
+        "cumulative residual (Arrieta-Ibarra et al. 2022). "
         "Regional error: mean over the data's groups of |mean(correct - confidence)|; groups "
         "are used for evaluation only. `local` is the cross-fitted local correction.",
         "",

@@ -48,6 +48,7 @@ LEVEL = 0.9
 _METHODS = ("uncorrected", "temperature", "platt", "isotonic", "histogram", "local")
 _METRICS = (
     ("ece", "ECE"),
+    ("smece", "smooth ECE"),
     ("ece_mass", "ECE (equal mass)"),
     ("brier", "Brier"),
     ("nll", "NLL"),
@@ -748,6 +749,9 @@ def _notes(summary: dict, boot: dict, text_note: str | None) -> str:
         f"{boot.get('num_samples', 0)} item-bootstrap resamples of the out-of-fold "
         "predictions (the fitted models are held fixed, so they reflect evaluation noise, not "
         "refitting noise). Grouping loss: bias-corrected, item-bootstrap interval.",
+        "Smooth ECE: binning-free ECE (Blasiok &amp; Nakkiran 2023), the kernel-smoothed "
+        "residual (reflected Gaussian kernel) at the bandwidth equal to its own value; shown "
+        "without a bootstrap interval.",
         "Regional error: mean over the data's categories of |mean(correct − confidence)|; "
         "categories are used for evaluation only, never for fitting.",
     ]

@@ -151,6 +151,8 @@ def evaluate(row, permutations, use_mcgrad):
     for name, q in preds.items():
         out[name] = {
             "ece": float(M.ece(q, y)),
+            "smece": float(M.smooth_ece(q, y)),
+            "ecce": float(M.ecce(q, y)),
             "brier": float(M.brier(q, y)),
             "regional": float(M.regional_error(q, y, g)),
         }

@@ -36,11 +36,13 @@ from miscal_jax.io import load_data
 from miscal_jax.io import load_default
 from miscal_jax.metrics import auroc
 from miscal_jax.metrics import brier
+from miscal_jax.metrics import ecce
 from miscal_jax.metrics import ece
 from miscal_jax.metrics import grouping_loss
 from miscal_jax.metrics import local_calibration_error
 from miscal_jax.metrics import nll
 from miscal_jax.metrics import regional_error
+from miscal_jax.metrics import smooth_ece
 from miscal_jax.penalty import local_calibration_penalty
 from miscal_jax.model import FieldModel
 from miscal_jax.model import FitConfig
@@ -90,6 +92,7 @@ __all__ = (
     "brier",
     "crossfit",
     "discover_regimes",
+    "ecce",
     "ece",
     "embed",
     "field_from_moments",
@@ -123,6 +126,7 @@ __all__ = (
     "regional_error",
     "save",
     "select_bandwidth",
+    "smooth_ece",
     "top_label",
     "train_step",
     "undersmoothed_field",

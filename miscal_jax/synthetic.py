@@ -8,13 +8,17 @@ averages to zero: the global reliability diagram looks calibrated while
 whole regions are not. Optional nuisance dimensions with larger spread
 dominate raw distances, and a random rotation mixes all coordinates, as in a
 sentence embedding.
+
+:func:`make_confounded_null` is the opposite case, the null that real LLM data
+makes hard: confidence depends on the topic and the position in the
+embedding, while the miscalibration is a function of confidence alone.
 """
 
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["PlantedData", "make_planted"]
+__all__ = ["PlantedData", "make_confounded_null", "make_planted"]
 
 
 class PlantedData(NamedTuple):
@@ -123,3 +127,99 @@ def _offset(p: np.ndarray, amplitude: float) -> np.ndarray:
 def _report(p: np.ndarray, overconfidence: float) -> np.ndarray:
     q = np.clip(p, 1e-6, 1 - 1e-6)
     return 1.0 / (1.0 + np.exp(-overconfidence * (np.log(q) - np.log1p(-q))))
+
+
+def make_confounded_null(
+    n: int = 3000,
+    *,
+    seed: int = 0,
+    exponent: float = 1.8,
+    num_clusters: int = 6,
+    signal_dim: int = 8,
+    nuisance_dim: int = 0,
+    nuisance_scale: float = 3.0,
+    cluster_spread: float = 0.25,
+    base_logit: float = 1.5,
+    cluster_shift: float = 0.8,
+    position_slope: float = 1.0,
+    conf_noise: float = 0.7,
+) -> PlantedData:
+    """Draws a confounded null: confidence depends on x, miscalibration on confidence only.
+
+    Items sit in topic clusters as in :func:`make_planted`. The reported
+    confidence is ``sigmoid(base_logit + cluster_shift * a[cluster] +
+    position_slope * <s, u> + conf_noise * eps)`` with ``a[c] ~ N(0, 1)`` per
+    cluster, ``s`` the item's signal coordinates, ``u`` a random unit
+    direction and ``eps ~ N(0, 1)``; the answer is right with probability
+    ``conf ** exponent`` whatever the input. So ``E[correct - conf | x, conf]
+    = conf^exponent - conf`` is the same function of confidence everywhere:
+    no region is miscalibrated beyond what a confidence-only map fixes, yet
+    the field ``E[correct - conf | x]`` varies with ``x`` through the
+    confidence. A heterogeneity test or regime search must stay quiet here.
+
+    Args:
+      n: number of items.
+      seed: random seed.
+      exponent: ``P(correct | conf) = conf ** exponent`` (> 1: overconfident).
+      num_clusters: number of topic clusters.
+      signal_dim: dimensions carrying the cluster structure.
+      nuisance_dim: extra dimensions of pure noise.
+      nuisance_scale: standard deviation of the nuisance dimensions.
+      cluster_spread: within-cluster standard deviation per signal dimension.
+      base_logit: mean logit of the confidence.
+      cluster_shift: spread of the clusters' confidence logits (topic effect).
+      position_slope: slope of the confidence logit along ``u`` (position
+        effect inside and across clusters).
+      conf_noise: standard deviation of the input-independent logit noise.
+
+    Returns:
+      A :class:`PlantedData`: ``field`` is ``E[correct - conf | x]`` (averaged
+      over the logit noise by Gauss-Hermite quadrature), ``field_given_conf``
+      is ``conf^exponent - conf``, ``region`` the cluster and ``region_sign``
+      all zero (no region is miscalibrated given confidence).
+
+    Examples:
+      >>> d = make_confounded_null(2000, seed=0)
+      >>> d.embeddings.shape, bool(d.field.std() > 0.005), int(abs(d.region_sign).sum())
+      ((2000, 8), True, 0)
+    """
+    if n < 1 or num_clusters < 1 or signal_dim < 1:
+        raise ValueError("n, num_clusters and signal_dim must be positive.")
+    if exponent <= 0 or conf_noise < 0:
+        raise ValueError(
+            f"exponent must be positive and conf_noise non-negative, got {exponent}, {conf_noise}."
+        )
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(num_clusters, signal_dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    region = rng.integers(num_clusters, size=n)
+    signal = centres[region] + cluster_spread * rng.normal(size=(n, signal_dim))
+    nuisance = nuisance_scale * rng.normal(size=(n, nuisance_dim))
+    x = np.concatenate([signal, nuisance], axis=1)
+    rotation, _ = np.linalg.qr(rng.normal(size=(x.shape[1], x.shape[1])))
+    embeddings = x @ rotation
+
+    topic = rng.normal(size=num_clusters)
+    direction = rng.normal(size=signal_dim)
+    direction /= np.linalg.norm(direction)
+    mean_logit = base_logit + cluster_shift * topic[region] + position_slope * signal @ direction
+    conf = _sigmoid(mean_logit + conf_noise * rng.normal(size=n))
+    correct = (rng.random(n) < conf**exponent).astype(np.float32)
+
+    # E[conf^k - conf | x]: the logit noise integrated out (probabilists' Hermite nodes)
+    nodes, weights = np.polynomial.hermite_e.hermegauss(40)
+    c = _sigmoid(mean_logit[:, None] + conf_noise * nodes[None, :])
+    field_x = (c**exponent - c) @ (weights / weights.sum())
+    return PlantedData(
+        embeddings.astype(np.float32),
+        conf.astype(np.float32),
+        correct,
+        field_x.astype(np.float32),
+        (conf**exponent - conf).astype(np.float32),
+        region,
+        np.zeros(num_clusters, dtype=np.int64),
+    )
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))

@@ -34,6 +34,7 @@ from miscal_jax.kernel_sums import kernel_moments
 from miscal_jax.kernel_sums import kernel_moments_sharded
 from miscal_jax.io import load_data
 from miscal_jax.io import load_default
+from miscal_jax.io import load_with_panel
 from miscal_jax.metrics import auroc
 from miscal_jax.metrics import brier
 from miscal_jax.metrics import ecce
@@ -43,6 +44,10 @@ from miscal_jax.metrics import local_calibration_error
 from miscal_jax.metrics import nll
 from miscal_jax.metrics import regional_error
 from miscal_jax.metrics import smooth_ece
+from miscal_jax.panel import PanelConfig
+from miscal_jax.panel import PanelMap
+from miscal_jax.panel import fit_panel
+from miscal_jax.panel import panel_embed
 from miscal_jax.penalty import local_calibration_penalty
 from miscal_jax.model import FieldModel
 from miscal_jax.model import FitConfig
@@ -80,6 +85,8 @@ __all__ = (
     "FitConfig",
     "Geometry",
     "KernelMoments",
+    "PanelConfig",
+    "PanelMap",
     "TrainState",
     "apply_crossfit",
     "apply_histogram",
@@ -102,6 +109,7 @@ __all__ = (
     "fit_geometry",
     "fit_histogram",
     "fit_isotonic",
+    "fit_panel",
     "fit_platt",
     "fit_temperature",
     "grouping_loss",
@@ -113,6 +121,7 @@ __all__ = (
     "load",
     "load_data",
     "load_default",
+    "load_with_panel",
     "local_calibration_error",
     "local_calibration_penalty",
     "local_confidence",
@@ -122,6 +131,7 @@ __all__ = (
     "normal_interval",
     "nw_field",
     "out_of_fold",
+    "panel_embed",
     "predict",
     "regional_error",
     "save",

@@ -73,18 +73,15 @@ def test_recovers_planted_latent_position(fitted):
     assert neighbour_gap(z_new) < 0.5 * neighbour_gap(x_new)
 
 
-def test_distance_is_rms_logit_difference(fitted):
-    x, _, y, panel_map, _ = fitted
-    logits = panel_map.net.apply(
-        {"params": panel_map.params}, (x - panel_map.mean) / panel_map.scale
-    )
+def test_distance_tracks_predicted_probabilities(fitted):
+    """Panel distance follows the RMS difference of the predicted probabilities (first order)."""
+    x, _, _, panel_map, _ = fitted
+    xs = (x - panel_map.mean) / panel_map.scale
+    prob = jax.nn.sigmoid(panel_map.net.apply({"params": panel_map.params}, xs))
     z = panel_embed(panel_map, x)
-    np.testing.assert_allclose(
-        jnp.sum((z[:50] - z[50:100]) ** 2, 1),
-        jnp.mean((logits[:50] - logits[50:100]) ** 2, 1),
-        rtol=2e-3,
-        atol=1e-5,
-    )
+    dist = jnp.sqrt(jnp.sum((z[:300] - z[300:]) ** 2, 1))
+    rms = jnp.sqrt(jnp.mean((prob[:300] - prob[300:]) ** 2, 1))
+    assert np.corrcoef(dist, rms)[0, 1] > 0.9  # 0.945 measured: logits up to +-6 saturate
 
 
 def test_jit_traces_once():

@@ -17,6 +17,7 @@ import numpy as np
 
 from miscal_jax import metrics as M
 from miscal_jax.crossfit import crossfit
+from miscal_jax.geometry import DEFAULT_CANDIDATES
 from miscal_jax.inference import normal_interval
 from miscal_jax.io import Dataset
 from miscal_jax.model import load, predict, save
@@ -31,7 +32,7 @@ def run_fit(
     *,
     seed: int = 0,
     folds: int = 5,
-    candidates: tuple[str, ...] = ("raw", "pca", "learned"),
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES,
     progress: bool = True,
 ) -> dict:
     """Cross-fits a model on ``data`` and saves it to ``path``.

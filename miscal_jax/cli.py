@@ -23,6 +23,8 @@ import threading
 import time
 from collections.abc import Iterator
 
+from miscal_jax.geometry import DEFAULT_CANDIDATES, GEOMETRIES
+
 __all__ = ["main"]
 
 #: Seeds go to ``numpy.random.default_rng`` and ``jax.random.key``.
@@ -148,7 +150,10 @@ def _compare_parser(sub) -> None:
     cmp.add_argument("--folds", type=int, default=5)
     cmp.add_argument("--permutations", type=int, default=200)
     cmp.add_argument(
-        "--geometry", default=None, help="comma-separated subset of raw,pca,learned (default all)"
+        "--geometry",
+        default=None,
+        help=f"comma-separated subset of {','.join(GEOMETRIES)} "
+        f"(default {','.join(DEFAULT_CANDIDATES)})",
     )
     cmp.add_argument("--quiet", action="store_true", help="only the result line")
     _text_args(cmp)
@@ -188,7 +193,7 @@ def _check_args(args) -> str | None:
             "--embeddings or emb_* columns."
         )
     if args.geometry is not None:
-        known = ("raw", "pca", "learned")
+        known = GEOMETRIES
         parts = tuple(g.strip() for g in args.geometry.split(","))
         if not all(g in known for g in parts):
             return (
@@ -386,7 +391,7 @@ def _run_compare(args) -> int:
             )
         if args.models:
             panel = select_models(panel, [m.strip() for m in args.models.split(",")])
-        candidates = ("raw", "pca", "learned")
+        candidates = DEFAULT_CANDIDATES
         if args.geometry is not None:
             candidates = tuple(g.strip() for g in args.geometry.split(","))
         summary = run_compare(
@@ -431,7 +436,7 @@ def _run_fit(args) -> int:
         problem = _check_data(data, args.folds)
         if problem:
             return _fail(problem)
-        candidates = ("raw", "pca", "learned")
+        candidates = DEFAULT_CANDIDATES
         if args.geometry is not None:
             candidates = tuple(g.strip() for g in args.geometry.split(","))
         summary = run_fit(

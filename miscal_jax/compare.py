@@ -28,7 +28,7 @@ from miscal_jax import html_report as H
 from miscal_jax.baselines import apply_isotonic, fit_isotonic
 from miscal_jax.crossfit import CrossFitResult, crossfit
 from miscal_jax.describe import count_terms, distinctive_terms
-from miscal_jax.geometry import GEOMETRIES
+from miscal_jax.geometry import DEFAULT_CANDIDATES
 from miscal_jax.inference import grouping_loss_interval, heterogeneity_test
 from miscal_jax.regimes import discover_regimes
 
@@ -288,7 +288,7 @@ def fit_models(
     *,
     folds: int = 5,
     seed: int = 0,
-    candidates: tuple = GEOMETRIES,
+    candidates: tuple = DEFAULT_CANDIDATES,
     progress: bool = False,
     names=None,
 ) -> tuple:
@@ -393,7 +393,7 @@ def compare_models(
     folds: int = 5,
     permutations: int = 200,
     seed: int = 0,
-    candidates: tuple = GEOMETRIES,
+    candidates: tuple = DEFAULT_CANDIDATES,
     progress: bool = False,
 ) -> Comparison:
     """Fits every model, tests and finds regimes per model, pools regions, fills the matrix.
@@ -760,7 +760,7 @@ def run_compare(
     folds: int = 5,
     permutations: int = 200,
     seed: int = 0,
-    candidates: tuple = GEOMETRIES,
+    candidates: tuple = DEFAULT_CANDIDATES,
     progress: bool = False,
 ) -> dict:
     """Runs :func:`compare_models` and writes its report; returns ``summary.json``'s content."""

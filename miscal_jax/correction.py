@@ -171,7 +171,7 @@ def _fit_params(p_global, field, n_eff, correct, weight):
         params = CorrectionParams(v[0], v[1])
         return _bce(logit(local_confidence(params, p_global, field, n_eff)), correct, weight)
 
-    v = _minimise(loss, jnp.array([0.0, jnp.log(10.0)]), steps=60)
+    v = _minimise(loss, jnp.array([0.0, jnp.log(10.0)]))
     return CorrectionParams(v[0], v[1])
 
 
@@ -182,7 +182,7 @@ def fit_correction_params(
     correct: ArrayLike,
     weight: ArrayLike | None = None,
 ) -> CorrectionParams:
-    """Fits strength and shrinkage by (weighted) log-loss, with fixed-step L-BFGS.
+    """Fits strength and shrinkage by (weighted) log-loss, with damped Newton steps.
 
     Pass *leave-one-out* field values of the training items: with in-sample
     values each item would see its own outcome and the fit would overshoot.

@@ -28,8 +28,8 @@ from miscal_jax.baselines import (
     fit_platt,
     fit_temperature,
 )
-from miscal_jax.correction import CorrectionState, apply_global
-from miscal_jax.geometry import GEOMETRIES, Geometry, embed
+from miscal_jax.correction import CorrectionState
+from miscal_jax.geometry import DEFAULT_CANDIDATES, GEOMETRIES, Geometry, embed
 from miscal_jax.model import FieldModel, FitConfig, fit, out_of_fold, predict
 from miscal_jax.representation import EncoderConfig
 from miscal_jax.validation import validate_inputs
@@ -68,7 +68,9 @@ class CrossFitResult(NamedTuple):
         ``temperature``, ``platt``, ``isotonic``, ``histogram``, ``local``.
       models: one :class:`FoldModel` view per fold.
       info: per fold, ``chosen`` (geometry name), ``select_error`` (by
-        candidate) and ``constant_error``.
+        candidate: leave-one-out error over the items it is judged on),
+        ``held_error`` (the same over items no trained candidate saw) and
+        ``constant_error`` (the training mean's error there).
       model: the :class:`~miscal_jax.model.FieldModel` (save it, or
         :func:`~miscal_jax.model.predict` with it).
     """
@@ -107,13 +109,19 @@ def _baselines(model: FieldModel) -> dict:
 def _fold_views(model: FieldModel) -> tuple[FoldModel, ...]:
     views = []
     for k in range(model.config.folds):
-        geometry, global_map, params, final_map, train = jax.tree.map(
+        geometry, global_map, params, final_map, train, residual_global = jax.tree.map(
             lambda a, k=k: a[k],
-            (model.geometry, model.global_map, model.params, model.final_map, model.train_mask),
+            (
+                model.geometry,
+                model.global_map,
+                model.params,
+                model.final_map,
+                model.train_mask,
+                model.ref_residual,
+            ),
         )
         rows = np.asarray(train)
         z = embed(geometry, model.ref_x, model.ref_conf)[rows]
-        residual_global = model.ref_correct - apply_global(global_map, model.ref_conf)
         views.append(
             FoldModel(
                 geometry,
@@ -133,7 +141,7 @@ def crossfit(
     *,
     folds: int = 5,
     seed: int = 0,
-    candidates: tuple[str, ...] = GEOMETRIES,
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES,
     config: EncoderConfig = EncoderConfig(),
     use_conf: bool = True,
     global_method: str = "isotonic",
@@ -204,6 +212,7 @@ def crossfit(
         {
             "chosen": candidates[int(choice[k])],
             "select_error": dict(zip(candidates, map(float, info["select_error"][k]), strict=True)),
+            "held_error": dict(zip(candidates, map(float, info["held_error"][k]), strict=True)),
             "constant_error": float(info["constant_error"][k]),
         }
         for k in range(folds)

@@ -1,19 +1,35 @@
-"""Where the smoother measures distance: raw, PCA, or a learned space.
+"""Where the smoother measures distance: raw, standardised, PCA, or a learned space.
 
 A :class:`Geometry` is a fitted pytree that maps inputs to the space ``z``
 where the field is smoothed, plus the bandwidth chosen there.
-:func:`fit_geometry` fits every candidate on part of the training items and
-keeps the one with the lowest smoother error on a further held-out part, so
-a learned metric that overfits the coin-flip residuals loses to the raw or
-PCA space instead of being used.
+:func:`fit_geometry` fits every candidate and keeps the one with the lowest
+cross-validated smoother error:
+
+- ``"raw"``: the inputs, centred.
+- ``"std"``: each column divided by its standard deviation, so a few
+  high-variance nuisance columns cannot dominate the distance.
+- ``"pca"``: the top principal components.
+- ``"linear"``: a regularised linear metric, per-direction relevance weights
+  (:class:`~miscal_jax.representation.Relevance`) on the standardised columns
+  (on the top principal components when there are more than
+  :data:`MAX_ENCODER_INPUTS` columns), trained on the leave-one-out smoother loss.
+- ``"learned"``: the MLP :class:`~miscal_jax.representation.Encoder` on the
+  top principal components (and the confidence), trained the same way.
+
+Selection is by leave-one-out error at each candidate's own best bandwidth
+(all bandwidths of the grid in one distance pass). The fixed spaces are
+compared over all training items; a trained space is compared on the
+training items its weights never saw, against the best fixed space, and
+must beat it by one paired standard error, so a learned metric that
+overfits the coin-flip residuals is not used.
 
 Everything is traceable: the candidates' outputs share one width ``z_dim``
 (zero-padded, which changes no distance), the choice is an integer array and
 :func:`embed` selects with it, and every split is a mask. So a geometry can be
-fitted under ``jit``, for every fold at once, and for many models with ``vmap``.
+fitted under ``jit``, for every fold at once, and for many models with
+``vmap``; under ``vmap`` over models sharing the inputs, the fixed spaces'
+distance passes are shared too (only the residual columns are batched).
 """
-
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -21,16 +37,30 @@ import jax.numpy as jnp
 from flax import struct
 from jax.typing import ArrayLike
 
-from miscal_jax._types import Array, PRNGKey
+from miscal_jax._types import Array, FieldEstimate, PRNGKey
 from miscal_jax.baselines import logit
-from miscal_jax.representation import Encoder, EncoderConfig, fit_encoder
-from miscal_jax.smoother import nw_field, select_bandwidth
+from miscal_jax.representation import Encoder, EncoderConfig, Relevance, fit_encoder
+from miscal_jax.smoother import bandwidth_grid, loo_field
 
-__all__ = ["GEOMETRIES", "Geometry", "embed", "fit_geometry", "weighted_pca"]
+__all__ = [
+    "DEFAULT_CANDIDATES",
+    "GEOMETRIES",
+    "TRAINED",
+    "Geometry",
+    "embed",
+    "fit_geometry",
+    "weighted_pca",
+]
 
-GEOMETRIES = ("raw", "pca", "learned")
+GEOMETRIES = ("raw", "std", "pca", "linear", "learned")
+#: The candidates :func:`~miscal_jax.model.fit` and the CLI choose from by default.
+DEFAULT_CANDIDATES = GEOMETRIES
+#: Candidates whose weights are fitted to the residuals.
+TRAINED = ("linear", "learned")
 #: Encoder inputs are the top principal components, at most this many.
 MAX_ENCODER_INPUTS = 64
+#: Relative floor on a column's standard deviation in the ``"std"`` space.
+STD_FLOOR = 1e-3
 
 
 @struct.dataclass
@@ -39,30 +69,36 @@ class Geometry:
 
     Attributes:
       mean: ``[d]`` centre of the inputs.
+      std: ``[d]`` column standard deviations (floored).
       projection: ``[d, m]`` top principal directions (the PCA space is the
-        first ``pca_dim`` of them; the encoder reads all ``m``).
-      input_scale: scalar dividing the projected inputs of the encoder.
-      encoder_params: flax parameters (``None`` unless ``"learned"`` is a candidate).
+        first ``pca_dim`` of them; the MLP reads all ``m``).
+      input_scale: scalar dividing the projected inputs of the MLP.
+      relevance_inputs: ``[d, r]`` map from centred inputs to the inputs of
+        the linear metric.
+      params: tuple aligned with ``candidates``: flax parameters of the
+        trained candidates, ``None`` for the fixed ones.
       choice: integer index of the chosen candidate.
       log_bandwidth: scalar log-bandwidth in ``z``.
       candidates: the candidate names (static).
       pca_dim: dimension of the PCA space (static).
       z_dim: width of ``z`` (static): the widest candidate; others are zero-padded.
-      encoder: the flax module (static, ``None`` unless learned is a candidate).
-      use_conf: whether ``logit(conf)`` is an encoder input (static).
+      modules: tuple aligned with ``candidates``: flax modules (static).
+      use_conf: whether ``logit(conf)`` is an input of the MLP (static).
       kernel: smoothing kernel the bandwidth was chosen for (static).
     """
 
     mean: Array
+    std: Array
     projection: Array
     input_scale: Array
-    encoder_params: Any
+    relevance_inputs: Array
+    params: tuple
     choice: Array
     log_bandwidth: Array
     candidates: tuple[str, ...] = struct.field(pytree_node=False, default=("raw",))
     pca_dim: int = struct.field(pytree_node=False, default=16)
     z_dim: int = struct.field(pytree_node=False, default=0)
-    encoder: nn.Module | None = struct.field(pytree_node=False, default=None)
+    modules: tuple[nn.Module | None, ...] = struct.field(pytree_node=False, default=(None,))
     use_conf: bool = struct.field(pytree_node=False, default=False)
     kernel: str = struct.field(pytree_node=False, default="gaussian")
 
@@ -72,22 +108,32 @@ class Geometry:
         return self.candidates[int(self.choice)]
 
 
-def _encoder_inputs(geometry: Geometry, x: Array, conf: Array) -> Array:
+def _mlp_inputs(geometry: Geometry, x: Array, conf: Array) -> Array:
     feats = (x - geometry.mean) @ geometry.projection / geometry.input_scale
     if geometry.use_conf:
         feats = jnp.concatenate([feats, 0.5 * logit(conf)[:, None]], axis=1)
     return feats
 
 
-def _candidate(geometry: Geometry, kind: str, x: Array, conf: Array) -> Array:
-    """``[n, z_dim]`` points of one candidate space."""
+def _inputs(geometry: Geometry, kind: str, x: Array, conf: Array) -> Array:
+    """``[n, .]`` inputs of a trained candidate's module."""
+    if kind == "linear":
+        return (x - geometry.mean) @ geometry.relevance_inputs
+    return _mlp_inputs(geometry, x, conf)
+
+
+def _candidate(geometry: Geometry, k: int, x: Array, conf: Array) -> Array:
+    """``[n, z_dim]`` points of candidate ``k``."""
+    kind = geometry.candidates[k]
     if kind == "raw":
         z = x - geometry.mean
+    elif kind == "std":
+        z = (x - geometry.mean) / geometry.std
     elif kind == "pca":
         z = (x - geometry.mean) @ geometry.projection[:, : geometry.pca_dim]
     else:
-        feats = _encoder_inputs(geometry, x, conf)
-        z = geometry.encoder.apply({"params": geometry.encoder_params}, feats)
+        feats = _inputs(geometry, kind, x, conf)
+        z = geometry.modules[k].apply({"params": geometry.params[k]}, feats)
     return jnp.pad(z, [(0, 0), (0, geometry.z_dim - z.shape[1])])
 
 
@@ -96,14 +142,14 @@ def embed(geometry: Geometry, x: ArrayLike, conf: ArrayLike) -> Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> g = Geometry(jnp.ones(2), jnp.eye(2), jnp.ones(()), None, jnp.zeros((), int),
-      ...              jnp.zeros(()), z_dim=2)
+      >>> g = Geometry(jnp.ones(2), jnp.ones(2), jnp.eye(2), jnp.ones(()), jnp.eye(2), (None,),
+      ...              jnp.zeros((), int), jnp.zeros(()), z_dim=2)
       >>> embed(g, jnp.array([[1.0, 3.0]]), jnp.array([0.5]))
       Array([[0., 2.]], dtype=float32)
     """
     x = jnp.asarray(x, jnp.float32)
     conf = jnp.asarray(conf, jnp.float32)
-    spaces = [_candidate(geometry, kind, x, conf) for kind in geometry.candidates]
+    spaces = [_candidate(geometry, k, x, conf) for k in range(len(geometry.candidates))]
     if len(spaces) == 1:
         return spaces[0]
     return jnp.take(jnp.stack(spaces), geometry.choice, axis=0)
@@ -139,7 +185,7 @@ def weighted_pca(x: ArrayLike, weight: ArrayLike, k: int) -> tuple[Array, Array,
 
 
 def _split(rng, train_mask, split):
-    """Random ``fit``, ``stop`` and ``select`` masks partitioning the training rows."""
+    """Random ``fit`` and ``stop`` masks inside the training rows; the rest is held out."""
     n = train_mask.shape[0]
     u = jnp.where(train_mask, jax.random.uniform(rng, (n,)), 2.0)
     rank = jnp.argsort(jnp.argsort(u))  # 0 for the smallest u
@@ -148,34 +194,69 @@ def _split(rng, train_mask, split):
     n_stop = jnp.floor(split[1] * m).astype(jnp.int32)
     fit = rank < n_fit
     stop = (rank >= n_fit) & (rank < n_fit + n_stop)
-    select = train_mask & (rank >= n_fit + n_stop)
-    return fit, stop, select
+    return fit, stop
 
 
-def _choose(errors: Array, select: Array, candidates: tuple[str, ...]) -> Array:
-    """Lowest mean held-out error, but raw space unless beaten by one paired SE.
-
-    With coin-flip residuals the candidates' errors differ by little and the
-    selection split is small, so a learned or PCA space must beat the raw
-    space clearly (mean paired improvement above its standard error) to be
-    used: the one-standard-error rule, in favour of the simplest geometry.
+def _beats(errors: Array, challenger: Array, incumbent: Array, mask: Array) -> Array:
+    """Whether ``challenger``'s mean error over ``mask`` is lower than ``incumbent``'s
+    by more than one paired standard error (the one-standard-error rule).
 
     Args:
       errors: ``[c, n]`` squared errors per candidate and item.
-      select: ``[n]`` mask of the items that count.
+      challenger, incumbent: integer candidate indices.
+      mask: ``[n]`` items that count.
+    """
+    m = jnp.maximum(jnp.sum(mask), 1)
+    diff = errors[incumbent] - errors[challenger]
+    mean = jnp.sum(diff * mask) / m
+    var = jnp.sum(mask * (diff - mean) ** 2) / jnp.maximum(m - 1, 1)
+    return mean > jnp.sqrt(var / m)
+
+
+def _masked_mean(values: Array, mask: Array) -> Array:
+    """Mean over the last axis of the ``mask`` entries."""
+    return jnp.sum(values * mask, axis=-1) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def _choose(errors: Array, train: Array, held: Array, candidates: tuple[str, ...]) -> Array:
+    """Index of the chosen candidate.
+
+    Among the fixed spaces the lowest mean error over ``train`` wins if it
+    beats the first fixed candidate (raw space when present) by one paired
+    SE; then the best trained space, compared over ``held`` (items its weights
+    never saw), replaces it only if it beats it there by one paired SE.
+
+    Args:
+      errors: ``[c, n]`` leave-one-out squared errors per candidate and item.
+      train: ``[n]`` all training items.
+      held: ``[n]`` training items no trained candidate was fitted on.
       candidates: the candidate names.
     """
-    m = jnp.maximum(jnp.sum(select), 1)
-    means = jnp.sum(errors * select, axis=1) / m
-    best = jnp.argmin(means)
-    if "raw" not in candidates:
-        return best
-    raw = candidates.index("raw")
-    diff = (errors[raw] - errors[best]) * select
-    mean = jnp.sum(diff) / m
-    var = jnp.sum(select * (errors[raw] - errors[best] - mean) ** 2) / jnp.maximum(m - 1, 1)
-    se = jnp.sqrt(var / m)
-    return jnp.where(mean > se, best, raw)
+    fixed = [k for k, kind in enumerate(candidates) if kind not in TRAINED]
+    trained = [k for k, kind in enumerate(candidates) if kind in TRAINED]
+    choice = jnp.asarray(fixed[0] if fixed else trained[0], jnp.int32)
+    if len(fixed) > 1:
+        idx = jnp.asarray(fixed)
+        best = idx[jnp.argmin(_masked_mean(errors[idx], train))]
+        choice = jnp.where(_beats(errors, best, choice, train), best, choice)
+    if trained and fixed:
+        idx = jnp.asarray(trained)
+        best = idx[jnp.argmin(_masked_mean(errors[idx], held))]
+        choice = jnp.where(_beats(errors, best, choice, held), best, choice)
+    elif len(trained) > 1:
+        idx = jnp.asarray(trained)
+        choice = idx[jnp.argmin(_masked_mean(errors[idx], held))]
+    return choice.astype(jnp.int32)
+
+
+def _take(tree, k):
+    return jax.tree.map(lambda a: jnp.take(a, k, axis=0), tree)
+
+
+def _modules(candidates, config: EncoderConfig) -> tuple:
+    mlp = Encoder(hidden=tuple(config.hidden), out_dim=config.out_dim)
+    named = {"linear": Relevance(), "learned": mlp}
+    return tuple(named.get(kind) for kind in candidates)
 
 
 def fit_geometry(
@@ -189,38 +270,47 @@ def fit_geometry(
     config: EncoderConfig = EncoderConfig(),
     use_conf: bool = True,
     split: tuple[float, float] = (0.7, 0.15),
-) -> tuple[Geometry, dict]:
-    """Fits candidate geometries and keeps the best by held-out smoother error.
+) -> tuple[Geometry, FieldEstimate, dict]:
+    """Fits candidate geometries and keeps the best by cross-validated smoother error.
 
-    The training rows are split into *fit* (encoder weights, bandwidths),
-    *stop* (the encoder's early stopping) and *select* (comparing
-    candidates); the bandwidth of the chosen geometry is then re-selected by
-    leave-one-out over all training rows, which become the smoother's
-    references. Pure and traceable: ``jit`` with the keyword arguments static.
+    Every candidate gets its leave-one-out (LOO) estimates over the training
+    rows at every bandwidth of a grid in one distance pass; its bandwidth
+    minimises the LOO error (over the rows its weights never saw, for a
+    trained candidate). Trained candidates fit their weights on a *fit* part
+    of the training rows (``split[0]``) and stop early on a *stop* part
+    (``split[1]``); see the module docstring for the choice. Pure and
+    traceable: ``jit`` with the keyword arguments static.
 
     Args:
       rng: PRNG key.
       x: ``[n, d]`` inputs.
-      conf: ``[n]`` confidences (an encoder input when ``use_conf``).
+      conf: ``[n]`` confidences (an MLP input when ``use_conf``).
       residual: ``[n]`` residuals to smooth.
-      train_mask: optional ``[n]`` bools: the rows to fit on (default all).
-      candidates: any of ``"raw"``, ``"pca"``, ``"learned"``.
-      config: encoder configuration; ``out_dim`` is also the PCA dimension.
-      use_conf: feed ``logit(conf)`` to the encoder.
-      split: fractions of the training rows for *fit* and *stop*; the rest is *select*.
+      train_mask: optional ``[n]`` bools: the rows to fit on (default all);
+        they are the smoother's references.
+      candidates: any of :data:`GEOMETRIES`.
+      config: training configuration of the trained candidates; ``out_dim``
+        is also the PCA dimension.
+      use_conf: feed ``logit(conf)`` to the MLP.
+      split: fractions of the training rows for *fit* and *stop*.
 
     Returns:
-      ``(geometry, info)``; ``info["select_error"]`` is ``[c]`` held-out
-      squared errors per candidate, ``info["constant_error"]`` the error of
-      the fitting mean, ``info["encoder"]`` the encoder's history (when learned).
+      ``(geometry, loo, info)``. ``loo`` is the chosen space's
+      :class:`~miscal_jax.FieldEstimate` at its bandwidth, ``[n]`` arrays:
+      leave-one-out at training rows, ordinary at the others.
+      ``info["select_error"]`` is ``[c]``: each candidate's mean LOO error
+      over the rows it is judged on; ``info["held_error"]`` ``[c]`` the same
+      over the rows no trained candidate saw; ``info["constant_error"]`` the
+      error of the training mean there; ``info["encoder"]`` the training
+      histories (a tuple aligned with the trained candidates).
 
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> x = jax.random.normal(jax.random.key(0), (200, 3))
-      >>> g, info = fit_geometry(jax.random.key(1), x, jnp.full(200, 0.7),
-      ...                        0.3 * jnp.sign(x[:, 0]), candidates=("raw", "pca"))
-      >>> g.kind in ("raw", "pca"), info["select_error"].shape
-      (True, (2,))
+      >>> g, loo, info = fit_geometry(jax.random.key(1), x, jnp.full(200, 0.7),
+      ...                             0.3 * jnp.sign(x[:, 0]), candidates=("raw", "pca"))
+      >>> g.kind in ("raw", "pca"), info["select_error"].shape, loo.value.shape
+      (True, (2,), (200,))
     """
     candidates = tuple(candidates)
     unknown = set(candidates) - set(GEOMETRIES)
@@ -233,46 +323,62 @@ def fit_geometry(
     residual = jnp.asarray(residual, jnp.float32)
     n, d = x.shape
     train = jnp.ones(n, bool) if train_mask is None else jnp.asarray(train_mask, bool)
+    trained = [k for k, kind in enumerate(candidates) if kind in TRAINED]
     split_rng, enc_rng = jax.random.split(rng)
-    fit, stop, select = _split(split_rng, train, split)
+    fit, stop = _split(split_rng, train, split)
+    held = train & ~fit if trained else train
     pca_dim = min(config.out_dim, d)
     m = min(d, max(config.out_dim, MAX_ENCODER_INPUTS))
     mean, directions, variances = weighted_pca(x, train, m)
-    learned = "learned" in candidates
+    var = _masked_mean(((x - mean) ** 2).T, train)
+    std = jnp.sqrt(jnp.maximum(var, STD_FLOOR**2 * jnp.max(var)) + 1e-30)
+    input_scale = jnp.sqrt(jnp.mean(variances)) + 1e-12
+    relevance_inputs = jnp.diag(1.0 / std) if d <= MAX_ENCODER_INPUTS else directions / input_scale
+    widths = {"raw": d, "std": d, "pca": pca_dim, "linear": relevance_inputs.shape[1]}
     geometry = Geometry(
         mean,
+        std,
         directions,
-        jnp.sqrt(jnp.mean(variances)) + 1e-12,
-        None,
+        input_scale,
+        relevance_inputs,
+        tuple(None for _ in candidates),
         jnp.zeros((), jnp.int32),
         jnp.zeros(()),
         candidates=candidates,
         pca_dim=pca_dim,
-        z_dim=max(d, config.out_dim) if learned or "raw" in candidates else pca_dim,
-        encoder=Encoder(hidden=tuple(config.hidden), out_dim=config.out_dim) if learned else None,
+        z_dim=max(widths.get(kind, config.out_dim) for kind in candidates),
+        modules=_modules(candidates, config),
         use_conf=use_conf,
         kernel=config.kernel,
     )
-    info = {}
-    if learned:
-        feats = _encoder_inputs(geometry, x, conf)
-        state, info["encoder"] = fit_encoder(enc_rng, feats, residual, fit, stop, config)
-        geometry = geometry.replace(encoder_params=state.params["encoder"])
-    kernel = config.kernel
-    refs = fit | stop
-    errors = []
-    for k in range(len(candidates)):
-        z = embed(geometry.replace(choice=jnp.asarray(k, jnp.int32)), x, conf)
-        log_bw, _ = select_bandwidth(z, residual, ref_mask=refs, kernel=kernel)
-        est = nw_field(z, z, residual, log_bw, ref_mask=refs, kernel=kernel)
-        errors.append((residual - est.value) ** 2)
+    params, histories = list(geometry.params), []
+    for k, key in zip(trained, jax.random.split(enc_rng, max(len(trained), 1)), strict=False):
+        feats = _inputs(geometry, candidates[k], x, conf)
+        state, history = fit_encoder(key, feats, residual, fit, stop, config, geometry.modules[k])
+        params[k] = state.params["encoder"]
+        histories.append(history)
+    geometry = geometry.replace(params=tuple(params))
+
+    errors, estimates, bandwidths = [], [], []
+    for k, kind in enumerate(candidates):
+        z = _candidate(geometry, k, x, conf)
+        grid = bandwidth_grid(z, ref_mask=train)
+        est = loo_field(z, residual, grid, ref_mask=train, kernel=config.kernel)  # [g, n]
+        judged = held if kind in TRAINED else train
+        best = jnp.argmin(_masked_mean((residual - est.value) ** 2, judged))
+        estimates.append(_take(est, best))
+        bandwidths.append(grid[best])
+        errors.append((residual - estimates[-1].value) ** 2)
     errors = jnp.stack(errors)
-    choice = _choose(errors, select, candidates).astype(jnp.int32)
-    geometry = geometry.replace(choice=choice)
-    z = embed(geometry, x, conf)
-    log_bw, _ = select_bandwidth(z, residual, ref_mask=train, kernel=kernel)
-    m_sel = jnp.maximum(jnp.sum(select), 1)
-    info["select_error"] = jnp.sum(errors * select, axis=1) / m_sel
-    ref_mean = jnp.sum(refs * residual) / jnp.maximum(jnp.sum(refs), 1)
-    info["constant_error"] = jnp.sum(select * (residual - ref_mean) ** 2) / m_sel
-    return geometry.replace(log_bandwidth=log_bw), info
+    choice = _choose(errors, train, held, candidates)
+    loo = _take(jax.tree.map(lambda *a: jnp.stack(a), *estimates), choice)
+    geometry = geometry.replace(choice=choice, log_bandwidth=jnp.stack(bandwidths)[choice])
+    judged = jnp.stack([held if kind in TRAINED else train for kind in candidates])
+    info = {
+        "select_error": jnp.sum(errors * judged, 1) / jnp.maximum(jnp.sum(judged, 1), 1),
+        "held_error": _masked_mean(errors, held),
+        "constant_error": _masked_mean((residual - _masked_mean(residual, train)) ** 2, held),
+    }
+    if histories:
+        info["encoder"] = tuple(histories)
+    return geometry, loo, info

@@ -29,10 +29,10 @@ from miscal_jax.correction import (
     fit_global,
     local_confidence,
 )
-from miscal_jax.geometry import GEOMETRIES, Geometry, embed, fit_geometry
+from miscal_jax.geometry import DEFAULT_CANDIDATES, Geometry, embed, fit_geometry
 from miscal_jax.kernel_sums import kernel_moments
 from miscal_jax.representation import EncoderConfig
-from miscal_jax.smoother import field_from_moments, loo_field, residual_values
+from miscal_jax.smoother import field_from_moments, residual_values
 
 __all__ = [
     "FORMAT_VERSION",
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 #: Version of the file layout written by :func:`save`; :func:`load` refuses others.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class FitConfig(NamedTuple):
@@ -63,7 +63,7 @@ class FitConfig(NamedTuple):
     """
 
     folds: int = 5
-    candidates: tuple[str, ...] = GEOMETRIES
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES
     encoder: EncoderConfig = EncoderConfig()
     use_conf: bool = True
     global_method: str = "isotonic"
@@ -79,6 +79,8 @@ class FieldModel:
       ref_conf: ``[n]`` their confidences.
       ref_correct: ``[n]`` their outcomes.
       train_mask: ``[K, n]`` bools: the items fold model ``k`` was fitted on.
+      ref_residual: ``[K, n]`` residuals ``correct - p_global`` that fold model
+        ``k`` smooths (each training item's from a global map fitted without it).
       geometry: :class:`~miscal_jax.geometry.Geometry` with ``[K, ...]`` leaves.
       global_map: the first, confidence-only map, ``[K, ...]`` leaves.
       params: :class:`~miscal_jax.correction.CorrectionParams`, ``[K]`` leaves.
@@ -90,6 +92,7 @@ class FieldModel:
     ref_conf: Array
     ref_correct: Array
     train_mask: Array
+    ref_residual: Array
     geometry: Geometry
     global_map: Any
     params: CorrectionParams
@@ -119,31 +122,46 @@ def fold_masks(rng: PRNGKey, n: int, folds: int) -> Array:
     return fold[None, :] != jnp.arange(folds)[:, None]
 
 
-def _fit_fold(rng, x, conf, correct, train, config: FitConfig):
-    """One fold model from the ``train`` rows (every shape static)."""
-    global_map = fit_global(conf, correct, train, method=config.global_method)
-    p_global = apply_global(global_map, conf)
-    residual_global = correct - p_global
-    geometry, info = fit_geometry(
+def _inner_global(conf, correct, masks, k, method):
+    """The fold's global map and training residuals free of their own outcomes.
+
+    The map of fold ``k`` is fitted on its training rows. Each training row's
+    residual instead comes from a map fitted without the outer fold it
+    belongs to (inner cross-fitting over the same folds), so the geometry,
+    the correction and the final map see residuals as noisy as new items'.
+
+    Returns:
+      ``(global_map, p_global [n], residual [n])``; held-out rows get the fold's map.
+    """
+    train = masks[k]
+    maps = jax.vmap(lambda inner: fit_global(conf, correct, train & inner, method=method))(masks)
+    p_each = jax.vmap(lambda state: apply_global(state, conf))(maps)  # [K, n]
+    fold = jnp.argmin(masks, axis=0)
+    own = jnp.where(train, fold, k)
+    p_global = jnp.take_along_axis(p_each, own[None, :], axis=0)[0]
+    return jax.tree.map(lambda a: a[k], maps), p_global, correct - p_global
+
+
+def _fit_fold(rng, x, conf, correct, masks, k, config: FitConfig):
+    """Fold model ``k`` from the rows of ``masks[k]`` (every shape static)."""
+    train = masks[k]
+    global_map, p_global, residual = _inner_global(conf, correct, masks, k, config.global_method)
+    geometry, loo, info = fit_geometry(
         rng,
         x,
         conf,
-        residual_global,
+        residual,
         train,
         candidates=config.candidates,
         config=config.encoder,
         use_conf=config.use_conf,
-    )
-    z = embed(geometry, x, conf)
-    loo = loo_field(
-        z, residual_global, geometry.log_bandwidth, ref_mask=train, kernel=geometry.kernel
     )
     params = fit_correction_params(p_global, loo.value, loo.n_eff, correct, train)
     final_map = None
     if config.final_recalibration:
         p_loo = local_confidence(params, p_global, loo.value, loo.n_eff)
         final_map = fit_isotonic(p_loo, correct, train)
-    return (geometry, global_map, params, final_map), info
+    return (geometry, global_map, params, final_map, residual), info
 
 
 def fit(
@@ -192,28 +210,28 @@ def fit(
     split_rng, fold_rng = jax.random.split(rng)
     masks = fold_masks(split_rng, x.shape[0], config.folds)
     keys = jax.random.split(fold_rng, config.folds)
-    fold = lambda args: _fit_fold(args[0], x, conf, correct, args[1], config)
-    (geometry, global_map, params, final_map), info = jax.lax.map(fold, (keys, masks))
-    model = FieldModel(x, conf, correct, masks, geometry, global_map, params, final_map, config)
+    fold = lambda args: _fit_fold(args[0], x, conf, correct, masks, args[1], config)
+    fitted, info = jax.lax.map(fold, (keys, jnp.arange(config.folds)))
+    geometry, global_map, params, final_map, residual = fitted
+    model = FieldModel(
+        x, conf, correct, masks, residual, geometry, global_map, params, final_map, config
+    )
     return model, info
 
 
 def _fold_model(model: FieldModel, k) -> tuple:
     take = lambda tree: jax.tree.map(lambda a: a[k], tree)
-    return take((model.geometry, model.global_map, model.params, model.final_map, model.train_mask))
+    parts = (model.geometry, model.global_map, model.params, model.final_map)
+    return take(parts + (model.train_mask, model.ref_residual))
 
 
 def _apply_fold(model: FieldModel, parts, x, conf):
     """Field (of ``correct - conf``) and corrected confidence of one fold model."""
-    geometry, global_map, params, final_map, train = parts
+    geometry, global_map, params, final_map, train, ref_residual = parts
     ref_z = embed(geometry, model.ref_x, model.ref_conf)
     z = embed(geometry, x, conf)
-    p_global_ref = apply_global(global_map, model.ref_conf)
     values = jnp.concatenate(
-        [
-            residual_values(model.ref_correct - model.ref_conf),
-            residual_values(model.ref_correct - p_global_ref),
-        ],
+        [residual_values(model.ref_correct - model.ref_conf), residual_values(ref_residual)],
         axis=1,
     )
     m = kernel_moments(

@@ -29,6 +29,7 @@ from miscal_jax.smoother import bandwidth_grid, loo_field, nw_field
 __all__ = [
     "Encoder",
     "EncoderConfig",
+    "Relevance",
     "TrainState",
     "batch_loo_loss",
     "fit_encoder",
@@ -55,8 +56,27 @@ class Encoder(nn.Module):
         return nn.Dense(self.out_dim)(x)
 
 
+class Relevance(nn.Module):
+    """Per-direction relevance weights, a diagonal metric: ``z = x * exp(log_w)``.
+
+    With ``d`` parameters it is the regularised linear metric of
+    :mod:`miscal_jax.geometry`: it can only stretch or shrink the given
+    directions, so it learns to ignore nuisance directions from far fewer
+    coin-flip residuals than an MLP needs. Starts at the identity.
+    """
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        log_w = self.param("log_w", nn.initializers.zeros, (x.shape[-1],))
+        return x * jnp.exp(log_w)
+
+
 class EncoderConfig(NamedTuple):
-    """Static training configuration (hashable, so it can be a jit static arg)."""
+    """Static training configuration (hashable, so it can be a jit static arg).
+
+    ``hidden`` and ``out_dim`` shape the MLP of the ``"learned"`` geometry;
+    the ``"linear"`` geometry (:class:`Relevance`) uses the rest.
+    """
 
     hidden: tuple[int, ...] = ()
     out_dim: int = 16
@@ -96,7 +116,11 @@ def batch_loo_loss(
 
 
 def init_train_state(
-    rng: PRNGKey, x: ArrayLike, config: EncoderConfig, mask: ArrayLike | None = None
+    rng: PRNGKey,
+    x: ArrayLike,
+    config: EncoderConfig,
+    mask: ArrayLike | None = None,
+    module: nn.Module | None = None,
 ) -> TrainState:
     """Initialises encoder parameters, bandwidth and optimiser.
 
@@ -109,6 +133,8 @@ def init_train_state(
       x: ``[n, d]`` encoder inputs (used for shapes and the bandwidth scale).
       config: an :class:`EncoderConfig`.
       mask: optional ``[n]`` bools: rows used for the bandwidth scale.
+      module: the flax module to train; by default the :class:`Encoder`
+        that ``config`` describes.
 
     Returns:
       A :class:`TrainState`.
@@ -119,14 +145,15 @@ def init_train_state(
       >>> sorted(state.params)
       ['encoder', 'log_bandwidth']
     """
-    model = Encoder(hidden=tuple(config.hidden), out_dim=config.out_dim)
+    if module is None:
+        module = Encoder(hidden=tuple(config.hidden), out_dim=config.out_dim)
     x = jnp.asarray(x, jnp.float32)
-    enc_params = model.init(rng, x[:1])["params"]
-    z0 = model.apply({"params": enc_params}, x)
+    enc_params = module.init(rng, x[:1])["params"]
+    z0 = module.apply({"params": enc_params}, x)
     log_bw = bandwidth_grid(z0, num=24, ref_mask=mask)[-7]
     tx = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
     params = {"encoder": enc_params, "log_bandwidth": log_bw}
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    return TrainState.create(apply_fn=module.apply, params=params, tx=tx)
 
 
 def train_step(
@@ -158,6 +185,7 @@ def fit_encoder(
     fit_mask: ArrayLike,
     val_mask: ArrayLike,
     config: EncoderConfig = EncoderConfig(),
+    module: nn.Module | None = None,
 ) -> tuple[TrainState, dict]:
     """Trains the encoder with early stopping on a validation split (pure, ``jit``-able).
 
@@ -177,6 +205,7 @@ def fit_encoder(
       fit_mask: ``[n]`` bools, rows to train on.
       val_mask: ``[n]`` bools, rows for early stopping.
       config: an :class:`EncoderConfig` (static).
+      module: static flax module to train (default: the config's :class:`Encoder`).
 
     Returns:
       ``(best_state, history)``: ``history["val_loss"]`` is ``[E + 1]``
@@ -204,7 +233,7 @@ def fit_encoder(
     batch = min(config.batch_size, n)
     evals = max(1, config.max_steps // config.eval_every)
     init_rng, order_rng = jax.random.split(rng)
-    state = init_train_state(init_rng, x, config, fit_mask)
+    state = init_train_state(init_rng, x, config, fit_mask, module)
     # fit rows first, in a random order; batches walk through them cyclically
     order = jnp.argsort(jnp.where(fit_mask, jax.random.uniform(order_rng, (n,)), 2.0))
     n_fit = jnp.maximum(jnp.sum(fit_mask), 1)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from miscal_jax.model import (
+    FORMAT_VERSION,
     FitConfig,
     fit,
     load,
@@ -31,8 +32,8 @@ def _data(n=240, seed=0):
 def test_jit_fit_and_predict_run_with_every_geometry():
     x, p, y = _data()
     model, info = jit_fit(jax.random.key(0), x, p, y, LEARNED)
-    assert info["select_error"].shape == (2, 3)
-    assert info["encoder"]["val_loss"].shape[0] == 2
+    assert info["select_error"].shape == (2, 5)
+    assert [h["val_loss"].shape[0] for h in info["encoder"]] == [2, 2]
     est, corrected = jax.jit(predict)(model, x[:10], p[:10])
     assert est.value.shape == (10,) and np.all(np.isfinite(np.asarray(corrected)))
     eager = predict(model, x[:10], p[:10])
@@ -107,7 +108,8 @@ def test_load_refuses_corrupt_foreign_and_future_files(tmp_path):
     content["header"]["version"] = 99
     future = tmp_path / "future.msgpack"
     future.write_bytes(serialization.msgpack_serialize(content))
-    with pytest.raises(ValueError, match="version 99; this miscal_jax reads version 1"):
+    expected = f"version 99; this miscal_jax reads version {FORMAT_VERSION}"
+    with pytest.raises(ValueError, match=expected):
         load(future)
     with pytest.raises(ValueError, match="model: cannot read"):
         load(tmp_path / "missing.msgpack")

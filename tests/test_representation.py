@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from miscal_jax.geometry import GEOMETRIES, embed, fit_geometry
+from miscal_jax.geometry import GEOMETRIES, TRAINED, embed, fit_geometry
 from miscal_jax.representation import (
     EncoderConfig,
     batch_loo_loss,
@@ -87,21 +87,23 @@ def test_fit_geometry_each_kind_and_one_standard_error_rule():
     d = make_planted(900, seed=2)
     r = d.correct - d.conf
     for kind in GEOMETRIES:
-        g, info = fit_geometry(
+        g, loo, info = fit_geometry(
             jax.random.key(0), d.embeddings, d.conf, r, candidates=(kind,), config=CFG
         )
         assert g.kind == kind
         z = embed(g, d.embeddings, d.conf)
         assert z.shape[0] == 900 and np.all(np.isfinite(np.asarray(z)))
-    g, info = jax.jit(fit_geometry, static_argnames=("candidates", "config"))(
+        # the returned estimate is the leave-one-out smoother in the chosen space
+        ref = loo_field(z, r, g.log_bandwidth)
+        np.testing.assert_allclose(loo.value, ref.value, rtol=1e-4, atol=1e-5)
+    g, loo, info = jax.jit(fit_geometry, static_argnames=("candidates", "config"))(
         jax.random.key(0), d.embeddings, d.conf, r, candidates=GEOMETRIES, config=CFG
     )
-    errors = np.asarray(info["select_error"])
-    best = int(np.argmin(errors))
-    # chosen = the lowest error, or raw when the best does not beat raw by one paired SE
-    assert g.kind in (GEOMETRIES[best], "raw")
-    if g.kind != GEOMETRIES[best]:
-        assert errors[GEOMETRIES.index("raw")] >= errors[best]
+    held = np.asarray(info["held_error"])
+    fixed = [k for k, kind in enumerate(GEOMETRIES) if kind not in TRAINED]
+    # a trained space is used only if it beats the fixed spaces on items it never saw
+    if g.kind in TRAINED:
+        assert held[GEOMETRIES.index(g.kind)] < min(held[fixed])
     # the geometry is a pytree: it goes through jit
     z_jit = jax.jit(embed)(g, d.embeddings, d.conf)
     np.testing.assert_allclose(z_jit, embed(g, d.embeddings, d.conf), rtol=1e-5, atol=1e-5)
@@ -112,8 +114,22 @@ def test_choose_prefers_raw_unless_clearly_beaten():
 
     rng = np.random.default_rng(0)
     base = rng.random(400)
-    select = np.ones(400, bool)
+    train = np.ones(400, bool)
     tiny = np.stack([base, base - 1e-4 + 0.05 * rng.normal(size=400)])  # raw, pca
-    assert int(_choose(jnp.asarray(tiny), select, ("raw", "pca"))) == 0
+    assert int(_choose(jnp.asarray(tiny), train, train, ("raw", "pca"))) == 0
     clear = np.stack([base, base - 0.1])
-    assert int(_choose(jnp.asarray(clear), select, ("raw", "pca"))) == 1
+    assert int(_choose(jnp.asarray(clear), train, train, ("raw", "pca"))) == 1
+
+
+def test_choose_judges_trained_spaces_on_held_items_only():
+    from miscal_jax.geometry import _choose
+
+    base = np.random.default_rng(1).random(400)
+    train = np.ones(400, bool)
+    held = np.arange(400) >= 300
+    # the learned space is far better on the items it was fitted on, worse elsewhere
+    learned = np.where(held, base + 0.1, base - 0.5)
+    errors = jnp.asarray(np.stack([base, learned]))
+    assert int(_choose(errors, train, jnp.asarray(held), ("raw", "learned"))) == 0
+    errors = jnp.asarray(np.stack([base, base - 0.1]))
+    assert int(_choose(errors, train, jnp.asarray(held), ("raw", "learned"))) == 1

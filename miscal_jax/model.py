@@ -122,30 +122,34 @@ def fold_masks(rng: PRNGKey, n: int, folds: int) -> Array:
     return fold[None, :] != jnp.arange(folds)[:, None]
 
 
-def _inner_global(conf, correct, masks, k, method):
+def _inner_global(conf, correct, train, inner_masks, method):
     """The fold's global map and training residuals free of their own outcomes.
 
-    The map of fold ``k`` is fitted on its training rows. Each training row's
-    residual instead comes from a map fitted without the outer fold it
-    belongs to (inner cross-fitting over the same folds), so the geometry,
-    the correction and the final map see residuals as noisy as new items'.
+    The fold's map is fitted on its ``train`` rows. Each training row's
+    residual instead comes from a map fitted on the training rows outside its
+    inner fold (``inner_masks``, a second K-fold split of all items), so the
+    geometry, the correction and the final map see residuals as noisy as new
+    items'.
 
     Returns:
-      ``(global_map, p_global [n], residual [n])``; held-out rows get the fold's map.
+      ``(global_map, p_global [n], residual [n])``; rows outside ``train``
+      get the fold's map.
     """
-    train = masks[k]
-    maps = jax.vmap(lambda inner: fit_global(conf, correct, train & inner, method=method))(masks)
-    p_each = jax.vmap(lambda state: apply_global(state, conf))(maps)  # [K, n]
-    fold = jnp.argmin(masks, axis=0)
-    own = jnp.where(train, fold, k)
-    p_global = jnp.take_along_axis(p_each, own[None, :], axis=0)[0]
-    return jax.tree.map(lambda a: a[k], maps), p_global, correct - p_global
+    fit_one = lambda mask: fit_global(conf, correct, mask, method=method)
+    global_map = fit_one(train)
+    maps = jax.vmap(lambda inner: fit_one(train & inner))(inner_masks)
+    p_each = jax.vmap(lambda state: apply_global(state, conf))(maps)  # [J, n]
+    inner_fold = jnp.argmin(inner_masks, axis=0)
+    p_inner = jnp.take_along_axis(p_each, inner_fold[None, :], axis=0)[0]
+    p_global = jnp.where(train, p_inner, apply_global(global_map, conf))
+    return global_map, p_global, correct - p_global
 
 
-def _fit_fold(rng, x, conf, correct, masks, k, config: FitConfig):
-    """Fold model ``k`` from the rows of ``masks[k]`` (every shape static)."""
-    train = masks[k]
-    global_map, p_global, residual = _inner_global(conf, correct, masks, k, config.global_method)
+def _fit_fold(rng, x, conf, correct, train, inner_masks, config: FitConfig):
+    """One fold model from the ``train`` rows (every shape static)."""
+    global_map, p_global, residual = _inner_global(
+        conf, correct, train, inner_masks, config.global_method
+    )
     geometry, loo, info = fit_geometry(
         rng,
         x,
@@ -207,11 +211,12 @@ def fit(
             f"embeddings/conf/correct: expected [n, d], [n], [n], got {x.shape}, {conf.shape}, "
             f"{correct.shape}; call validate_inputs first."
         )
-    split_rng, fold_rng = jax.random.split(rng)
+    split_rng, fold_rng, inner_rng = jax.random.split(rng, 3)
     masks = fold_masks(split_rng, x.shape[0], config.folds)
+    inner_masks = fold_masks(inner_rng, x.shape[0], config.folds)
     keys = jax.random.split(fold_rng, config.folds)
-    fold = lambda args: _fit_fold(args[0], x, conf, correct, masks, args[1], config)
-    fitted, info = jax.lax.map(fold, (keys, jnp.arange(config.folds)))
+    fold = lambda args: _fit_fold(args[0], x, conf, correct, args[1], inner_masks, config)
+    fitted, info = jax.lax.map(fold, (keys, masks))
     geometry, global_map, params, final_map, residual = fitted
     model = FieldModel(
         x, conf, correct, masks, residual, geometry, global_map, params, final_map, config

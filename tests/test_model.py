@@ -5,10 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from miscal_jax.correction import apply_global, fit_global
 from miscal_jax.model import (
     FORMAT_VERSION,
     FitConfig,
     fit,
+    fold_masks,
     load,
     out_of_fold,
     predict,
@@ -67,6 +69,25 @@ def test_out_of_fold_outputs_ignore_the_items_own_outcome():
     (a, pa), (b, pb) = out_of_fold(model), out_of_fold(other)
     assert a.value[i] == b.value[i] and pa[i] == pb[i]
     assert np.any(np.asarray(a.value) != np.asarray(b.value))
+
+
+def test_training_residuals_come_from_a_global_map_that_never_saw_the_item():
+    from miscal_jax.model import _inner_global
+
+    _, p, y = _data()
+    n = p.shape[0]
+    train = np.asarray(fold_masks(jax.random.key(0), n, 3)[0])
+    inner = fold_masks(jax.random.key(1), n, 3)
+    _, p_global, residual = _inner_global(p, y, train, inner, "isotonic")
+    for i in np.flatnonzero(train)[:5]:
+        flipped = y.copy()
+        flipped[i] = 1 - flipped[i]
+        _, p_other, _ = _inner_global(p, flipped, train, inner, "isotonic")
+        assert p_other[i] == p_global[i]  # its own outcome never reached its map
+    np.testing.assert_allclose(residual, y - p_global)
+    # held-out rows get the map fitted on every training row
+    full = apply_global(fit_global(p, y, train), p)
+    np.testing.assert_array_equal(np.asarray(p_global)[~train], np.asarray(full)[~train])
 
 
 def test_one_compilation_serves_new_values():

@@ -1,14 +1,17 @@
 """Which geometry finds a field hidden among nuisance directions (issue 9's planted cases).
 
-Two planted cases (``make_planted``: 6 topic clusters in ``signal_dim``
-directions, the field's sign set by the cluster), 48 nuisance columns each:
+Three planted cases (``make_planted``: 6 topic clusters in 8 signal
+directions, the field's sign set by the cluster):
 
-- ``loud``: nuisance columns with a standard deviation of 3, several times
+- ``loud``: 8 nuisance columns with a standard deviation of 3, several times
   the signal columns': raw distances are dominated by noise, standardising
   the columns restores the signal's share.
-- ``equal``: nuisance columns scaled like the signal columns, so
+- ``equal``: 48 nuisance columns scaled like the signal columns, so
   standardising changes nothing; only a metric fitted to the residuals can
   down-weight them.
+- ``equal_rotated``: the same after a random rotation, so no column is pure
+  signal or pure nuisance (per-column weights cannot help; a learned
+  projection could).
 
 For each case and seed every geometry is fitted alone and all of them
 together (the default choice), 3-fold cross-fitted; the figure is the
@@ -31,9 +34,10 @@ from miscal_jax.geometry import DEFAULT_CANDIDATES
 from miscal_jax.synthetic import make_planted
 
 CASES = {
-    "loud": dict(signal_dim=8, nuisance_dim=48, nuisance_scale=3.0),
+    "loud": dict(signal_dim=8, nuisance_dim=8, nuisance_scale=3.0, rotate=False),
     # signal columns: unit-norm centres over 8 dims plus 0.25 spread -> sd ~0.43 per column
-    "equal": dict(signal_dim=8, nuisance_dim=48, nuisance_scale=0.43),
+    "equal": dict(signal_dim=8, nuisance_dim=48, nuisance_scale=0.43, rotate=False),
+    "equal_rotated": dict(signal_dim=8, nuisance_dim=48, nuisance_scale=0.43),
 }
 SINGLE = ("raw", "std", "pca", "linear", "learned")
 

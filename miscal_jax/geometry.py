@@ -354,7 +354,12 @@ def fit_geometry(
     params, histories = list(geometry.params), []
     for k, key in zip(trained, jax.random.split(enc_rng, max(len(trained), 1)), strict=False):
         feats = _inputs(geometry, candidates[k], x, conf)
-        state, history = fit_encoder(key, feats, residual, fit, stop, config, geometry.modules[k])
+        cfg = config
+        if candidates[k] == "linear":
+            cfg = config._replace(
+                learning_rate=config.linear_learning_rate, batch_size=config.linear_batch_size
+            )
+        state, history = fit_encoder(key, feats, residual, fit, stop, cfg, geometry.modules[k])
         params[k] = state.params["encoder"]
         histories.append(history)
     geometry = geometry.replace(params=tuple(params))

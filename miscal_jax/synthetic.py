@@ -56,6 +56,7 @@ def make_planted(
     cluster_spread: float = 0.25,
     conf_ab: tuple[float, float] = (5.0, 1.6),
     overconfidence: float = 1.0,
+    rotate: bool = True,
 ) -> PlantedData:
     """Draws a planted-field data set.
 
@@ -79,6 +80,9 @@ def make_planted(
       overconfidence: reported conf is ``sigmoid(overconfidence * logit(p))``;
         1 keeps it globally calibrated, > 1 adds a global (input-independent)
         overconfidence.
+      rotate: apply a random rotation to the columns (default), so no column
+        is pure signal or pure nuisance; ``False`` keeps the signal in the
+        first ``signal_dim`` columns and each nuisance dimension in its own column.
 
     Returns:
       A :class:`PlantedData`.
@@ -93,7 +97,7 @@ def make_planted(
     nuisance = nuisance_scale * rng.normal(size=(n, nuisance_dim))
     x = np.concatenate([signal, nuisance], axis=1)
     rotation, _ = np.linalg.qr(rng.normal(size=(x.shape[1], x.shape[1])))
-    embeddings = x @ rotation
+    embeddings = x @ rotation if rotate else x
 
     region_sign = np.array([(-1, 1, 0)[c % 3] for c in range(num_clusters)], dtype=np.int64)
     p = rng.beta(*conf_ab, size=n)

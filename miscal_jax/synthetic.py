@@ -90,14 +90,9 @@ def make_planted(
     if n < 1 or num_clusters < 1 or signal_dim < 1:
         raise ValueError("n, num_clusters and signal_dim must be positive.")
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(num_clusters, signal_dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    region = rng.integers(num_clusters, size=n)
-    signal = centres[region] + cluster_spread * rng.normal(size=(n, signal_dim))
-    nuisance = nuisance_scale * rng.normal(size=(n, nuisance_dim))
-    x = np.concatenate([signal, nuisance], axis=1)
-    rotation, _ = np.linalg.qr(rng.normal(size=(x.shape[1], x.shape[1])))
-    embeddings = x @ rotation if rotate else x
+    embeddings, region, _ = _clustered(
+        rng, n, num_clusters, signal_dim, nuisance_dim, nuisance_scale, cluster_spread, rotate
+    )
 
     region_sign = np.array([(-1, 1, 0)[c % 3] for c in range(num_clusters)], dtype=np.int64)
     p = rng.beta(*conf_ab, size=n)
@@ -119,6 +114,20 @@ def make_planted(
         region,
         region_sign,
     )
+
+
+def _clustered(rng, n, num_clusters, signal_dim, nuisance_dim, nuisance_scale, spread, rotate):
+    """``[n, signal_dim + nuisance_dim]`` points around unit-norm topic centres,
+    each point's ``[n]`` topic and its ``[n, signal_dim]`` unrotated signal part.
+    The rotation is drawn even when not applied, so ``rotate`` changes no later draw."""
+    centres = rng.normal(size=(num_clusters, signal_dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    region = rng.integers(num_clusters, size=n)
+    signal = centres[region] + spread * rng.normal(size=(n, signal_dim))
+    nuisance = nuisance_scale * rng.normal(size=(n, nuisance_dim))
+    x = np.concatenate([signal, nuisance], axis=1)
+    rotation, _ = np.linalg.qr(rng.normal(size=(x.shape[1], x.shape[1])))
+    return (x @ rotation if rotate else x), region, signal
 
 
 def _offset(p: np.ndarray, amplitude: float) -> np.ndarray:
@@ -194,14 +203,9 @@ def make_confounded_null(
             f"exponent must be positive and conf_noise non-negative, got {exponent}, {conf_noise}."
         )
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(num_clusters, signal_dim))
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    region = rng.integers(num_clusters, size=n)
-    signal = centres[region] + cluster_spread * rng.normal(size=(n, signal_dim))
-    nuisance = nuisance_scale * rng.normal(size=(n, nuisance_dim))
-    x = np.concatenate([signal, nuisance], axis=1)
-    rotation, _ = np.linalg.qr(rng.normal(size=(x.shape[1], x.shape[1])))
-    embeddings = x @ rotation
+    embeddings, region, signal = _clustered(
+        rng, n, num_clusters, signal_dim, nuisance_dim, nuisance_scale, cluster_spread, True
+    )
 
     topic = rng.normal(size=num_clusters)
     direction = rng.normal(size=signal_dim)

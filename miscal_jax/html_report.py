@@ -723,11 +723,20 @@ def _tiles(items) -> str:
 
 
 def _notes(summary: dict, boot: dict, text_note: str | None) -> str:
-    geo = ", ".join(sorted({g["chosen"] for g in summary.get("geometry", [])})) or "n/a"
+    folds = summary.get("geometry", [])
+    geo = "; ".join(
+        f"fold {k + 1}: {g['chosen']} (error {g['select_error'][g['chosen']]:.4f}, "
+        f"constant {g['constant_error']:.4f})"
+        for k, g in enumerate(folds)
+    )
     notes = [
         "Held out throughout: every per-item value comes from K-fold cross-fitting (nothing "
         "about an item is fitted on that item); method metrics are computed on out-of-fold "
-        f"predictions. Geometry chosen per fold by held-out smoother error: {_e(geo)}.",
+        "predictions. Geometry chosen per fold among raw, standardised, PCA and trained "
+        "spaces by leave-one-out smoother error at each space's best bandwidth (fixed spaces "
+        "over all training items, trained ones over the items their weights never saw; a "
+        "space replaces a simpler one only if better by one paired standard error): "
+        f"{_e(geo or 'n/a')}.",
         "<b>Relative to the global recalibration.</b> A model that is overconfident "
         "everywhere would show red everywhere in raw residuals. The regime cards and the field "
         "map therefore measure accuracy minus the confidence after a global, confidence-only "

@@ -260,6 +260,7 @@ def run_report(
             {
                 "chosen": i["chosen"],
                 "select_error": i["select_error"],
+                "held_error": i["held_error"],
                 "constant_error": i["constant_error"],
             }
             for i in res.info

@@ -159,11 +159,12 @@ def _minimise(loss, init: Array, steps: int = 30) -> Array:
         g, h = grad_fn(v), hess_fn(v)
         scale = jnp.maximum(jnp.max(jnp.abs(jnp.diag(h))), 1e-12)
         delta = jnp.linalg.solve(0.5 * (h + h.T) + lam * scale * eye, g)
-        delta = jnp.where(jnp.all(jnp.isfinite(delta)), delta, 0.0)
-        trial = v - delta
+        finite = jnp.all(jnp.isfinite(delta))
+        trial = v - jnp.where(finite, delta, 0.0)
         new = loss(trial)
         # near the optimum float32 cannot see the decrease: accept ties within rounding
-        keep = jnp.isfinite(new) & (new <= value + 4 * jnp.finfo(value.dtype).eps * jnp.abs(value))
+        tie = 4 * jnp.finfo(value.dtype).eps * jnp.abs(value)
+        keep = finite & jnp.isfinite(new) & (new <= value + tie)
         lam = jnp.clip(jnp.where(keep, lam * 0.3, lam * 10.0), 1e-9, 1e12)
         return (jnp.where(keep, trial, v), jnp.where(keep, new, value), lam), None
 

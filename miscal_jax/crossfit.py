@@ -44,7 +44,8 @@ class FoldModel(NamedTuple):
       geometry: the fold's :class:`~miscal_jax.geometry.Geometry`.
       ref_z: ``[m, k]`` the fold's training items in its space.
       ref_residual: ``[m]`` ``correct - conf`` of the training items.
-      ref_residual_global: ``[m]`` ``correct - p_global`` of the training items.
+      ref_residual_global: ``[m]`` ``correct - p_global`` of the training items,
+        each from a global map fitted without it (inner cross-fitting).
       correction: the fold's :class:`~miscal_jax.correction.CorrectionState`.
     """
 

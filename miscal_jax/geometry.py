@@ -19,9 +19,10 @@ cross-validated smoother error:
 Selection is by leave-one-out error at each candidate's own best bandwidth
 (all bandwidths of the grid in one distance pass). The fixed spaces are
 compared over all training items; a trained space is compared on the
-training items its weights never saw, against the best fixed space, and
-must beat it by one paired standard error, so a learned metric that
-overfits the coin-flip residuals is not used.
+training items outside its fit part (its weights never saw them; the
+*stop* part among them chose its early-stopping checkpoint), against the
+best fixed space, and must beat it by one paired standard error, so a
+learned metric that overfits the coin-flip residuals is not used.
 
 Everything is traceable: the candidates' outputs share one width ``z_dim``
 (zero-padded, which changes no distance), the choice is an integer array and
@@ -222,14 +223,15 @@ def _choose(errors: Array, train: Array, held: Array, candidates: tuple[str, ...
     """Index of the chosen candidate.
 
     Among the fixed spaces the lowest mean error over ``train`` wins if it
-    beats the first fixed candidate (raw space when present) by one paired
-    SE; then the best trained space, compared over ``held`` (items its weights
-    never saw), replaces it only if it beats it there by one paired SE.
+    beats the first fixed candidate in ``candidates`` (raw space in
+    :data:`GEOMETRIES` order) by one paired SE; then the best trained space,
+    compared over ``held`` (items its weights never saw), replaces it only if
+    it beats it there by one paired SE.
 
     Args:
       errors: ``[c, n]`` leave-one-out squared errors per candidate and item.
       train: ``[n]`` all training items.
-      held: ``[n]`` training items no trained candidate was fitted on.
+      held: ``[n]`` training items outside the trained candidates' fit part.
       candidates: the candidate names.
     """
     fixed = [k for k, kind in enumerate(candidates) if kind not in TRAINED]

@@ -189,9 +189,10 @@ def fit(
 
     Returns:
       ``(model, info)``: the :class:`FieldModel` and per-fold selection
-      details (``info["select_error"]`` is ``[K, c]``, ``info["constant_error"]``
-      is ``[K]``; with a learned candidate, ``info["encoder"]`` holds its
-      training history).
+      details from :func:`~miscal_jax.geometry.fit_geometry` with a leading
+      ``[K]`` axis (``info["select_error"]`` and ``info["held_error"]`` are
+      ``[K, c]``, ``info["constant_error"]`` is ``[K]``; with trained
+      candidates, ``info["encoder"]`` is a tuple of their training histories).
 
     Examples:
       >>> import jax

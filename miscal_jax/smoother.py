@@ -213,12 +213,12 @@ def bandwidth_grid(
 ) -> Array:
     """A log-spaced grid of candidate bandwidths scaled to the data (traceable).
 
-    The scale is the median nonzero distance between ``max_points`` evenly
-    spaced rows (``ref_mask`` rows excluded) and their ``shifts`` next
-    neighbours in that order, about 8k pairs; the grid spans 1/50 to 2 times
-    it. With no nonzero distance the scale is 1. (A median over all pairs of
-    the subsample would sort 260k numbers per call and cost more than the
-    smoothing it prepares.)
+    The scale is the median nonzero distance between about ``max_points``
+    evenly spaced rows (``ref_mask`` rows excluded) and ``shifts`` partners
+    each at offsets spread evenly over that subsample, about 8k pairs; the
+    grid spans 1/50 to 2 times it. With no nonzero distance the scale is 1.
+    (A median over all pairs of the subsample would sort 260k numbers per
+    call and cost more than the smoothing it prepares.)
 
     Args:
       ref: ``[n, k]`` points.
@@ -245,8 +245,11 @@ def bandwidth_grid(
     sub = sub - jnp.sum(sub * valid[:, None], 0) / jnp.maximum(jnp.sum(valid), 1)
     # float32 cancellation leaves ~1e-3 relative noise at zero distance
     noise = 1e-3 * jnp.sqrt(jnp.max(jnp.where(valid, jnp.sum(sub * sub, 1), 0.0)))
-    offsets = jnp.arange(1, min(shifts, sub.shape[0] - 1) + 1)
-    partner = (jnp.arange(sub.shape[0])[:, None] + offsets[None, :]) % sub.shape[0]  # [m, s]
+    m, k = sub.shape[0], min(shifts, sub.shape[0] - 1)
+    # partners spread over the whole subsample, so rows grouped by topic do not
+    # pair only with their own group
+    offsets = jnp.maximum(jnp.arange(1, k + 1) * m // (k + 1), 1)
+    partner = (jnp.arange(m)[:, None] + offsets[None, :]) % m  # [m, k]
     dist = jnp.sqrt(jnp.sum((sub[:, None, :] - sub[partner]) ** 2, axis=-1))
     keep = valid[:, None] & valid[partner] & (dist > noise)
     median = jnp.nanmedian(jnp.where(keep, dist, jnp.nan))

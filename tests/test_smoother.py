@@ -232,3 +232,13 @@ def test_rejects_bad_shapes_and_kernel():
         nw_field(query, ref, residual, 0.0, chunk_size=0)
     with pytest.raises(ValueError, match=r"kernel: unknown kernel 'box'"):
         get_log_kernel("box")
+
+
+def test_bandwidth_grid_does_not_depend_on_row_order():
+    # rows grouped by cluster (as data sorted by category are) must not shrink the scale
+    rng = np.random.default_rng(0)
+    centres = 10.0 * rng.normal(size=(20, 8))
+    x = centres[np.sort(rng.integers(20, size=2000))] + rng.normal(size=(2000, 8))
+    grouped = np.asarray(bandwidth_grid(x))
+    shuffled = np.asarray(bandwidth_grid(x[rng.permutation(2000)]))
+    np.testing.assert_allclose(grouped, shuffled, atol=0.1)  # within 10% in scale

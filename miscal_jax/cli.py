@@ -233,7 +233,8 @@ def _matrix_threads_pinned() -> Iterator[None]:
     """
     before = os.environ.get("XLA_FLAGS")
     if "xla_cpu_multi_thread_eigen" not in (before or ""):
-        os.environ["XLA_FLAGS"] = f"{before or ''} --xla_cpu_multi_thread_eigen=false".strip()
+        pinned = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        os.environ["XLA_FLAGS"] = f"{before or ''} {pinned}".strip()
     try:
         yield
     finally:

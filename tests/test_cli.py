@@ -769,7 +769,7 @@ def _run_report(data, out, xla_flags, cpus):
 def test_matrix_threads_pinned_unless_asked(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     with cli_module._matrix_threads_pinned():
-        assert os.environ["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false"
+        assert os.environ["XLA_FLAGS"] == ONE_THREAD
     assert "XLA_FLAGS" not in os.environ
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=true")
     with cli_module._matrix_threads_pinned():
@@ -778,7 +778,7 @@ def test_matrix_threads_pinned_unless_asked(monkeypatch):
     with cli_module._matrix_threads_pinned():
         assert os.environ["XLA_FLAGS"].split() == [
             "--xla_force_host_platform_device_count=2",
-            "--xla_cpu_multi_thread_eigen=false",
+            *ONE_THREAD.split(),
         ]
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
 

@@ -1,101 +1,161 @@
 """Reproduction study on real LLM data: miscal_jax against confidence-only maps and MCGrad.
 
     pip install torch==2.13.0 && pip install -e ".[benchmark]"   # MCGrad needs torch
-    python benchmarks/real_llm_study.py [--max-items 3000] [--models ...] [--quick]
+    python benchmarks/real_llm_study.py [--mmlu-models 12] [--max-items 3000] [--quick]
 
-Reads ``../shared/data`` (never shipped; LitCab is used for evaluation only).
-Rows: (benchmark, model, confidence kind). For MMLU-Pro, a seeded subsample of
-``--max-items`` questions (the same for every model), rows without a
-confidence dropped, degenerate columns skipped (phi-4; Mixtral-8x7B-v0.1
-verbal; deepseek-chat token probability). For LitCab, the five data sets
-pooled per model, with the data set as the evaluation group.
+Reads ``../shared/data`` (never shipped). Rows: (benchmark, model, confidence
+kind).
 
-Protocol: one 5-fold split per row. Every method (temperature, isotonic,
-miscal_jax's local correction, MCGrad) is fitted on four folds and predicts
-the fifth, so every metric is held-out. MCGrad gets the confidence (clipped
-to [1e-3, 1 - 1e-3]) and the first 32 principal components of the question
-embeddings (label-free PCA over all items). Groups (categories / data sets)
-are only used to compute regional error.
+* MMLU-Pro: ``--mmlu-models`` models spread over the accuracy range (among
+  those that answer and give a verbalised confidence on at least 95% of the
+  questions), each with both confidence kinds (verbalised; token
+  probability) where at least half the questions have one; a seeded
+  subsample of ``--max-items`` questions, the same for every model.
+  Regional error over the 14 categories.
+* LitCab: each data set (NQ, SciQ, TriviaQA, TruthfulQA, WikiQA) and each of
+  its six models separately, all items. The data sets carry no categories,
+  so regional error is over 8 k-means clusters of the question embeddings,
+  fitted once per data set without labels (the same for every model and
+  method).
+
+Protocol: one 5-fold split per row. Every method is fitted on four folds and
+predicts the fifth, so every metric is held-out: temperature scaling,
+isotonic regression, miscal_jax's local correction in the single-model
+geometry (default candidates, chosen per fold), the local correction in the
+panel geometry (``local_panel``: :func:`miscal_jax.panel.fit_panel` on the
+*other* models' residuals ``correct - confidence``, same confidence kind, on
+every item of the benchmark, never the target's; candidates ``raw`` only),
+the same with the other models' correctness (``local_panel_correct``) and
+MCGrad on the confidence (clipped to
+[1e-3, 1 - 1e-3]) and the first 32 principal components of the question
+embeddings (label-free PCA over all items). The heterogeneity test
+(``--permutations`` within-bin permutations) and regime discovery use the
+single-model geometry; p-values are adjusted across all rows with
+Benjamini-Hochberg.
 
 Writes ``benchmarks/results/real_llm_study.{json,md}``.
 """
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pandas as pd
 
 from miscal_jax import metrics as M
 from miscal_jax.crossfit import crossfit
 from miscal_jax.inference import heterogeneity_test
-from miscal_jax.regimes import discover_regimes
+from miscal_jax.panel import DEFAULT_CONFIG, fit_panel, panel_embed
+from miscal_jax.regimes import discover_regimes, kmeans
+
+sys.path.insert(0, str(Path(__file__).parent))
+from compare_mmlu import pick_models  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
-MMLU_MODELS = [
-    "gpt-4o-2024-08-06",
-    "Meta-Llama-3.1-8B-Instruct-Turbo",
-    "Qwen2.5-7B-Instruct",
-    "gemini-2.0-flash",
-    "gemma-2-9b-it",
-]
-SKIP = {
-    ("phi-4", "verbal"),
-    ("phi-4", "logit"),
-    ("Mixtral-8x7B-v0.1", "verbal"),
-    ("deepseek-chat", "logit"),
-}
 KINDS = {"verbal": "conf_verbal_numerical", "logit": "conf_logit_perplexity"}
+METHODS = (
+    "uncorrected",
+    "temperature",
+    "isotonic",
+    "local",
+    "local_panel",
+    "local_panel_correct",
+    "mcgrad",
+)
+PANELS = {"local_panel": "residual", "local_panel_correct": "correct"}
+FIT_PANEL = jax.jit(fit_panel, static_argnums=4)
 
 
-def mmlu_rows(models, max_items, seed=0):
+def panel_points(emb, correct, conf, target_col, seed=0):
+    """Both panel spaces of every item, ``{method: [N, k]}``, from every column but the target's.
+
+    ``correct`` and ``conf`` are ``[N, M]`` (NaN where a model has no
+    outcome or no confidence); columns with nothing observed are dropped.
+    """
+    out = {}
+    for method, outcome in PANELS.items():
+        y = correct if outcome == "correct" else correct - conf
+        y = np.delete(y, target_col, axis=1)
+        mask = np.isfinite(y)
+        y, mask = y[:, mask.any(0)], mask[:, mask.any(0)]
+        config = DEFAULT_CONFIG._replace(outcome=outcome)
+        panel_map, _ = FIT_PANEL(jax.random.key(seed), emb, np.where(mask, y, 0.0), mask, config)
+        out[method] = np.asarray(panel_embed(panel_map, emb))
+    return out
+
+
+def mmlu_rows(num_models, max_items, seed=0):
     src = SHARED / "llm-calibration-study-mmlu-pro"
     emb = np.load(src / "question_embeddings_all-MiniLM-L6-v2_f16.npy").astype(np.float32)
     tidy = pd.read_csv(src / "tidy_long.csv.gz")
+
+    def wide(values):
+        table = tidy.pivot(index="row_index", columns="model", values=values)
+        return table.reindex(np.arange(emb.shape[0]))
+
+    correct = wide("correct")
+    confs = {kind: wide(col).clip(0, 1).to_numpy(np.float64) for kind, col in KINDS.items()}
     items = np.sort(np.random.default_rng(seed).permutation(emb.shape[0])[:max_items])
-    for model in models:
+    for model in pick_models(num_models):
         df = tidy[tidy.model == model].set_index("row_index").loc[items]
         for kind, col in KINDS.items():
-            if (model, kind) in SKIP:
-                continue
             conf = df[col].to_numpy(np.float64)
             keep = np.isfinite(conf)
             if keep.mean() < 0.5:
                 continue
-            groups = pd.factorize(df.category)[0]
+            z = panel_points(
+                emb, correct.to_numpy(np.float64), confs[kind], correct.columns.get_loc(model)
+            )
             yield dict(
                 benchmark="MMLU-Pro",
                 model=model,
                 kind=kind,
                 x=emb[items][keep],
+                z={k: v[items][keep] for k, v in z.items()},
                 conf=np.clip(conf[keep], 0, 1),
                 correct=df.correct.to_numpy(np.float64)[keep],
-                group=groups[keep],
+                group=pd.factorize(df.category)[0][keep],
             )
 
 
-def litcab_rows():
+def litcab_rows(num_groups=8, seed=0):
     src = SHARED / "litcab"
     tidy = pd.read_csv(src / "tidy.csv.gz")
     emb = np.load(src / "question_embeddings_all-MiniLM-L6-v2_f16.npy").astype(np.float32)
     index = pd.read_csv(src / "question_embeddings_index.csv")
-    lookup = {
-        (d, i): r for r, d, i in index[["emb_row", "dataset", "item_id"]].itertuples(index=False)
-    }
-    for model, df in tidy.groupby("model"):
-        rows = np.array([lookup[(d, i)] for d, i in zip(df.dataset, df.item_id, strict=True)])
-        yield dict(
-            benchmark="LitCab (5 sets pooled)",
-            model=model,
-            kind="seq_prob",
-            x=emb[rows],
-            conf=df.conf_seq_prob.to_numpy(np.float64),
-            correct=df.correct_gpt4.to_numpy(np.float64),
-            group=pd.factorize(df.dataset)[0],
-        )
+    for dataset, part in tidy.groupby("dataset"):
+        outcomes = part.pivot(index="item_id", columns="model", values="correct_gpt4")
+        confs = part.pivot(index="item_id", columns="model", values="conf_seq_prob")
+        rows = index.set_index(["dataset", "item_id"]).loc[
+            [(dataset, i) for i in outcomes.index], "emb_row"
+        ]
+        x_items = emb[rows.to_numpy()]
+        _, clusters = kmeans(jax.random.key(seed), x_items, k=num_groups)
+        clusters = np.asarray(clusters)
+        position = {item: i for i, item in enumerate(outcomes.index)}
+        for model, df in part.groupby("model"):
+            z = panel_points(
+                x_items,
+                outcomes.to_numpy(np.float64),
+                confs[outcomes.columns].to_numpy(np.float64),
+                outcomes.columns.get_loc(model),
+            )
+            at = np.array([position[i] for i in df.item_id])
+            yield dict(
+                benchmark=f"LitCab {dataset}",
+                model=model,
+                kind="seq_prob",
+                x=x_items[at],
+                z={k: v[at] for k, v in z.items()},
+                conf=df.conf_seq_prob.to_numpy(np.float64),
+                correct=df.correct_gpt4.to_numpy(np.float64),
+                group=clusters[at],
+            )
 
 
 def mcgrad_oof(x, conf, correct, fold, num_pcs=32, seed=0):
@@ -105,18 +165,14 @@ def mcgrad_oof(x, conf, correct, fold, num_pcs=32, seed=0):
     xc = x - x.mean(0)
     _, _, vt = np.linalg.svd(xc, full_matrices=False)
     pcs = xc @ vt[:num_pcs].T
-    cols = [f"pc{j}" for j in range(num_pcs)]
+    cols = [f"pc{j}" for j in range(pcs.shape[1])]
     df = pd.DataFrame(pcs, columns=cols)
     df["conf"] = np.clip(conf, 1e-3, 1 - 1e-3)
     df["y"] = correct.astype(int)
     out = np.zeros(len(conf))
     for k in np.unique(fold):
         tr, te = fold != k, fold == k
-        model = (
-            MCGrad(random_state=seed)
-            if "random_state" in MCGrad.__init__.__code__.co_varnames
-            else MCGrad()
-        )
+        model = MCGrad(random_state=seed)
         model.fit(df[tr].reset_index(drop=True), "conf", "y", numerical_feature_column_names=cols)
         out[te] = model.predict(
             df[te].reset_index(drop=True), "conf", numerical_feature_column_names=cols
@@ -132,10 +188,15 @@ def evaluate(row, permutations, use_mcgrad):
     regimes, _ = discover_regimes(x, p, y)
     seconds = time.perf_counter() - start
     preds = {k: res.predictions[k] for k in ("uncorrected", "temperature", "isotonic", "local")}
+    for method, z in row["z"].items():
+        panel = crossfit(z, p, y, folds=5, seed=0, candidates=("raw",), progress=False)
+        assert np.array_equal(panel.fold, res.fold)
+        preds[method] = panel.predictions["local"]
+    mc_seconds = None
     if use_mcgrad:
         t = time.perf_counter()
         preds["mcgrad"] = mcgrad_oof(x, p, y, res.fold)
-        mc_seconds = time.perf_counter() - t
+        mc_seconds = round(time.perf_counter() - t, 1)
     out = {
         "benchmark": row["benchmark"],
         "model": row["model"],
@@ -146,7 +207,7 @@ def evaluate(row, permutations, use_mcgrad):
         "regimes": len(regimes),
         "geometry": [i["chosen"] for i in res.info],
         "seconds_miscal": round(seconds, 1),
-        "seconds_mcgrad": round(mc_seconds, 1) if use_mcgrad else None,
+        "seconds_mcgrad": mc_seconds,
     }
     for name, q in preds.items():
         out[name] = {
@@ -159,11 +220,20 @@ def evaluate(row, permutations, use_mcgrad):
     return out
 
 
+def benjamini_hochberg(p_values):
+    """Adjusted p-values (step-up, monotone) for ``[R]`` p-values."""
+    p = np.asarray(p_values, np.float64)
+    order = np.argsort(p)
+    scaled = p[order] * p.size / np.arange(1, p.size + 1)
+    adjusted = np.minimum.accumulate(scaled[::-1])[::-1]
+    out = np.empty_like(p)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
 def table(results):
-    methods = [
-        m for m in ("uncorrected", "temperature", "isotonic", "local", "mcgrad") if m in results[0]
-    ]
-    head = ["benchmark", "model", "conf", "n", "acc", "het. p", "regimes"]
+    methods = [m for m in METHODS if m in results[0]]
+    head = ["benchmark", "model", "conf", "n", "acc", "BH q", "regimes"]
     head += [f"{m} ECE/Brier/reg" for m in methods]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -173,7 +243,7 @@ def table(results):
             r["kind"],
             str(r["n"]),
             f"{r['accuracy']:.3f}",
-            f"{r['p_value']:.3f}",
+            f"{r['q_value']:.3f}",
             str(r["regimes"]),
         ]
         best_brier = min(r[m]["brier"] for m in methods)
@@ -185,17 +255,72 @@ def table(results):
     return "\n".join(lines)
 
 
+def summary(results, alpha=0.05):
+    """Per benchmark family: rows significant after BH, regimes, and mean metrics."""
+    methods = [m for m in METHODS if m in results[0]]
+    lines = [
+        "| family | rows | significant (BH 0.05) | rows with regimes | "
+        + " | ".join(f"{m} ECE/smECE/Brier/reg" for m in methods)
+        + " |",
+        "|" + "---|" * (4 + len(methods)),
+    ]
+    families = {"MMLU-Pro": [], "LitCab": []}
+    for r in results:
+        families["LitCab" if r["benchmark"].startswith("LitCab") else "MMLU-Pro"].append(r)
+    for name, rows in families.items():
+        if not rows:
+            continue
+        cells = [
+            name,
+            str(len(rows)),
+            str(sum(r["q_value"] <= alpha for r in rows)),
+            str(sum(r["regimes"] > 0 for r in rows)),
+        ]
+        for m in methods:
+            keys = ("ece", "smece", "brier", "regional")
+            mean = {k: np.mean([r[m][k] for r in rows]) for k in keys}
+            cells.append(
+                f"{mean['ece']:.4f} / {mean['smece']:.4f} / {mean['brier']:.4f} / "
+                f"{mean['regional']:.4f}"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for m in ("local", "local_panel", "local_panel_correct", "mcgrad"):
+        if m not in results[0]:
+            continue
+        d_brier = [r[m]["brier"] - r["isotonic"]["brier"] for r in results]
+        d_ece = [r[m]["ece"] - r["isotonic"]["ece"] for r in results]
+        d_reg = [r[m]["regional"] - r["isotonic"]["regional"] for r in results]
+        lines.append(
+            f"- {m} vs isotonic over {len(results)} rows: Brier lower on "
+            f"{sum(d < 0 for d in d_brier)} (mean {np.mean(d_brier):+.4f}); regional error lower "
+            f"on {sum(d < 0 for d in d_reg)} (mean {np.mean(d_reg):+.4f}); ECE within 0.01 on "
+            f"{sum(d <= 0.01 for d in d_ece)} (mean {np.mean(d_ece):+.4f})."
+        )
+    for m in PANELS:
+        ratio = [r[m]["regional"] / r["local"]["regional"] for r in results]
+        lines.append(
+            f"- {m} / local regional error: median {np.median(ratio):.2f}, mean "
+            f"{np.mean(ratio):.2f}, at most 0.8 on {sum(q <= 0.8 for q in ratio)} of "
+            f"{len(ratio)} rows; Brier no worse on "
+            f"{sum(r[m]['brier'] <= r['local']['brier'] for r in results)}."
+        )
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--max-items", type=int, default=3000)
-    parser.add_argument("--models", nargs="*", default=MMLU_MODELS)
+    parser.add_argument("--mmlu-models", type=int, default=12)
     parser.add_argument("--permutations", type=int, default=100)
+    parser.add_argument("--no-mmlu", action="store_true")
     parser.add_argument("--no-litcab", action="store_true")
     parser.add_argument("--no-mcgrad", action="store_true")
     parser.add_argument("--quick", action="store_true", help="one MMLU model, 1000 items")
+    parser.add_argument("--out", default=str(RESULTS / "real_llm_study"))
     args = parser.parse_args()
     if args.quick:
-        args.models, args.max_items = args.models[:1], 1000
+        args.mmlu_models, args.max_items, args.no_litcab = 1, 1000, True
     use_mcgrad = not args.no_mcgrad
     if use_mcgrad:
         try:
@@ -206,22 +331,38 @@ def main():
                 "'.[benchmark]'); running without it"
             )
             use_mcgrad = False
-    RESULTS.mkdir(exist_ok=True)
-    rows = list(mmlu_rows(args.models, args.max_items))
-    if not args.no_litcab and not args.quick:
-        rows += list(litcab_rows())
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    rows = []
+    if not args.no_litcab:
+        rows.append(litcab_rows())
+    if not args.no_mmlu:
+        rows.append(mmlu_rows(args.mmlu_models, args.max_items))
     results = []
-    for row in rows:
-        results.append(evaluate(row, args.permutations, use_mcgrad))
-        r = results[-1]
-        print(
-            json.dumps({k: r[k] for k in ("benchmark", "model", "kind", "n", "p_value")}),
-            {m: round(r[m]["brier"], 4) for m in ("isotonic", "local", "mcgrad") if m in r},
-            flush=True,
-        )
-        (RESULTS / "real_llm_study.json").write_text(json.dumps(results, indent=2))
-    md = table(results)
-    (RESULTS / "real_llm_study.md").write_text(md + "\n")
+    for source in rows:
+        for row in source:
+            results.append(evaluate(row, args.permutations, use_mcgrad))
+            r = results[-1]
+            print(
+                json.dumps({k: r[k] for k in ("benchmark", "model", "kind", "n", "p_value")}),
+                {m: round(r[m]["brier"], 4) for m in METHODS[2:] if m in r},
+                flush=True,
+            )
+            out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    q = benjamini_hochberg([r["p_value"] for r in results])
+    for r, qv in zip(results, q, strict=True):
+        r["q_value"] = float(qv)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    md = "\n\n".join(
+        [
+            summary(results),
+            table(results),
+            f"Run time {time.perf_counter() - started:.0f} s; "
+            f"MCGrad {'on' if use_mcgrad else 'off'}.",
+        ]
+    )
+    out.with_suffix(".md").write_text(md + "\n")
     print(md)
 
 

@@ -71,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--item-col", default=None, help="with --model: item column (default item)")
     rep.add_argument("--model-col", default=None, help="with --model: model column (default model)")
     rep.add_argument(
+        "--panel-outcome",
+        choices=("residual", "correct"),
+        default=None,
+        help="with --model: learn the panel geometry from the other models' residuals "
+        "(correct - confidence; default) or from their correctness alone",
+    )
+    rep.add_argument(
         "--confidence-col",
         default=None,
         help="confidence column (default 'confidence'; demo set: 'verbal' or 'logit')",
@@ -181,7 +188,7 @@ def _check_args(args) -> str | None:
     if args.data is not None and args.model and not panel:
         return "--model: only selects a model of the shipped demo set."
     if args.command == "report" and not panel:
-        for flag in ("item_col", "model_col"):
+        for flag in ("item_col", "model_col", "panel_outcome"):
             if getattr(args, flag) is not None:
                 return (
                     f"--{flag.replace('_', '-')}: only with --data LONG_TABLE --model TARGET "
@@ -350,17 +357,20 @@ def _panel_data(args, log):
         correct_col=args.correct_col,
         embeddings=args.embeddings,
     )
-    n_items, n_models = panel.panel_correct.shape
-    log(f"panel geometry from {n_models} other models on {n_items} items")
+    outcome = args.panel_outcome or DEFAULT_CONFIG.outcome
+    values, mask = panel.panel_outcomes(outcome)
+    n_items, n_models = values.shape
+    log(f"panel geometry from {n_models} other models' {outcome}s on {n_items} items")
     panel_map, history = jax.jit(fit_panel, static_argnums=4)(
         jax.random.key(args.seed),
         panel.item_embeddings,
-        panel.panel_correct,
-        panel.panel_mask,
-        DEFAULT_CONFIG,
+        values,
+        mask,
+        DEFAULT_CONFIG._replace(outcome=outcome),
     )
     z = np.asarray(panel_embed(panel_map, panel.item_embeddings))
     info = {
+        "outcome": outcome,
         "models": n_models,
         "items": n_items,
         "dims": int(z.shape[1]),

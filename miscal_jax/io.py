@@ -649,6 +649,8 @@ class PanelData(NamedTuple):
       item_embeddings: ``[N, d]`` float32, one row per item of the table.
       panel_correct: ``[N, M]`` float32 outcomes of the other models (0 where missing).
       panel_mask: ``[N, M]`` bools, ``True`` where an outcome was given.
+      panel_conf: ``[N, M]`` float32 confidences of the other models (NaN
+        where none was given).
       panel_models: the ``M`` other models' names.
       items: the ``N`` item ids, in order of first appearance.
       target_item: ``[n]`` index into ``items`` of each target row.
@@ -658,9 +660,38 @@ class PanelData(NamedTuple):
     item_embeddings: np.ndarray
     panel_correct: np.ndarray
     panel_mask: np.ndarray
+    panel_conf: np.ndarray
     panel_models: list
     items: list
     target_item: np.ndarray
+
+    def panel_outcomes(self, outcome: str = "residual") -> tuple[np.ndarray, np.ndarray]:
+        """The panel's ``[N, M']`` outcomes and mask for :func:`~miscal_jax.panel.fit_panel`.
+
+        Args:
+          outcome: ``"residual"`` (``correct - confidence`` where both were
+            given; models that never gave a confidence are left out) or
+            ``"correct"`` (0/1 correctness).
+
+        Returns:
+          ``(values, mask)``, float32 and bool, with ``M'`` the models that
+          have at least one observed outcome.
+
+        Raises:
+          ValueError: ``"residual"`` when no panel model gave a confidence.
+        """
+        if outcome == "correct":
+            return self.panel_correct, self.panel_mask
+        mask = self.panel_mask & np.isfinite(self.panel_conf)
+        keep = mask.any(axis=0)
+        if not keep.any():
+            raise ValueError(
+                "--panel-outcome: no model besides the target gave a confidence, so the panel "
+                "has no residuals; pass --panel-outcome correct to learn the panel geometry "
+                "from correctness alone."
+            )
+        values = np.where(mask, self.panel_correct - np.nan_to_num(self.panel_conf), 0.0)
+        return values[:, keep].astype(np.float32), mask[:, keep]
 
 
 def _blank(value) -> bool:
@@ -767,9 +798,10 @@ def load_with_panel(
 ) -> PanelData:
     """Loads a long table (one row per item and model): one target model and its panel.
 
-    The panel is every other model in the table; only its ``correct`` column
-    is read (an empty cell is a missing outcome). The target's rows with an
-    empty confidence are dropped and counted in ``meta["dropped"]``.
+    The panel is every other model in the table; its ``correct`` and
+    ``confidence`` columns are read (an empty cell is a missing outcome or
+    confidence). The target's rows with an empty confidence are dropped and
+    counted in ``meta["dropped"]``.
 
     Args:
       path: ``.csv``, ``.csv.gz``, ``.jsonl`` or ``.parquet`` with item, model,
@@ -878,6 +910,18 @@ def load_with_panel(
     panel_mask = np.zeros((len(items), len(others)), bool)
     panel_correct[row_item[panel], row_model[panel]] = values[panel]
     panel_mask[row_item[panel], row_model[panel]] = True
+    conf_vals = table.columns[confidence_col]
+    at = np.flatnonzero(panel & np.array([not _blank(v) for v in conf_vals]))
+    place = lambda k: table.place(int(at[k]))
+    panel_conf_vals = _numeric(confidence_col, [conf_vals[i] for i in at], place, kind="conf")
+    bad = np.flatnonzero(~((panel_conf_vals >= 0) & (panel_conf_vals <= 1)))
+    if bad.size:
+        raise ValueError(
+            f"{confidence_col}: value {panel_conf_vals[bad[0]]:.6g} on {place(int(bad[0]))} "
+            "is not a probability in [0, 1]; rescale it (or leave the cell empty)."
+        )
+    panel_conf = np.full((len(items), len(others)), np.nan, np.float32)
+    panel_conf[row_item[at], row_model[at]] = panel_conf_vals
     answered = panel_mask.any(axis=0)
     if not answered.any():
         raise ValueError(
@@ -890,7 +934,6 @@ def load_with_panel(
     else:
         emb = _item_embeddings_columns(table, path, row_item, first)
 
-    conf_vals = table.columns[confidence_col]
     rows = np.array(
         [i for i, v in enumerate(model_vals) if v == target and not _blank(conf_vals[i])],
         np.int64,
@@ -923,6 +966,7 @@ def load_with_panel(
         np.asarray(emb, np.float32),
         panel_correct[:, answered],
         panel_mask[:, answered],
+        panel_conf[:, answered],
         [m for m, a in zip(others, answered, strict=True) if a],
         items,
         target_item,

@@ -369,11 +369,13 @@ def _panel_note(panel: dict | None) -> list[str]:
     """The report line on the panel geometry (none without a panel)."""
     if panel is None:
         return []
+    what = {"residual": "residuals (correct - confidence)", "correct": "correctness"}
+    what = what[panel.get("outcome", "correct")]
     return [
         "",
         f"Geometry: the panel space ({panel['dims']}-d) learned from {panel['models']} other "
-        f"models' outcomes on {panel['items']} items (held-out loss {panel['val_loss']:.4f} "
-        f"against {panel['constant_loss']:.4f} for each model's accuracy alone); no outcome "
+        f"models' {what} on {panel['items']} items (held-out loss {panel['val_loss']:.4f} "
+        f"against {panel['constant_loss']:.4f} for each model's mean alone); no outcome "
         "of this model enters it.",
     ]
 

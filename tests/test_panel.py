@@ -12,7 +12,7 @@ from miscal_jax.cli import main
 from miscal_jax.io import load_with_panel
 from miscal_jax.panel import PanelConfig, fit_panel, panel_embed
 
-FAST = PanelConfig(out_dim=4, max_steps=600, eval_every=50)
+FAST = PanelConfig(outcome="correct", out_dim=4, max_steps=600, eval_every=50)
 fit_jit = jax.jit(fit_panel, static_argnums=4)
 
 
@@ -87,7 +87,7 @@ def test_distance_tracks_predicted_probabilities(fitted):
 def test_jit_traces_once():
     x, _, y = planted(n=120, m=5, d=8)
     mask = np.ones_like(y, bool)
-    cfg = PanelConfig(out_dim=2, max_steps=40, eval_every=20)
+    cfg = PanelConfig(outcome="correct", out_dim=2, max_steps=40, eval_every=20)
     traces = []
 
     def counted(rng, x, y, mask):
@@ -105,7 +105,7 @@ def test_masked_outcomes_are_never_read():
     x, _, y = planted(n=200, m=6, d=8)
     rng = np.random.default_rng(0)
     mask = rng.random(y.shape) < 0.6
-    cfg = PanelConfig(out_dim=2, max_steps=60, eval_every=20)
+    cfg = PanelConfig(outcome="correct", out_dim=2, max_steps=60, eval_every=20)
     a, ha = fit_jit(jax.random.key(0), x, y, mask, cfg)
     garbage = np.where(mask, y, np.where(rng.random(y.shape) < 0.5, np.nan, 1.0 - y))
     b, hb = fit_jit(jax.random.key(0), x, garbage.astype(np.float32), mask, cfg)
@@ -122,10 +122,10 @@ def test_masked_outcomes_are_never_read():
     "change, message",
     [
         (lambda x, y, m: (x[:, 0], y, m), "embeddings: expected a 2-D array"),
-        (lambda x, y, m: (x, y[:-1], m), "panel_correct: has 39 rows but embeddings has 40"),
+        (lambda x, y, m: (x, y[:-1], m), "panel_outcomes: has 39 rows but embeddings has 40"),
         (lambda x, y, m: (x, y, m[:, :2]), "panel_mask: shape (40, 2) differs"),
         (lambda x, y, m: (x, y, m.astype(np.float32)), "panel_mask: expected booleans"),
-        (lambda x, y, m: (x, y * 2, m), "panel_correct: value 2.0 at index [0, 0] is not 0 or 1"),
+        (lambda x, y, m: (x, y * 2, m), "panel_outcomes: value 2.0 at index [0, 0] is not 0 or 1"),
         (lambda x, y, m: (x, y, m & (np.arange(3) != 1)), "panel model (column) 1 has no"),
         (lambda x, y, m: (np.where(x > 2, np.nan, x), y, m), "is not finite"),
         (lambda x, y, m: (x, y[:, :0], m[:, :0]), "the panel has no models"),
@@ -140,8 +140,34 @@ def test_bad_inputs_are_refused(change, message):
     assert message in str(err.value)
 
 
+def test_residuals_outside_minus_one_one_are_refused():
+    x = np.linspace(-3, 3, 80, dtype=np.float32).reshape(40, 2)
+    y = np.zeros((40, 3), np.float32)
+    y[5, 2] = -1.5
+    with pytest.raises(ValueError, match=r"value -1.5 at index \[5, 2\] is not a residual"):
+        fit_panel(jax.random.key(0), x, y, np.ones_like(y, bool), PanelConfig(out_dim=2))
+
+
+def test_residual_panel_recovers_where_the_panel_is_miscalibrated():
+    """Residual outcomes: the panel space holds the latent position of the miscalibration.
+
+    Every panel model states the same confidence 0.7 everywhere, so its residual
+    ``correct - 0.7`` varies only through ``u``; the planted structure is the one
+    of :func:`planted`. One seed, deterministic fit: R^2 0.97 measured, loss 0.73x.
+    """
+    x, u, y = planted()
+    cfg = PanelConfig(out_dim=4, max_steps=600, eval_every=50)
+    panel_map, history = fit_jit(jax.random.key(0), x, y - 0.7, np.ones_like(y, bool), cfg)
+    assert history["best_val_loss"] < 0.85 * history["constant_loss"]
+    x_new, u_new, _ = planted(items=1)
+    assert r2(np.asarray(panel_embed(panel_map, x_new)), u_new) > 0.9
+
+
 def test_bad_config_is_refused():
     x, _, y = planted(n=10, m=2, d=3)
+    mask = np.ones_like(y, bool)
+    with pytest.raises(ValueError, match="config.outcome: 'probability'"):
+        fit_panel(jax.random.key(0), x, y, mask, PanelConfig(outcome="probability"))
     with pytest.raises(ValueError, match="config.val_fraction: 0.01 of 10 items"):
         fit_panel(jax.random.key(0), x, y, np.ones_like(y, bool), PanelConfig(val_fraction=0.01))
     with pytest.raises(ValueError, match="eval_every <= max_steps"):
@@ -151,11 +177,15 @@ def test_bad_config_is_refused():
 # ----------------------------------------------------------------------------- long tables
 
 
-def long_table(path, n=240, m=6, d=16, seed=0, *, emb_columns=True, target_flip=False):
+def long_table(
+    path, n=240, m=6, d=16, seed=0, *, emb_columns=True, target_flip=False, panel_conf=True
+):
     """A long table: panel models p0..p{m-1} and a target whose miscalibration follows u.
 
     Every third item is missing for panel model p0; item ids are integers.
-    Returns ``(path, item_embeddings [n, d])``.
+    With ``panel_conf`` every panel model but p1 states confidence 0.7 (p1
+    states none); without it no panel model does. Returns
+    ``(path, item_embeddings [n, d])``.
     """
     x, u, y = planted(n=n, m=m, d=d, seed=seed)
     rng = np.random.default_rng(seed + 100)
@@ -175,7 +205,8 @@ def long_table(path, n=240, m=6, d=16, seed=0, *, emb_columns=True, target_flip=
             w.writerow([i, "target", f"{conf[i]:.4f}", target[i], *emb])
             for j in range(m):
                 outcome = "" if j == 0 and i % 3 == 0 else int(y[i, j])
-                w.writerow([i, f"p{j}", "", outcome, *emb])
+                stated = "0.7" if panel_conf and j != 1 else ""
+                w.writerow([i, f"p{j}", stated, outcome, *emb])
     return path, np.array([[float(f"{v:.6g}") for v in row] for row in x], np.float32)
 
 
@@ -185,6 +216,12 @@ def test_loader_builds_target_rows_and_panel(tmp_path):
     assert d.panel_models == [f"p{j}" for j in range(6)]
     assert d.panel_correct.shape == d.panel_mask.shape == (240, 6)
     assert d.panel_mask[::3, 0].sum() == 0 and d.panel_mask[:, 1:].all()
+    assert np.isnan(d.panel_conf[:, 1]).all() and (d.panel_conf[:, 2:] == np.float32(0.7)).all()
+    values, mask = d.panel_outcomes("residual")  # p1 gave no confidence: left out
+    assert values.shape == mask.shape == (240, 5)
+    np.testing.assert_array_equal(mask, d.panel_mask[:, [0, 2, 3, 4, 5]])
+    np.testing.assert_allclose(values[mask], (d.panel_correct[:, [0, 2, 3, 4, 5]] - 0.7)[mask])
+    assert d.panel_outcomes("correct")[0] is d.panel_correct
     assert d.target.embeddings.shape == (240, 16)
     assert d.target.item == [str(i) for i in range(240)]
     np.testing.assert_array_equal(d.item_embeddings, x)
@@ -247,6 +284,11 @@ def _write(path, rows):
             "item: id 7 on line 2 of",
         ),
         (["item,model,confidence,correct", ",a,0.5,1"], {}, "item: empty value on line 2"),
+        (
+            ["item,model,confidence,correct,emb_0", "0,a,0.5,1,0", "0,b,70,1,0"],
+            {},
+            "confidence: value 70 on line 3 of",
+        ),
     ],
 )
 def test_loader_refuses_bad_tables(tmp_path, rows, kwargs, message):
@@ -275,7 +317,8 @@ def test_cli_report_in_the_panel_geometry(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 240
     panel = summary["source"]["panel"]
-    assert panel["models"] == 6 and panel["items"] == 240 and panel["dims"] == 6  # rank <= m
+    assert panel["outcome"] == "residual"
+    assert panel["models"] == 5 and panel["items"] == 240 and panel["dims"] == 5  # rank <= m
     assert panel["val_loss"] < panel["constant_loss"]
     with open(out / "points.csv") as f:
         points = list(csv.DictReader(f))
@@ -283,10 +326,25 @@ def test_cli_report_in_the_panel_geometry(tmp_path, capsys):
     assert "panel space" in (out / "report.md").read_text()
 
 
+def test_cli_panel_from_correctness_when_no_panel_confidence(tmp_path, capsys):
+    path, _ = long_table(tmp_path / "long.csv", n=120, panel_conf=False)
+    argv = ["report", "--data", str(path), "--model", "target", *CLI_FAST]
+    code = main([*argv, "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--panel-outcome: no model besides the target gave a confidence" in err
+    assert "Traceback" not in err and not (tmp_path / "a").exists()
+    out = tmp_path / "b"
+    assert main([*argv, "--out", str(out), "--panel-outcome", "correct"]) == 0
+    panel = json.loads((out / "summary.json").read_text())["source"]["panel"]
+    assert panel["outcome"] == "correct" and panel["models"] == 6
+    assert "correctness" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
         (["--item-col", "item"], "--item-col: only with --data LONG_TABLE --model TARGET"),
+        (["--panel-outcome", "correct"], "--panel-outcome: only with --data LONG_TABLE --model"),
         (["--model", "target", "--text-col", "q"], "--text-col: not used with --model"),
         (["--model", "nobody"], "--model: 'nobody' matches 0 of the 7 models"),
     ],

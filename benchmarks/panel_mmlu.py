@@ -3,15 +3,20 @@
 Data: ``../shared/data/llm-calibration-study-mmlu-pro`` (see its README):
 ``tidy_long.csv.gz`` (item x model results), ``items.jsonl`` (categories)
 and the MiniLM question embeddings. For each target model (spread over the
-accuracy range, as in ``compare_mmlu.py``), the panel map is fitted by
-:func:`miscal_jax.panel.fit_panel` on every item and the ``correct`` column
-of every *other* model (82 after dropping ``phi-4``, which never answers);
-no outcome of the target enters it. Then the target's rows (verbalised
-confidence) are cross-fitted twice with the same folds and seed: in raw
-MiniLM space and in the panel space (both with ``candidates=("raw",)``, so
-only the space differs). Reported: held-out (out-of-fold) category-level
-regional error and Brier of the local correction, and isotonic's.
-Categories are never used for fitting.
+accuracy range, as in ``compare_mmlu.py``), two panel maps are fitted by
+:func:`miscal_jax.panel.fit_panel` on every item from every *other* model
+(82 after dropping ``phi-4``, which never answers): one from their residuals
+``correct - verbalised confidence`` (``panel``, the default outcome) and one
+from their correctness alone (``panel_correct``); no outcome of the target
+enters either. Then the target's rows (verbalised confidence) are
+cross-fitted with the same folds and seed in raw MiniLM space and in each
+panel space (all with ``candidates=("raw",)``, so only the space differs).
+Reported: held-out (out-of-fold) category-level regional error and Brier of
+the local correction, and isotonic's, beside the regional error's noise
+floor: what a perfect predictor would score from the outcomes' sampling noise
+alone, ``mean_c sqrt(2 / pi) sqrt(sum_{i in c} p_i (1 - p_i)) / n_c`` with
+``p`` the local correction's probabilities. Categories are never used for
+fitting.
 
 Usage::
 
@@ -33,6 +38,8 @@ from miscal_jax.crossfit import crossfit
 from miscal_jax.metrics import brier, regional_error
 from miscal_jax.panel import DEFAULT_CONFIG, fit_panel, panel_embed
 
+SPACES = {"panel": "residual", "panel_correct": "correct"}
+
 sys.path.insert(0, str(Path(__file__).parent))
 from compare_mmlu import MMLU, pick_items, pick_models  # noqa: E402
 
@@ -52,8 +59,19 @@ def load_all() -> tuple[list[str], np.ndarray, np.ndarray]:
     return models, correct, conf
 
 
+def noise_floor(p, group) -> float:
+    """Expected regional error of the true probabilities ``p``: outcome noise alone."""
+    floors = [
+        np.sqrt(2 / np.pi)
+        * np.sqrt(np.sum(p[group == g] * (1 - p[group == g])))
+        / np.sum(group == g)
+        for g in np.unique(group)
+    ]
+    return float(np.mean(floors))
+
+
 def scores(res, correct, group) -> dict:
-    out = {}
+    out = {"noise_floor": noise_floor(np.asarray(res.predictions["local"], np.float64), group)}
     for method in ("isotonic", "local"):
         p = res.predictions[method]
         out[method] = {
@@ -83,24 +101,30 @@ def main(argv=None) -> int:
     for target in pick_models(args.targets):
         t = models.index(target)
         others = [j for j, m in enumerate(models) if j != t and m != "phi-4"]
-        y_panel = correct[others].T.astype(np.float32)
-        t0 = time.perf_counter()
-        panel_map, history = fit(
-            jax.random.key(args.seed), emb, y_panel, np.isfinite(y_panel), DEFAULT_CONFIG
-        )
-        z = np.asarray(panel_embed(panel_map, emb))
-        panel_seconds = time.perf_counter() - t0
         r = rows[np.isfinite(conf[t, rows])]
         row = {
             "model": target,
             "items": int(r.size),
             "accuracy": float(correct[t, r].mean()),
             "panel_models": len(others),
-            "panel_val_loss": float(history["best_val_loss"]),
-            "panel_constant_loss": float(history["constant_loss"]),
-            "panel_seconds": panel_seconds,
         }
-        for name, x in (("raw", emb), ("panel", z)):
+        spaces = {"raw": emb}
+        for name, outcome in SPACES.items():
+            y = correct[others] if outcome == "correct" else correct[others] - conf[others]
+            y = y.T.astype(np.float32)
+            mask = np.isfinite(y)
+            mask, y = mask[:, mask.any(0)], np.where(mask, y, 0.0)[:, mask.any(0)]
+            t0 = time.perf_counter()
+            config = DEFAULT_CONFIG._replace(outcome=outcome)
+            panel_map, history = fit(jax.random.key(args.seed), emb, y, mask, config)
+            spaces[name] = np.asarray(panel_embed(panel_map, emb))
+            row[f"{name}_fit"] = {
+                "models": int(y.shape[1]),
+                "val_loss": float(history["best_val_loss"]),
+                "constant_loss": float(history["constant_loss"]),
+                "seconds": time.perf_counter() - t0,
+            }
+        for name, x in spaces.items():
             t0 = time.perf_counter()
             res = crossfit(
                 x[r],
@@ -115,9 +139,9 @@ def main(argv=None) -> int:
             row[name]["seconds"] = time.perf_counter() - t0
         table.append(row)
         print(
-            f"{target}: regional error raw {row['raw']['local']['regional_error']:.4f} -> "
-            f"panel {row['panel']['local']['regional_error']:.4f}; Brier "
-            f"{row['raw']['local']['brier']:.4f} -> {row['panel']['local']['brier']:.4f}",
+            target,
+            {s: round(row[s]["local"]["regional_error"], 4) for s in spaces},
+            {s: round(row[s]["local"]["brier"], 4) for s in spaces},
             flush=True,
         )
 
@@ -125,35 +149,39 @@ def main(argv=None) -> int:
         "# Panel geometry vs raw space on held-out MMLU-Pro models",
         "",
         f"Verbalised confidence, {args.folds}-fold cross-fitting (seed {args.seed}), "
-        "geometry candidates `raw` only (so only the space differs). Panel: "
-        f"`fit_panel` defaults ({DEFAULT_CONFIG.out_dim}-d bottleneck) on every item and "
-        "the other models' correctness, never the target's. Regional error: held-out "
-        "category-level (14 categories, never used for fitting).",
+        "geometry candidates `raw` only (so only the space differs). Panels: `fit_panel` "
+        f"defaults ({DEFAULT_CONFIG.out_dim}-d bottleneck) on every item from the other "
+        "models' residuals (`panel`) or correctness (`panel_correct`), never the target's. "
+        "Regional error (RE): held-out, category-level (14 categories, never used for "
+        "fitting); floor: its expected value from outcome noise alone.",
         "",
-        "| target | items | acc. | isotonic RE | local RE raw | local RE panel | ratio | "
-        "Brier isotonic | Brier raw | Brier panel | panel loss / constant |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| target | items | acc. | RE isotonic | RE raw | RE panel | RE panel_correct | "
+        "RE floor | panel / raw | Brier isotonic | Brier raw | Brier panel | "
+        "Brier panel_correct |",
+        "|" + "---|" * 13,
     ]
     for row in table:
-        raw, pan = row["raw"], row["panel"]
+        re = {s: row[s]["local"]["regional_error"] for s in ("raw", *SPACES)}
+        br = {s: row[s]["local"]["brier"] for s in ("raw", *SPACES)}
         lines.append(
             f"| {row['model']} | {row['items']} | {row['accuracy']:.3f} | "
-            f"{raw['isotonic']['regional_error']:.4f} | {raw['local']['regional_error']:.4f} | "
-            f"{pan['local']['regional_error']:.4f} | "
-            f"{pan['local']['regional_error'] / raw['local']['regional_error']:.2f} | "
-            f"{raw['isotonic']['brier']:.4f} | {raw['local']['brier']:.4f} | "
-            f"{pan['local']['brier']:.4f} | "
-            f"{row['panel_val_loss']:.4f} / {row['panel_constant_loss']:.4f} |"
+            f"{row['raw']['isotonic']['regional_error']:.4f} | {re['raw']:.4f} | "
+            f"{re['panel']:.4f} | {re['panel_correct']:.4f} | "
+            f"{row['raw']['noise_floor']:.4f} | {re['panel'] / re['raw']:.2f} | "
+            f"{row['raw']['isotonic']['brier']:.4f} | {br['raw']:.4f} | {br['panel']:.4f} | "
+            f"{br['panel_correct']:.4f} |"
         )
-    local = [(r["raw"]["local"], r["panel"]["local"]) for r in table]
-    ratio = [pan["regional_error"] / raw["regional_error"] for raw, pan in local]
-    no_worse = sum(pan["brier"] <= raw["brier"] for raw, pan in local)
-    lines += [
-        "",
-        f"Panel / raw local regional error: mean {np.mean(ratio):.2f} (target <= 0.8); Brier "
-        f"no worse on {no_worse} of {len(table)} targets. Run time "
-        f"{time.perf_counter() - started:.0f} s.",
-    ]
+    lines.append("")
+    for name in SPACES:
+        ratio = [
+            r[name]["local"]["regional_error"] / r["raw"]["local"]["regional_error"] for r in table
+        ]
+        no_worse = sum(r[name]["local"]["brier"] <= r["raw"]["local"]["brier"] for r in table)
+        lines.append(
+            f"- {name} / raw local regional error: mean {np.mean(ratio):.2f} (target <= 0.8); "
+            f"Brier no worse on {no_worse} of {len(table)} targets."
+        )
+    lines.append(f"- Run time {time.perf_counter() - started:.0f} s.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "panel_mmlu.md").write_text("\n".join(lines) + "\n")

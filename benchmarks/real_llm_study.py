@@ -89,7 +89,7 @@ def panel_points(emb, correct, conf, target_col, seed=0):
     return out
 
 
-def mmlu_rows(num_models, max_items, seed=0):
+def mmlu_rows(num_models, max_items, seed=0, done=frozenset()):
     src = SHARED / "llm-calibration-study-mmlu-pro"
     emb = np.load(src / "question_embeddings_all-MiniLM-L6-v2_f16.npy").astype(np.float32)
     tidy = pd.read_csv(src / "tidy_long.csv.gz")
@@ -106,7 +106,7 @@ def mmlu_rows(num_models, max_items, seed=0):
         for kind, col in KINDS.items():
             conf = df[col].to_numpy(np.float64)
             keep = np.isfinite(conf)
-            if keep.mean() < 0.5:
+            if keep.mean() < 0.5 or ("MMLU-Pro", model, kind) in done:
                 continue
             z = panel_points(
                 emb, correct.to_numpy(np.float64), confs[kind], correct.columns.get_loc(model)
@@ -123,7 +123,7 @@ def mmlu_rows(num_models, max_items, seed=0):
             )
 
 
-def litcab_rows(num_groups=8, seed=0):
+def litcab_rows(num_groups=8, seed=0, done=frozenset()):
     src = SHARED / "litcab"
     tidy = pd.read_csv(src / "tidy.csv.gz")
     emb = np.load(src / "question_embeddings_all-MiniLM-L6-v2_f16.npy").astype(np.float32)
@@ -139,6 +139,8 @@ def litcab_rows(num_groups=8, seed=0):
         clusters = np.asarray(clusters)
         position = {item: i for i, item in enumerate(outcomes.index)}
         for model, df in part.groupby("model"):
+            if (f"LitCab {dataset}", model, "seq_prob") in done:
+                continue
             z = panel_points(
                 x_items,
                 outcomes.to_numpy(np.float64),
@@ -318,6 +320,9 @@ def main():
     parser.add_argument("--no-mcgrad", action="store_true")
     parser.add_argument("--quick", action="store_true", help="one MMLU model, 1000 items")
     parser.add_argument("--out", default=str(RESULTS / "real_llm_study"))
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the rows already in OUT.json, run the rest"
+    )
     args = parser.parse_args()
     if args.quick:
         args.mmlu_models, args.max_items, args.no_litcab = 1, 1000, True
@@ -334,12 +339,15 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    results = []
+    if args.resume and out.with_suffix(".json").exists():
+        results = json.loads(out.with_suffix(".json").read_text())
+    done = frozenset((r["benchmark"], r["model"], r["kind"]) for r in results)
     rows = []
     if not args.no_litcab:
-        rows.append(litcab_rows())
+        rows.append(litcab_rows(done=done))
     if not args.no_mmlu:
-        rows.append(mmlu_rows(args.mmlu_models, args.max_items))
-    results = []
+        rows.append(mmlu_rows(args.mmlu_models, args.max_items, done=done))
     for source in rows:
         for row in source:
             results.append(evaluate(row, args.permutations, use_mcgrad))

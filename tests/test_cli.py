@@ -86,12 +86,16 @@ def test_report_on_npz(planted_npz, tmp_path, capsys):
     assert summary["methods"]["local"]["regional_error"] is not None
 
 
-def test_report_on_csv_with_npy(tmp_path):
-    d = make_planted(200, seed=1)
-    np.save(tmp_path / "emb.npy", d.embeddings)
+def test_report_on_csv_with_npy(planted_npz, tmp_path):
+    """The same items as test_report_on_npz (so the compiled fit is shared), as a CSV + .npy."""
+    d = np.load(planted_npz)
+    np.save(tmp_path / "emb.npy", d["embeddings"])
     with open(tmp_path / "t.csv", "w") as f:
         f.write("conf,ok,text\n")
-        f.writelines(f"{d.conf[i]},{int(d.correct[i])},question {i}\n" for i in range(200))
+        f.writelines(
+            f"{c!r},{int(y)},question {i}\n"
+            for i, (c, y) in enumerate(zip(d["confidence"].tolist(), d["correct"], strict=True))
+        )
     code = main(
         [
             "report",
@@ -109,7 +113,7 @@ def test_report_on_csv_with_npy(tmp_path):
         ]
     )
     assert code == 0
-    _check_outputs(tmp_path / "out", 200)
+    _check_outputs(tmp_path / "out", 300)
 
 
 def test_report_on_shipped_data(tmp_path):

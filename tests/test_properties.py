@@ -3,7 +3,7 @@
 Profiles: ``fast`` (default, 25 examples per property, run in the fast suite)
 and ``thorough`` (400 examples). ``MISCAL_HYPOTHESIS_PROFILE=thorough`` selects
 the larger one and marks this module ``slow``, so CI's slow run
-(``MISCAL_HYPOTHESIS_PROFILE=thorough python -m pytest -q -m slow``) runs it
+(``MISCAL_HYPOTHESIS_PROFILE=thorough python -m pytest -q -n 2 -m slow``) runs it
 and its fast run, without the variable, runs the bounded one.
 
 Shapes are fixed per property (hypothesis varies values, not sizes), so each

@@ -174,25 +174,15 @@ def load_panel(
     Raises:
       ValueError: one line naming the file, column or row and the fix.
     """
-    from miscal_jax.io import _read_table
+    from miscal_jax.io import _read_table, _require_long_columns
     from miscal_jax.text_embed import embed_texts
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"data: no such file {path}.")
-    cols = _read_table(path).columns
-    need = (
-        (item_col, "--item-col"),
-        (model_col, "--model-col"),
-        (confidence_col, "--confidence-col"),
-        (correct_col, "--correct-col"),
-    )
-    for col, flag in need:
-        if col not in cols:
-            raise ValueError(
-                f"data: {path} has no column {col!r}; name it with {flag} "
-                f"(columns: {sorted(cols)[:12]})."
-            )
+    table = _read_table(path)
+    _require_long_columns(table, path, item_col, model_col, confidence_col, correct_col)
+    cols = table.columns
     item_vals = [str(v) for v in cols[item_col]]
     model_vals = [str(v) for v in cols[model_col]]
     items = list(dict.fromkeys(item_vals))

@@ -786,6 +786,25 @@ def _item_embeddings_columns(table: _Table, path: Path, row_item: np.ndarray, fi
     return emb
 
 
+def _require_long_columns(
+    table: _Table, path: Path, item_col: str, model_col: str, confidence_col: str, correct_col: str
+) -> tuple[tuple[str, str], ...]:
+    """Checks a long table has its four columns; returns ``(column, flag)`` pairs."""
+    need = (
+        (item_col, "--item-col"),
+        (model_col, "--model-col"),
+        (confidence_col, "--confidence-col"),
+        (correct_col, "--correct-col"),
+    )
+    for col, flag in need:
+        if col not in table.columns:
+            raise ValueError(
+                f"data: {path} has no column {col!r}; pass the right name with {flag} "
+                f"(columns: {sorted(table.columns)[:12]})."
+            )
+    return need
+
+
 def load_with_panel(
     path: str | Path,
     *,
@@ -844,18 +863,7 @@ def load_with_panel(
             "correctness column with --correct-col."
         )
     table = _read_table(path)
-    need = (
-        (item_col, "--item-col"),
-        (model_col, "--model-col"),
-        (confidence_col, "--confidence-col"),
-        (correct_col, "--correct-col"),
-    )
-    for col, flag in need:
-        if col not in table.columns:
-            raise ValueError(
-                f"data: {path} has no column {col!r}; pass the right name with {flag} "
-                f"(columns: {sorted(table.columns)[:12]})."
-            )
+    need = _require_long_columns(table, path, item_col, model_col, confidence_col, correct_col)
     dup = sorted({c for c, _ in need} & table.duplicates)
     if dup:
         raise ValueError(

@@ -144,7 +144,7 @@ def test_compare_rejects_bad_panels(tmp_path):
     with pytest.raises(ValueError, match="repeats item 'q1' for model 'A'"):
         load_panel(path)
     path.write_text("item,model,conf,correct,emb_0\nq1,A,0.5,1,0.1\n")
-    with pytest.raises(ValueError, match="has no column 'confidence'; name it with"):
+    with pytest.raises(ValueError, match="has no column 'confidence'; pass the right name with"):
         load_panel(path)
     path.write_text("item,model,confidence,correct,emb_0\nq1,A,1.5,1,0.1\n")
     with pytest.raises(ValueError, match="outside \\[0, 1\\]"):

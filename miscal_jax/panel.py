@@ -46,9 +46,9 @@ class PanelConfig(NamedTuple):
     Attributes:
       outcome: ``"residual"`` (outcomes are ``correct - confidence`` in
         ``[-1, 1]``, squared loss) or ``"correct"`` (0/1, logistic loss). On
-        three held-out MMLU-Pro models the residual panel gave lower held-out
-        category error and Brier than the correctness panel on all three
-        (``benchmarks/README.md``).
+        three held-out MMLU-Pro models (82 panel models, all items) the
+        residual panel gave lower held-out category error and Brier than the
+        correctness panel on all three (``benchmarks/README.md``).
       out_dim: width ``k`` of the bottleneck (the panel space).
       hidden: widths of the encoder's hidden layers. None by default (a
         logistic reduced-rank map): on MMLU-Pro (83 models, 12,032 items)

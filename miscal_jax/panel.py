@@ -51,10 +51,10 @@ class PanelConfig(NamedTuple):
         correctness panel on all three (``benchmarks/README.md``).
       out_dim: width ``k`` of the bottleneck (the panel space).
       hidden: widths of the encoder's hidden layers. None by default (a
-        logistic reduced-rank map): on MMLU-Pro (83 models, 12,032 items)
-        and on planted low-rank data one GELU layer of 128 reached a worse
-        held-out loss (0.578 against 0.573; 0.59 against 0.50), stopping
-        after its first few hundred steps.
+        reduced-rank linear map): for the correctness panel on MMLU-Pro (83
+        models, 12,032 items) and on planted low-rank data one GELU layer of
+        128 reached a worse held-out loss (0.578 against 0.573; 0.59 against
+        0.50), stopping after its first few hundred steps.
       learning_rate: AdamW step size.
       weight_decay: AdamW weight decay.
       batch_size: items per step.

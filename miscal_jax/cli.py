@@ -360,7 +360,7 @@ def _panel_data(args, log):
     outcome = args.panel_outcome or DEFAULT_CONFIG.outcome
     values, mask = panel.panel_outcomes(outcome)
     n_items, n_models = values.shape
-    log(f"panel geometry from {n_models} other models' {outcome}s on {n_items} items")
+    log(f"panel geometry from {n_models} other models ({outcome}) on {n_items} items")
     panel_map, history = jax.jit(fit_panel, static_argnums=4)(
         jax.random.key(args.seed),
         panel.item_embeddings,

@@ -919,7 +919,8 @@ def load_with_panel(
     panel_correct[row_item[panel], row_model[panel]] = values[panel]
     panel_mask[row_item[panel], row_model[panel]] = True
     conf_vals = table.columns[confidence_col]
-    at = np.flatnonzero(panel & np.array([not _blank(v) for v in conf_vals]))
+    conf_given = np.array([not _blank(v) for v in conf_vals])
+    at = np.flatnonzero(panel & conf_given)
     place = lambda k: table.place(int(at[k]))
     panel_conf_vals = _numeric(confidence_col, [conf_vals[i] for i in at], place, kind="conf")
     bad = np.flatnonzero(~((panel_conf_vals >= 0) & (panel_conf_vals <= 1)))
@@ -942,11 +943,9 @@ def load_with_panel(
     else:
         emb = _item_embeddings_columns(table, path, row_item, first)
 
-    rows = np.array(
-        [i for i, v in enumerate(model_vals) if v == target and not _blank(conf_vals[i])],
-        np.int64,
-    )
-    dropped = sum(v == target for v in model_vals) - rows.size
+    is_target = row_model < 0
+    rows = np.flatnonzero(is_target & conf_given)
+    dropped = int(is_target.sum()) - rows.size
     place = lambda k: table.place(int(rows[k]))
     conf = _numeric(confidence_col, [conf_vals[i] for i in rows], place, kind="conf")
     correct = _numeric(correct_col, [correct_vals[i] for i in rows], place, kind="correct")

@@ -67,26 +67,23 @@ METHODS = (
     "local_panel_correct",
     "mcgrad",
 )
-PANELS = {"local_panel": "residual", "local_panel_correct": "correct"}
+PANELS = ("local_panel", "local_panel_correct")
 FIT_PANEL = jax.jit(fit_panel, static_argnums=4)
 
 
-def panel_points(emb, correct, conf, target_col, seed=0):
-    """Both panel spaces of every item, ``{method: [N, k]}``, from every column but the target's.
+def panel_space(emb, outcomes, target_col, outcome, seed=0):
+    """``[N, k]`` panel coordinates of every item from every column but the target's.
 
-    ``correct`` and ``conf`` are ``[N, M]`` (NaN where a model has no
-    outcome or no confidence); columns with nothing observed are dropped.
+    ``outcomes`` is ``[N, M]`` correctness (``outcome="correct"``) or
+    residuals (``"residual"``), NaN where missing; columns with nothing
+    observed are dropped.
     """
-    out = {}
-    for method, outcome in PANELS.items():
-        y = correct if outcome == "correct" else correct - conf
-        y = np.delete(y, target_col, axis=1)
-        mask = np.isfinite(y)
-        y, mask = y[:, mask.any(0)], mask[:, mask.any(0)]
-        config = DEFAULT_CONFIG._replace(outcome=outcome)
-        panel_map, _ = FIT_PANEL(jax.random.key(seed), emb, np.where(mask, y, 0.0), mask, config)
-        out[method] = np.asarray(panel_embed(panel_map, emb))
-    return out
+    y = np.delete(outcomes, target_col, axis=1)
+    mask = np.isfinite(y)
+    y, mask = y[:, mask.any(0)], mask[:, mask.any(0)]
+    config = DEFAULT_CONFIG._replace(outcome=outcome)
+    panel_map, _ = FIT_PANEL(jax.random.key(seed), emb, np.where(mask, y, 0.0), mask, config)
+    return np.asarray(panel_embed(panel_map, emb))
 
 
 def mmlu_rows(num_models, max_items, seed=0, done=frozenset()):
@@ -99,18 +96,24 @@ def mmlu_rows(num_models, max_items, seed=0, done=frozenset()):
         return table.reindex(np.arange(emb.shape[0]))
 
     correct = wide("correct")
+    outcomes = correct.to_numpy(np.float64)
     confs = {kind: wide(col).clip(0, 1).to_numpy(np.float64) for kind, col in KINDS.items()}
     items = np.sort(np.random.default_rng(seed).permutation(emb.shape[0])[:max_items])
     for model in pick_models(num_models):
+        target = correct.columns.get_loc(model)
         df = tidy[tidy.model == model].set_index("row_index").loc[items]
+        z_correct = None  # the correctness panel serves both confidence kinds
         for kind, col in KINDS.items():
             conf = df[col].to_numpy(np.float64)
             keep = np.isfinite(conf)
             if keep.mean() < 0.5 or ("MMLU-Pro", model, kind) in done:
                 continue
-            z = panel_points(
-                emb, correct.to_numpy(np.float64), confs[kind], correct.columns.get_loc(model)
-            )
+            if z_correct is None:
+                z_correct = panel_space(emb, outcomes, target, "correct")
+            z = {
+                "local_panel": panel_space(emb, outcomes - confs[kind], target, "residual"),
+                "local_panel_correct": z_correct,
+            }
             yield dict(
                 benchmark="MMLU-Pro",
                 model=model,
@@ -141,12 +144,13 @@ def litcab_rows(num_groups=8, seed=0, done=frozenset()):
         for model, df in part.groupby("model"):
             if (f"LitCab {dataset}", model, "seq_prob") in done:
                 continue
-            z = panel_points(
-                x_items,
-                outcomes.to_numpy(np.float64),
-                confs[outcomes.columns].to_numpy(np.float64),
-                outcomes.columns.get_loc(model),
-            )
+            y = outcomes.to_numpy(np.float64)
+            residual = y - confs[outcomes.columns].to_numpy(np.float64)
+            target = outcomes.columns.get_loc(model)
+            z = {
+                "local_panel": panel_space(x_items, residual, target, "residual"),
+                "local_panel_correct": panel_space(x_items, y, target, "correct"),
+            }
             at = np.array([position[i] for i in df.item_id])
             yield dict(
                 benchmark=f"LitCab {dataset}",

@@ -749,10 +749,12 @@ def test_killed_midway_leaves_no_report_folder(small_npz, tmp_path, sig, code, l
 # Determinism
 
 
-def _run_report(data, out, xla_flags, cpus):
+def _run_report(data, out, xla_flags, cpus, cache=""):
     """One report in a fresh process limited to ``cpus``; ``xla_flags=None``
-    leaves XLA_FLAGS unset, so the command's own thread setting applies."""
+    leaves XLA_FLAGS unset, so the command's own thread setting applies;
+    ``cache`` is the compilation cache's folder (``""``: none)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["MISCAL_JAX_CACHE_DIR"] = str(cache)
     if xla_flags is not None:
         env["XLA_FLAGS"] = xla_flags
     proc = subprocess.run(
@@ -787,21 +789,53 @@ def test_matrix_threads_pinned_unless_asked(monkeypatch):
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
 
 
+def test_compilation_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("MISCAL_JAX_CACHE_DIR", str(tmp_path / "c"))
+    assert cli_module._cache_dir() == tmp_path / "c"
+    monkeypatch.setenv("MISCAL_JAX_CACHE_DIR", "")
+    assert cli_module._cache_dir() is None
+    monkeypatch.delenv("MISCAL_JAX_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cli_module._cache_dir() == tmp_path / "miscal_jax" / "xla"
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("MISCAL_JAX_CACHE_DIR", str(tmp_path / "file" / "xla"))
+    assert cli_module._cache_dir() is None  # cannot be created: run uncached
+
+
+def test_compilation_cache_settings_restored(monkeypatch, tmp_path):
+    import jax
+
+    before = jax.config.jax_persistent_cache_min_compile_time_secs
+    monkeypatch.setenv("MISCAL_JAX_CACHE_DIR", str(tmp_path))
+    with cli_module._compilation_cached():
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path)
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+    assert jax.config.jax_compilation_cache_dir is None
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == before
+    monkeypatch.setenv("MISCAL_JAX_CACHE_DIR", "")
+    with cli_module._compilation_cached():
+        assert jax.config.jax_compilation_cache_dir is None
+
+
 @pytest.mark.slow
 def test_same_seed_gives_the_same_bytes(small_npz, tmp_path):
-    """Two runs on one CPU with one XLA thread, and one on two CPUs with XLA's
-    default threads (the command pins matrix products to one thread), give
-    byte-identical points.csv and summary.json apart from the run time.
-    (Three subprocess runs on 120 items, all geometries: 2 to 5 minutes on 2 cores.)"""
+    """Two runs on one CPU with one XLA thread, the first filling the
+    compilation cache and the second reading it, and one on two CPUs with
+    XLA's default threads and no cache (the command pins matrix products to
+    one thread), give byte-identical points.csv and summary.json apart from
+    the run time. (Three subprocess runs on 120 items, all geometries: 2 to 5
+    minutes on 2 cores.)"""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         pytest.skip("needs two CPUs")
     one, two = {cpus[0]}, set(cpus[:2])
+    cache = tmp_path / "cache"
     runs = [
-        _run_report(small_npz, tmp_path / "a", ONE_THREAD, one),
-        _run_report(small_npz, tmp_path / "b", ONE_THREAD, one),
+        _run_report(small_npz, tmp_path / "a", ONE_THREAD, one, cache),
+        _run_report(small_npz, tmp_path / "b", ONE_THREAD, one, cache),
         _run_report(small_npz, tmp_path / "c", None, two),
     ]
+    assert any(cache.iterdir()), "the first run wrote no compiled programs"
     for summary, points in runs[1:]:
         assert summary == runs[0][0]
         assert points == runs[0][1]

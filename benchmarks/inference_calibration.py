@@ -19,7 +19,14 @@ Scenarios (synthetic data from ``miscal_jax.synthetic.make_planted``):
   x]`` varies with x, but only through the confidence, so the heterogeneity
   test must hold its size (at most 0.05 at alpha 0.05) and regimes may be
   reported in at most 10% of data sets. Run once per geometry (default raw,
-  pca), each geometry alone as the only crossfit candidate.
+  pca), each geometry alone as the only crossfit candidate. ``--geometries
+  panel`` smooths in the panel geometry instead: the same target data sets
+  (``miscal_jax.synthetic.make_confounded_panel``) beside 20 other models
+  whose confidences share the target's dependence on the input and whose
+  answers carry real regional fields; the panel map is learned from their
+  residuals (:func:`miscal_jax.panel.fit_panel`, default configuration) and
+  the target is smoothed in it in raw coordinates, as
+  ``real_llm_study.py`` does.
 
 Writes ``benchmarks/results/inference_calibration.json`` and prints a table.
 Geometries: the other scenarios choose between raw and PCA (the learned
@@ -35,12 +42,18 @@ import json
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from miscal_jax.crossfit import crossfit
 from miscal_jax.inference import heterogeneity_test, normal_interval, undersmoothed_field
+from miscal_jax.panel import DEFAULT_CONFIG, fit_panel, panel_embed
 from miscal_jax.regimes import assign_regimes, discover_regimes
-from miscal_jax.synthetic import make_confounded_null, make_planted
+from miscal_jax.synthetic import make_confounded_null, make_confounded_panel, make_planted
+
+#: Other models answering the target's items in the ``panel`` geometry runs.
+PANEL_MODELS = 20
+FIT_PANEL = jax.jit(fit_panel, static_argnums=4)
 
 
 def ari(a, b):
@@ -78,17 +91,30 @@ def make_data(name, n, seed):
     return make_planted(n, seed=1000 + seed, **kw)
 
 
+def panel_target(n, seed):
+    """The confounded null's data set number ``seed``, its items in the panel geometry."""
+    d = make_confounded_panel(n, PANEL_MODELS, seed=1000 + seed)
+    observed = np.ones(d.panel_conf.shape, bool)
+    panel_outcomes = d.panel_correct - d.panel_conf
+    panel_map, _ = FIT_PANEL(
+        jax.random.key(seed), d.target.embeddings, panel_outcomes, observed, DEFAULT_CONFIG
+    )
+    z = np.asarray(panel_embed(panel_map, d.target.embeddings))
+    return d.target._replace(embeddings=z)
+
+
 def run(name, sims, n, permutations, candidates=("raw", "pca")):
+    panel = candidates == ("panel",)
     rows = []
     for seed in range(sims):
-        d = make_data(name, n, seed)
+        d = panel_target(n, seed) if panel else make_data(name, n, seed)
         res = crossfit(
             d.embeddings,
             d.conf,
             d.correct,
             folds=5,
             seed=seed,
-            candidates=candidates,
+            candidates=("raw",) if panel else candidates,
             progress=False,
         )
         het = heterogeneity_test(
@@ -141,7 +167,8 @@ def main():
         nargs="*",
         default=None,
         help="crossfit candidates per run, e.g. raw pca learned (one run each) or raw+pca "
-        "(one run choosing between them); default: raw+pca, and raw, pca for confounded_null",
+        "(one run choosing between them), or panel (confounded_null only); default: raw+pca, "
+        "and raw, pca for confounded_null",
     )
     parser.add_argument("--permutations", type=int, default=200)
     parser.add_argument(
@@ -166,6 +193,8 @@ def main():
     unknown = set(args.scenarios or ()) - set(plan)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}; choose from {sorted(plan)}")
+    if "panel" in (args.geometries or ()) and set(args.scenarios or ()) != {"confounded_null"}:
+        parser.error("--geometries panel needs --scenarios confounded_null")
     out = args.out
     results = json.loads(out.read_text()) if out.exists() and args.scenarios else {}
     for name, (sims, n) in plan.items():

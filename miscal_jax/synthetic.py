@@ -12,13 +12,22 @@ sentence embedding.
 :func:`make_confounded_null` is the opposite case, the null that real LLM data
 makes hard: confidence depends on the topic and the position in the
 embedding, while the miscalibration is a function of confidence alone.
+:func:`make_confounded_panel` adds other models answering the same items, as
+in a leaderboard, whose confidences share the target's dependence on the
+input and whose answers carry real regional fields of their own.
 """
 
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["PlantedData", "make_confounded_null", "make_planted"]
+__all__ = [
+    "ConfoundedPanel",
+    "PlantedData",
+    "make_confounded_null",
+    "make_confounded_panel",
+    "make_planted",
+]
 
 
 class PlantedData(NamedTuple):
@@ -196,30 +205,47 @@ def make_confounded_null(
       >>> d.embeddings.shape, bool(d.field.std() > 0.005), int(abs(d.region_sign).sum())
       ((2000, 8), True, 0)
     """
+    _check_confounded(n, num_clusters, signal_dim, exponent, conf_noise)
+    rng = np.random.default_rng(seed)
+    embeddings, region, signal = _clustered(
+        rng, n, num_clusters, signal_dim, nuisance_dim, nuisance_scale, cluster_spread, True
+    )
+    mean_logit = _confounded_logit(
+        rng, region, signal, num_clusters, base_logit, cluster_shift, position_slope
+    )
+    return _confounded_target(
+        rng, embeddings, region, num_clusters, mean_logit, exponent, conf_noise
+    )
+
+
+def _check_confounded(n, num_clusters, signal_dim, exponent, conf_noise) -> None:
     if n < 1 or num_clusters < 1 or signal_dim < 1:
         raise ValueError("n, num_clusters and signal_dim must be positive.")
     if exponent <= 0 or conf_noise < 0:
         raise ValueError(
             f"exponent must be positive and conf_noise non-negative, got {exponent}, {conf_noise}."
         )
-    rng = np.random.default_rng(seed)
-    embeddings, region, signal = _clustered(
-        rng, n, num_clusters, signal_dim, nuisance_dim, nuisance_scale, cluster_spread, True
-    )
 
+
+def _confounded_logit(rng, region, signal, num_clusters, base_logit, cluster_shift, slope):
+    """``[n]`` mean confidence logit from a random topic effect and a random direction."""
     topic = rng.normal(size=num_clusters)
-    direction = rng.normal(size=signal_dim)
+    direction = rng.normal(size=signal.shape[1])
     direction /= np.linalg.norm(direction)
-    mean_logit = base_logit + cluster_shift * topic[region] + position_slope * signal @ direction
+    return base_logit + cluster_shift * topic[region] + slope * signal @ direction
+
+
+def _confounded_target(rng, x, region, num_clusters, mean_logit, exponent, conf_noise):
+    """Confidence around ``mean_logit``, right with probability ``conf ** exponent``."""
+    n = mean_logit.shape[0]
     conf = _sigmoid(mean_logit + conf_noise * rng.normal(size=n))
     correct = (rng.random(n) < conf**exponent).astype(np.float32)
-
     # E[conf^k - conf | x]: the logit noise integrated out (probabilists' Hermite nodes)
     nodes, weights = np.polynomial.hermite_e.hermegauss(40)
     c = _sigmoid(mean_logit[:, None] + conf_noise * nodes[None, :])
     field_x = (c**exponent - c) @ (weights / weights.sum())
     return PlantedData(
-        embeddings.astype(np.float32),
+        x.astype(np.float32),
         conf.astype(np.float32),
         correct,
         field_x.astype(np.float32),
@@ -227,6 +253,96 @@ def make_confounded_null(
         region,
         np.zeros(num_clusters, dtype=np.int64),
     )
+
+
+class ConfoundedPanel(NamedTuple):
+    """A confounded null target and a panel of other models on the same items.
+
+    Attributes:
+      target: the target model's :class:`PlantedData` (the confounded null).
+      panel_conf: ``[n, M]`` float32 confidences of the panel models.
+      panel_correct: ``[n, M]`` float32 0/1 outcomes of the panel models.
+    """
+
+    target: PlantedData
+    panel_conf: np.ndarray
+    panel_correct: np.ndarray
+
+
+def make_confounded_panel(
+    n: int = 1000,
+    num_models: int = 20,
+    *,
+    seed: int = 0,
+    shared: float = 0.7,
+    panel_field: float = 0.15,
+    exponent: float = 1.8,
+    num_clusters: int = 6,
+    signal_dim: int = 8,
+    cluster_spread: float = 0.25,
+    base_logit: float = 1.5,
+    cluster_shift: float = 0.8,
+    position_slope: float = 1.0,
+    conf_noise: float = 0.7,
+) -> ConfoundedPanel:
+    """Draws the confounded null for a target model beside a panel that is not null.
+
+    The target is drawn as in :func:`make_confounded_null` (no nuisance
+    dimensions): its answer is right with probability ``conf ** exponent``
+    whatever the input. Panel model ``m`` has the mean confidence logit
+    ``shared * target's + (1 - shared) * its own`` (own topic effects and
+    direction, drawn the same way), so a geometry learned from the panel
+    stretches the very directions along which the target's confidence moves;
+    its answer is right with probability ``conf_m ** k_m + panel_field *
+    sign_m[cluster]`` (clipped to ``[0, 1]``), with ``k_m ~ U(1, 2.5)`` and
+    the signs a random half +1, half -1 over the clusters, so every panel
+    model has real regional miscalibration to learn.
+    Smoothing the target's residuals in that geometry must still find no
+    heterogeneity beyond what its confidence explains.
+
+    Args:
+      n: number of items.
+      num_models: panel size ``M``.
+      seed: random seed.
+      shared: weight of the target's mean logit in each panel model's.
+      panel_field: amplitude of the panel models' regional fields.
+      exponent, num_clusters, signal_dim, cluster_spread, base_logit,
+        cluster_shift, position_slope, conf_noise: as in
+        :func:`make_confounded_null`.
+
+    Returns:
+      A :class:`ConfoundedPanel`.
+
+    Examples:
+      >>> d = make_confounded_panel(500, 4, seed=0)
+      >>> d.target.embeddings.shape, d.panel_conf.shape, d.panel_correct.shape
+      ((500, 8), (500, 4), (500, 4))
+    """
+    if num_models < 1 or not 0.0 <= shared <= 1.0:
+        raise ValueError(
+            f"num_models must be positive and shared in [0, 1], got {num_models}, {shared}."
+        )
+    _check_confounded(n, num_clusters, signal_dim, exponent, conf_noise)
+    rng = np.random.default_rng(seed)
+    embeddings, region, signal = _clustered(
+        rng, n, num_clusters, signal_dim, 0, 0.0, cluster_spread, True
+    )
+    logit = _confounded_logit(
+        rng, region, signal, num_clusters, base_logit, cluster_shift, position_slope
+    )
+    target = _confounded_target(rng, embeddings, region, num_clusters, logit, exponent, conf_noise)
+    rng = np.random.default_rng([seed, 1])
+    conf = np.empty((n, num_models))
+    correct = np.empty((n, num_models))
+    for m in range(num_models):
+        own = _confounded_logit(
+            rng, region, signal, num_clusters, base_logit, cluster_shift, position_slope
+        )
+        conf[:, m] = _sigmoid(shared * logit + (1 - shared) * own + conf_noise * rng.normal(size=n))
+        sign = rng.permutation(np.resize([-1.0, 1.0], num_clusters))
+        p_right = conf[:, m] ** rng.uniform(1.0, 2.5) + panel_field * sign[region]
+        correct[:, m] = rng.random(n) < np.clip(p_right, 0.0, 1.0)
+    return ConfoundedPanel(target, conf.astype(np.float32), correct.astype(np.float32))
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

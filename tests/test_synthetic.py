@@ -1,9 +1,11 @@
-"""The confounded null: confidence depends on x, P(correct | conf) = conf^1.8 everywhere."""
+"""The confounded null: confidence depends on x, P(correct | conf) = conf^1.8 everywhere.
+
+And its panel version: other models on the same items, not null themselves."""
 
 import numpy as np
 import pytest
 
-from miscal_jax.synthetic import make_confounded_null
+from miscal_jax.synthetic import make_confounded_null, make_confounded_panel
 
 # one large draw, fixed seed: every check below is a z-score against its own
 # standard error, so the tolerance is a number of standard errors
@@ -77,3 +79,40 @@ def test_confounded_null_rejects_bad_arguments():
         make_confounded_null(10, exponent=0.0)
     with pytest.raises(ValueError, match="must be positive"):
         make_confounded_null(0)
+
+
+def test_panel_target_is_the_confounded_null():
+    panel = make_confounded_panel(500, 3, seed=4)
+    for got, want in zip(panel.target, make_confounded_null(500, seed=4), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_panel_shares_the_confounding_and_has_fields_of_its_own():
+    n, models = 60_000, 6
+    d = make_confounded_panel(n, models, seed=1)
+    logit = lambda p: np.log(p / (1 - p))
+    target = logit(d.target.conf)
+    for m in range(models):
+        conf, correct = d.panel_conf[:, m], d.panel_correct[:, m]
+        assert set(np.unique(correct)) == {0.0, 1.0}
+        # the shared logit (weight 0.7) ties each model's confidence to the
+        # target's (about 0.2 to 0.35 after both noises; se 0.004)
+        assert np.corrcoef(logit(conf), target)[0, 1] > 0.1
+        # a real regional field: half the clusters +0.15, half -0.15 (less where
+        # clipped); the per-cluster mean residual, centred within confidence
+        # deciles, spreads far beyond sampling error (se about 0.005 per cluster)
+        edges = np.quantile(conf, np.linspace(0, 1, 11))
+        decile = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, 9)
+        r = correct - conf
+        centred = r - np.array([r[decile == b].mean() for b in range(10)])[decile]
+        by_cluster = [centred[d.target.region == c].mean() for c in range(6)]
+        assert np.ptp(by_cluster) > 0.1
+
+
+def test_confounded_panel_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="num_models must be positive"):
+        make_confounded_panel(10, 0)
+    with pytest.raises(ValueError, match="shared in"):
+        make_confounded_panel(10, 2, shared=1.5)
+    with pytest.raises(ValueError, match="exponent must be positive"):
+        make_confounded_panel(10, 2, exponent=-1.0)

@@ -26,6 +26,7 @@ __all__ = [
     "auroc",
     "brier",
     "ece",
+    "ece_floor",
     "ecce",
     "grouping_loss",
     "local_calibration_error",
@@ -72,6 +73,38 @@ def ece(conf: ArrayLike, correct: ArrayLike, *, num_bins: int = 15, strategy: st
     idx = _bin_index(conf, num_bins, strategy)
     gap = jax.ops.segment_sum(correct - conf, idx, num_segments=num_bins)
     return jnp.sum(jnp.abs(gap)) / conf.shape[0]
+
+
+def ece_floor(conf: ArrayLike, *, num_bins: int = 15, strategy: str = "width") -> Array:
+    """Expected :func:`ece` of a perfectly calibrated forecaster with these confidences.
+
+    Binned ECE is biased upward by sampling noise alone: were each outcome
+    drawn ``Bernoulli(conf_i)``, a bin's summed gap would be noise with
+    variance ``sum conf (1 - conf)`` over the bin, whose expected absolute
+    value is ``sqrt(2 / pi)`` times its standard deviation (normal
+    approximation; within a few percent of simulation once bins hold some
+    tens of items). The bias grows with the number of occupied bins, so a
+    forecaster with a few distinct values (isotonic regression on verbalised
+    confidence) has a lower floor than one that gives every item its own
+    value, however well calibrated both are. Compare ECE minus its floor, or
+    :func:`smooth_ece`.
+
+    Args:
+      conf: ``[n]`` confidences.
+      num_bins: static number of bins (as in :func:`ece`).
+      strategy: ``"width"`` or ``"mass"`` (as in :func:`ece`).
+
+    Returns:
+      Scalar expected ECE under perfect calibration.
+
+    Examples:
+      >>> round(float(ece_floor([0.5] * 100)), 4)  # sqrt(2 / pi) * sqrt(25) / 100
+      0.0399
+    """
+    conf = _f32(conf)
+    idx = _bin_index(conf, num_bins, strategy)
+    var = jax.ops.segment_sum(conf * (1 - conf), idx, num_segments=num_bins)
+    return jnp.sqrt(2 / jnp.pi) * jnp.sum(jnp.sqrt(var)) / conf.shape[0]
 
 
 def _check_pair(conf: Array, correct: Array, name: str) -> None:

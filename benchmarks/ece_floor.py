@@ -64,8 +64,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     print(
         "| model | conf | isotonic ECE (floor) | local ECE (floor) | no final map ECE (floor) | "
-        "local - iso | minus floors | no final - iso | minus floors | per-fold ECE iso / local "
-        "/ no final | Brier iso / local / no final | regional iso / local / no final |"
+        "local - iso | minus floors | no final - iso | minus floors | per-fold ECE (floor) iso / "
+        "local / no final | Brier iso / local / no final | regional iso / local / no final |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     gaps, briers, regionals = [], [], []
@@ -88,14 +88,21 @@ def main(argv=None) -> int:
             k: np.mean([float(M.ece(q[fold == j], y[fold == j])) for j in range(5)])
             for k, q in preds.items()
         }
+        fold_floor = {
+            k: np.mean([float(M.ece_floor(q[fold == j])) for j in range(5)])
+            for k, q in preds.items()
+        }
+        excess = {k: per_fold[k] - fold_floor[k] for k in preds}
         pf = [per_fold[k] - per_fold["iso"] for k in ("local", "nofinal")]
+        pf += [excess[k] - excess["iso"] for k in ("local", "nofinal")]
         gaps.append(g + h + pf)
         briers.append([float(M.brier(q, y)) for q in preds.values()])
         regionals.append([float(M.regional_error(q, y, group)) for q in preds.values()])
         cells = " | ".join(f"{e[k]:.4f} ({f[k]:.4f})" for k in ("iso", "local", "nofinal"))
+        folds_cell = " / ".join(f"{per_fold[k]:.4f} ({fold_floor[k]:.4f})" for k in preds)
         print(
             f"| {model} | {kind} | {cells} | {g[0]:+.4f} | {h[0]:+.4f} | {g[1]:+.4f} | "
-            f"{h[1]:+.4f} | {' / '.join(f'{per_fold[k]:.4f}' for k in preds)} | "
+            f"{h[1]:+.4f} | {folds_cell} | "
             f"{' / '.join(f'{b:.4f}' for b in briers[-1])} | "
             f"{' / '.join(f'{r:.4f}' for r in regionals[-1])} |",
             flush=True,

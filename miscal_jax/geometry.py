@@ -303,8 +303,12 @@ def fit_geometry(
       ``info["select_error"]`` is ``[c]``: each candidate's mean LOO error
       over the rows it is judged on; ``info["held_error"]`` ``[c]`` the same
       over the rows no trained candidate saw; ``info["constant_error"]`` the
-      error of the training mean there; ``info["encoder"]`` the training
-      histories (a tuple aligned with the trained candidates).
+      error of the training mean there; ``info["honest"]`` ``[n]`` bools, the
+      training rows whose ``loo`` value never saw their own outcome, not
+      even through the chosen space's weights (all training rows for a fixed
+      space, those outside its fit part for a trained one);
+      ``info["encoder"]`` the training histories (a tuple aligned with the
+      trained candidates).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -385,6 +389,7 @@ def fit_geometry(
         "select_error": jnp.sum(errors * judged, 1) / jnp.maximum(jnp.sum(judged, 1), 1),
         "held_error": _masked_mean(errors, held),
         "constant_error": _masked_mean((residual - _masked_mean(residual, train)) ** 2, held),
+        "honest": judged[choice],
     }
     if histories:
         info["encoder"] = tuple(histories)

@@ -60,6 +60,10 @@ class FitConfig(NamedTuple):
       use_conf: feed ``logit(conf)`` to the encoder.
       global_method: ``"isotonic"`` or ``"temperature"`` for the first map.
       final_recalibration: fit a final isotonic map on the corrected values.
+
+    The correction's parameters and the final map are fitted on the training
+    rows' leave-one-out field values, leaving out a trained space's own fit
+    rows (their values saw their outcomes through the space's weights).
     """
 
     folds: int = 5
@@ -160,11 +164,14 @@ def _fit_fold(rng, x, conf, correct, train, inner_masks, config: FitConfig):
         config=config.encoder,
         use_conf=config.use_conf,
     )
-    params = fit_correction_params(p_global, loo.value, loo.n_eff, correct, train)
+    # the correction and the final map learn from rows whose field values are
+    # as noisy as a new item's: a trained space's own fit rows are left out
+    honest = info.pop("honest")
+    params = fit_correction_params(p_global, loo.value, loo.n_eff, correct, honest)
     final_map = None
     if config.final_recalibration:
         p_loo = local_confidence(params, p_global, loo.value, loo.n_eff)
-        final_map = fit_isotonic(p_loo, correct, train)
+        final_map = fit_isotonic(p_loo, correct, honest)
     return (geometry, global_map, params, final_map, residual), info
 
 

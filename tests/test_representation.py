@@ -96,6 +96,13 @@ def test_fit_geometry_each_kind_and_one_standard_error_rule():
         # the returned estimate is the leave-one-out smoother in the chosen space
         ref = loo_field(z, r, g.log_bandwidth)
         np.testing.assert_allclose(loo.value, ref.value, rtol=1e-4, atol=1e-5)
+        # honest rows: every row for a fixed space; for a trained one only the
+        # rows outside its fit part (split 0.7 / 0.15: 30% of them)
+        honest = np.asarray(info["honest"])
+        if kind in TRAINED:
+            assert 0.25 < honest.mean() < 0.35
+        else:
+            assert honest.all()
     g, loo, info = jax.jit(fit_geometry, static_argnames=("candidates", "config"))(
         jax.random.key(0), d.embeddings, d.conf, r, candidates=GEOMETRIES, config=CFG
     )

@@ -48,6 +48,7 @@ LEVEL = 0.9
 _METHODS = ("uncorrected", "temperature", "platt", "isotonic", "histogram", "local")
 _METRICS = (
     ("ece", "ECE"),
+    ("ece_floor", "ECE floor"),
     ("smece", "smooth ECE"),
     ("ece_mass", "ECE (equal mass)"),
     ("brier", "Brier"),
@@ -758,6 +759,10 @@ def _notes(summary: dict, boot: dict, text_note: str | None) -> str:
         f"{boot.get('num_samples', 0)} item-bootstrap resamples of the out-of-fold "
         "predictions (the fitted models are held fixed, so they reflect evaluation noise, not "
         "refitting noise). Grouping loss: bias-corrected, item-bootstrap interval.",
+        "ECE floor: the ECE that a perfectly calibrated forecaster with the method's "
+        "confidences would score from sampling noise alone (normal approximation); it is "
+        "higher for methods that spread items over more bins than for a few distinct values, "
+        "so compare ECE minus its floor; shown without a bootstrap interval.",
         "Smooth ECE: binning-free ECE (Blasiok &amp; Nakkiran 2023), the kernel-smoothed "
         "residual (reflected Gaussian kernel) at the bandwidth equal to its own value; shown "
         "without a bootstrap interval.",

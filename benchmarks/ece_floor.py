@@ -108,11 +108,15 @@ def main(argv=None) -> int:
             flush=True,
         )
     gaps = np.asarray(gaps)
-    names = (
+    names = (  # the order of g + h + pf above
         "local - iso",
-        "local - iso, floors removed",
         "no final - iso",
-        "no final, floors removed",
+        "local - iso, floors removed",
+        "no final - iso, floors removed",
+        "local - iso, ECE per fold",
+        "no final - iso, ECE per fold",
+        "local - iso, ECE per fold, floors removed",
+        "no final - iso, ECE per fold, floors removed",
     )
     for name, col in zip(names, gaps.T, strict=True):
         print(

@@ -1,6 +1,6 @@
 """How much of the local correction's binned-ECE gap to isotonic is the metric's own noise.
 
-    python benchmarks/ece_floor.py [--models 12] [--max-items 3000]
+    python benchmarks/ece_floor.py [--models 12] [--max-items 3000] [--rows N]
 
 Binned ECE is biased upward by sampling noise, and the bias grows with the
 number of occupied bins: a perfectly calibrated forecaster whose
@@ -61,6 +61,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", type=int, default=12)
     ap.add_argument("--max-items", type=int, default=3000)
+    ap.add_argument("--rows", type=int, default=None, help="stop after this many rows")
     args = ap.parse_args(argv)
     print(
         "| model | conf | isotonic ECE (floor) | local ECE (floor) | no final map ECE (floor) | "
@@ -69,7 +70,9 @@ def main(argv=None) -> int:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     gaps, briers, regionals = [], [], []
-    for model, kind, x, p, y, group in rows(args.models, args.max_items):
+    for i, (model, kind, x, p, y, group) in enumerate(rows(args.models, args.max_items)):
+        if i == args.rows:
+            break
         res = {
             final: crossfit(x, p, y, folds=5, seed=0, final_recalibration=final, progress=False)
             for final in (True, False)

@@ -235,7 +235,14 @@ def _check_data(data, folds: int) -> str | None:
     return None
 
 
+#: Set by SIGTERM. The handler's exception is lost if the signal lands in a
+#: garbage-collector callback (Python only prints it), so every stage line
+#: checks this too: the run then stops at the next stage at the latest.
+_TERMINATED = threading.Event()
+
+
 def _on_sigterm(signum, frame):
+    _TERMINATED.set()
     raise _Terminated
 
 
@@ -315,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         return _fail(problem)
     on_main = threading.current_thread() is threading.main_thread()
+    _TERMINATED.clear()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if on_main else None
     try:
         with _matrix_threads_pinned(), _compilation_cached():
@@ -338,6 +346,10 @@ def _run(args) -> int:
     started = time.perf_counter()
 
     def log(line: str) -> None:
+        if _TERMINATED.is_set():
+            raise _Terminated
+        if args.quiet:
+            return
         print(f"miscal-jax: [{time.perf_counter() - started:6.1f} s] {line}", file=sys.stderr)
         sys.stderr.flush()
 
@@ -346,7 +358,7 @@ def _run(args) -> int:
         if args.data is None:
             data = load_default(args.model or DEFAULT_MODEL, args.confidence_col or "verbal")
         elif args.model:
-            data = _panel_data(args, log if not args.quiet else lambda line: None)
+            data = _panel_data(args, log)
         else:
             data = load_data(
                 args.data,
@@ -369,7 +381,7 @@ def _run(args) -> int:
             folds=args.folds,
             permutations=args.permutations,
             progress=not args.quiet and sys.stderr.isatty(),
-            log=None if args.quiet else log,
+            log=log,
             candidates=candidates,
         )
     except ValueError as err:

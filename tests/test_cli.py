@@ -717,8 +717,14 @@ def test_existing_report_replaced_only_by_a_complete_one(
     ids=["SIGTERM", "SIGINT"],
 )
 def test_killed_midway_leaves_no_report_folder(small_npz, tmp_path, sig, code, line):
-    """A real process, signalled while it cross-fits: one line, no traceback, no folder."""
+    """A real process, signalled while it cross-fits: one line, no traceback, no folder.
+
+    The child starts with SIGINT at its default, as under a terminal: a
+    runner that ignores SIGINT (some pytest-xdist set-ups do) would pass that
+    on, and Python then never turns Ctrl-C into KeyboardInterrupt. (A
+    handled signal is reset to its default across exec; an ignored one is not.)"""
     out = tmp_path / "report"
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     proc = subprocess.Popen(
         [sys.executable, "-m", "miscal_jax", "report", "--data", str(small_npz)]
         + ["--out", str(out), "--folds", "2", "--permutations", "10", "--geometry", "raw"],
@@ -726,6 +732,7 @@ def test_killed_midway_leaves_no_report_folder(small_npz, tmp_path, sig, code, l
         stderr=subprocess.PIPE,
         text=True,
     )
+    signal.signal(signal.SIGINT, before)
     try:
         first = proc.stderr.readline()
         assert "cross-fitting" in first, first

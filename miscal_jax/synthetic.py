@@ -205,26 +205,73 @@ def make_confounded_null(
       >>> d.embeddings.shape, bool(d.field.std() > 0.005), int(abs(d.region_sign).sum())
       ((2000, 8), True, 0)
     """
-    _check_confounded(n, num_clusters, signal_dim, exponent, conf_noise)
-    rng = np.random.default_rng(seed)
-    embeddings, region, signal = _clustered(
-        rng, n, num_clusters, signal_dim, nuisance_dim, nuisance_scale, cluster_spread, True
+    data, _, _ = _draw_confounded(
+        np.random.default_rng(seed),
+        n,
+        exponent=exponent,
+        num_clusters=num_clusters,
+        signal_dim=signal_dim,
+        nuisance_dim=nuisance_dim,
+        nuisance_scale=nuisance_scale,
+        cluster_spread=cluster_spread,
+        base_logit=base_logit,
+        cluster_shift=cluster_shift,
+        position_slope=position_slope,
+        conf_noise=conf_noise,
     )
-    mean_logit = _confounded_logit(
-        rng, region, signal, num_clusters, base_logit, cluster_shift, position_slope
-    )
-    return _confounded_target(
-        rng, embeddings, region, num_clusters, mean_logit, exponent, conf_noise
-    )
+    return data
 
 
-def _check_confounded(n, num_clusters, signal_dim, exponent, conf_noise) -> None:
+def _draw_confounded(
+    rng,
+    n,
+    *,
+    exponent,
+    num_clusters,
+    signal_dim,
+    nuisance_dim,
+    nuisance_scale,
+    cluster_spread,
+    base_logit,
+    cluster_shift,
+    position_slope,
+    conf_noise,
+):
+    """The confounded null drawn from ``rng`` (arguments as in :func:`make_confounded_null`).
+
+    Returns:
+      ``(data, signal, mean_logit)``: the :class:`PlantedData`, the items'
+      ``[n, signal_dim]`` unrotated signal coordinates and ``[n]`` mean
+      confidence logits.
+    """
     if n < 1 or num_clusters < 1 or signal_dim < 1:
         raise ValueError("n, num_clusters and signal_dim must be positive.")
     if exponent <= 0 or conf_noise < 0:
         raise ValueError(
             f"exponent must be positive and conf_noise non-negative, got {exponent}, {conf_noise}."
         )
+    embeddings, region, signal = _clustered(
+        rng, n, num_clusters, signal_dim, nuisance_dim, nuisance_scale, cluster_spread, True
+    )
+    mean_logit = _confounded_logit(
+        rng, region, signal, num_clusters, base_logit, cluster_shift, position_slope
+    )
+    conf = _sigmoid(mean_logit + conf_noise * rng.normal(size=n))
+    correct = (rng.random(n) < conf**exponent).astype(np.float32)
+    # E[conf^k - conf | x]: the logit noise integrated out (probabilists' Hermite nodes)
+    nodes, weights = np.polynomial.hermite_e.hermegauss(40)
+    c = _sigmoid(mean_logit[:, None] + conf_noise * nodes[None, :])
+    field_x = (c**exponent - c) @ (weights / weights.sum())
+    data = PlantedData(
+        embeddings.astype(np.float32),
+        conf.astype(np.float32),
+        correct,
+        field_x.astype(np.float32),
+        (conf**exponent - conf).astype(np.float32),
+        region,
+        np.zeros(num_clusters, dtype=np.int64),
+    )
+    return data, signal, mean_logit
 
 
 def _confounded_logit(rng, region, signal, num_clusters, base_logit, cluster_shift, slope):
@@ -233,26 +280,6 @@ def _confounded_logit(rng, region, signal, num_clusters, base_logit, cluster_shi
     direction = rng.normal(size=signal.shape[1])
     direction /= np.linalg.norm(direction)
     return base_logit + cluster_shift * topic[region] + slope * signal @ direction
-
-
-def _confounded_target(rng, x, region, num_clusters, mean_logit, exponent, conf_noise):
-    """Confidence around ``mean_logit``, right with probability ``conf ** exponent``."""
-    n = mean_logit.shape[0]
-    conf = _sigmoid(mean_logit + conf_noise * rng.normal(size=n))
-    correct = (rng.random(n) < conf**exponent).astype(np.float32)
-    # E[conf^k - conf | x]: the logit noise integrated out (probabilists' Hermite nodes)
-    nodes, weights = np.polynomial.hermite_e.hermegauss(40)
-    c = _sigmoid(mean_logit[:, None] + conf_noise * nodes[None, :])
-    field_x = (c**exponent - c) @ (weights / weights.sum())
-    return PlantedData(
-        x.astype(np.float32),
-        conf.astype(np.float32),
-        correct,
-        field_x.astype(np.float32),
-        (conf**exponent - conf).astype(np.float32),
-        region,
-        np.zeros(num_clusters, dtype=np.int64),
-    )
 
 
 class ConfoundedPanel(NamedTuple):
@@ -322,15 +349,21 @@ def make_confounded_panel(
         raise ValueError(
             f"num_models must be positive and shared in [0, 1], got {num_models}, {shared}."
         )
-    _check_confounded(n, num_clusters, signal_dim, exponent, conf_noise)
-    rng = np.random.default_rng(seed)
-    embeddings, region, signal = _clustered(
-        rng, n, num_clusters, signal_dim, 0, 0.0, cluster_spread, True
+    target, signal, logit = _draw_confounded(
+        np.random.default_rng(seed),
+        n,
+        exponent=exponent,
+        num_clusters=num_clusters,
+        signal_dim=signal_dim,
+        nuisance_dim=0,
+        nuisance_scale=0.0,
+        cluster_spread=cluster_spread,
+        base_logit=base_logit,
+        cluster_shift=cluster_shift,
+        position_slope=position_slope,
+        conf_noise=conf_noise,
     )
-    logit = _confounded_logit(
-        rng, region, signal, num_clusters, base_logit, cluster_shift, position_slope
-    )
-    target = _confounded_target(rng, embeddings, region, num_clusters, logit, exponent, conf_noise)
+    region = target.region
     rng = np.random.default_rng([seed, 1])
     conf = np.empty((n, num_models))
     correct = np.empty((n, num_models))

@@ -125,7 +125,7 @@ def run(name, sims, n, permutations, candidates=("raw", "pca")):
         if SCENARIOS[name]["amplitude"] > 0:
             lo, hi = normal_interval(res.field, res.field_se, level=0.9)
             row["coverage"] = float(np.mean((d.field >= lo) & (d.field <= hi)))
-            us = undersmoothed_field(res, d.embeddings, d.conf)
+            us = undersmoothed_field(res)
             lo, hi = normal_interval(us.value, us.se, level=0.9)
             row["coverage_undersmoothed"] = float(np.mean((d.field >= lo) & (d.field <= hi)))
             assigned = assign_regimes(model, d.embeddings)

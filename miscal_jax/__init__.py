@@ -53,7 +53,7 @@ from miscal_jax.model import FieldModel
 from miscal_jax.model import FitConfig
 from miscal_jax.model import fit
 from miscal_jax.model import load
-from miscal_jax.model import out_of_fold
+from miscal_jax.model import out_of_fold, out_of_fold_global
 from miscal_jax.model import predict
 from miscal_jax.model import save
 from miscal_jax.regimes import assign_regimes
@@ -131,6 +131,7 @@ __all__ = (
     "normal_interval",
     "nw_field",
     "out_of_fold",
+    "out_of_fold_global",
     "panel_embed",
     "predict",
     "regional_error",

@@ -24,18 +24,17 @@ from statistics import NormalDist
 import matplotlib
 
 matplotlib.use("Agg")
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from miscal_jax.baselines import apply_isotonic, fit_isotonic  # noqa: E402
 from miscal_jax.describe import count_terms, distinctive_terms  # noqa: E402
-from miscal_jax.geometry import embed  # noqa: E402
-from miscal_jax.smoother import nw_field  # noqa: E402
+from miscal_jax.model import out_of_fold_global  # noqa: E402
 
 __all__ = [
     "bootstrap_metrics",
     "field_map_png",
-    "global_field",
     "page",
     "regime_cards",
     "reliability_png",
@@ -60,39 +59,6 @@ _COLORS = {"uncorrected": "#777777", "isotonic": "#1f77b4", "local": "#d62728"}
 
 
 # ----------------------------------------------------------------------------- numbers
-
-
-def global_field(result, embeddings, conf) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold field relative to the global map: ``E[correct - p_global | x]``.
-
-    Each fold model smooths its training items' ``correct - p_global`` (their
-    residual after the fold's global recalibration) at its held-out items, in
-    the geometry it chose. This is the field the local correction acts on,
-    and the one that shows where a model deviates from its *own* average
-    miscalibration.
-
-    Args:
-      result: a :class:`~miscal_jax.crossfit.CrossFitResult`.
-      embeddings: ``[n, d]``; conf: ``[n]``: the data it was fitted on.
-
-    Returns:
-      ``(value, se)``, each ``[n]``.
-    """
-    x = np.asarray(embeddings, np.float32)
-    p = np.asarray(conf, np.float32)
-    value, se = np.zeros(x.shape[0], np.float32), np.zeros(x.shape[0], np.float32)
-    for k, model in enumerate(result.models):
-        te = result.fold == k
-        z = embed(model.geometry, x[te], p[te])
-        est = nw_field(
-            z,
-            model.ref_z,
-            model.ref_residual_global,
-            model.geometry.log_bandwidth,
-            kernel=model.geometry.kernel,
-        )
-        value[te], se[te] = np.asarray(est.value), np.asarray(est.se)
-    return value, se
 
 
 def _auroc_rows(p: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -853,7 +819,7 @@ def write_html_report(
         )
         for c in cards
     }
-    field_rel, _ = global_field(result, x, p)
+    field_rel = np.asarray(jax.jit(out_of_fold_global)(result.model).value)
     meta = summary.get("source", {})
     who = meta.get("model") or "the model"
     body = [

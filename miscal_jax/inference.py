@@ -5,6 +5,7 @@ References:
   permutation tests; Perez-Lebel et al. (2023) grouping loss.
 """
 
+import functools
 from statistics import NormalDist
 from typing import NamedTuple
 
@@ -17,7 +18,8 @@ from miscal_jax._types import Array, FieldEstimate, PRNGKey
 from miscal_jax.geometry import embed
 from miscal_jax.kernel_sums import kernel_moments
 from miscal_jax.metrics import _bin_index, grouping_loss
-from miscal_jax.smoother import PRIOR_VAR, field_from_moments, nw_field, residual_values
+from miscal_jax.model import out_of_fold
+from miscal_jax.smoother import PRIOR_VAR, field_from_moments, residual_values
 
 __all__ = [
     "GroupingLossInterval",
@@ -60,6 +62,7 @@ def smooth_many(
     log_bandwidth: ArrayLike,
     *,
     ref_weights: ArrayLike | None = None,
+    ref_mask: ArrayLike | None = None,
     kernel: str = "gaussian",
     chunk_size: int = 512,
 ) -> Array:
@@ -75,6 +78,7 @@ def smooth_many(
       residuals: ``[n, b]`` residual columns (or ``[n]``, broadcast).
       log_bandwidth: scalar log-bandwidth.
       ref_weights: optional ``[n, b]`` non-negative reference weights.
+      ref_mask: optional ``[n]`` bools; ``False`` references are ignored.
       kernel: static kernel name.
       chunk_size: static queries per block.
 
@@ -96,7 +100,9 @@ def smooth_many(
     else:
         ref_weights = jnp.broadcast_to(jnp.asarray(ref_weights, jnp.float32), residuals.shape)
         values = jnp.concatenate([ref_weights * residuals, ref_weights], axis=1)
-    m = kernel_moments(query, ref, values, log_bandwidth, kernel=kernel, query_block=chunk_size)
+    m = kernel_moments(
+        query, ref, values, log_bandwidth, ref_mask=ref_mask, kernel=kernel, query_block=chunk_size
+    )
     b = residuals.shape[1]
     den = m.sum_w[:, None] if ref_weights is None else m.sum_wv[:, b:]
     return jnp.where(den > 0, m.sum_wv[:, :b] / jnp.where(den > 0, den, 1.0), 0.0)
@@ -172,9 +178,44 @@ class HeterogeneityTest(NamedTuple):
     null: np.ndarray
 
 
-def _fold_statistics(z_te, z_tr, e_te_cols, e_tr_cols, log_bw, kernel, chunk_size):
-    f = smooth_many(z_te, z_tr, e_tr_cols, log_bw, kernel=kernel, chunk_size=chunk_size)
-    return jnp.sum(2 * e_te_cols * f - f**2, axis=0)
+def _padded_rows(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of each ``[K, n]`` mask, padded to one length: ``(index, valid)``, ``[K, m]``."""
+    rows = [np.flatnonzero(m) for m in masks]
+    width = max(len(r) for r in rows)
+    index = np.zeros((len(rows), width), np.int32)
+    valid = np.zeros((len(rows), width), bool)
+    for k, r in enumerate(rows):
+        index[k, : len(r)], valid[k, : len(r)] = r, True
+    return index, valid
+
+
+@functools.partial(jax.jit, static_argnames="chunk_size")
+def _fold_statistics(geometry, x, conf, cols, test, train, *, chunk_size):
+    """``[b]`` statistic numerators ``sum(2 e f - f^2)`` over every fold's held-out rows.
+
+    Args:
+      geometry: the fold geometries, stacked on a leading ``[K]`` axis.
+      x: ``[n, d]``; conf: ``[n]``; cols: ``[n, b]`` centred residual columns.
+      test, train: ``(index, valid)`` pairs of ``[K, m]`` arrays (see
+        :func:`_padded_rows`): each fold's held-out and training rows.
+    """
+
+    def fold(args):
+        geom, test_index, test_valid, train_index, train_valid = args
+        z = embed(geom, x, conf)
+        f = smooth_many(
+            z[test_index],
+            z[train_index],
+            cols[train_index],
+            geom.log_bandwidth,
+            ref_mask=train_valid,
+            kernel=geom.kernel,
+            chunk_size=chunk_size,
+        )
+        e = cols[test_index]
+        return jnp.sum(jnp.where(test_valid[:, None], 2 * e * f - f**2, 0.0), axis=0)
+
+    return jnp.sum(jax.lax.map(fold, (geometry, *test, *train)), axis=0)
 
 
 def heterogeneity_test(
@@ -207,13 +248,17 @@ def heterogeneity_test(
     the null (the ``-f^2`` penalty), so the test is conservative rather than
     anti-conservative; simulations in ``benchmarks/`` report its size.
 
+    The observed residuals and the permutations go through one compiled
+    program, in equal batches of at most ``batch`` columns (the observed
+    column first, zero columns padding the last batch), every fold in one call.
+
     Args:
       result: a :class:`~miscal_jax.crossfit.CrossFitResult`.
       embeddings: ``[n, d]``, conf ``[n]``, correct ``[n]``: the data it was fitted on.
       num_permutations: ``B``.
       num_bins: confidence bins within which residuals are exchanged.
       seed: permutation seed.
-      batch: permutations per vectorised pass (bounds memory).
+      batch: columns per vectorised pass (bounds memory).
       chunk_size: static query chunk size.
 
     Returns:
@@ -228,35 +273,26 @@ def heterogeneity_test(
     e = (r - means[bins]).astype(np.float32)
     rng = np.random.default_rng(seed)
     members = [np.flatnonzero(bins == b) for b in np.unique(bins)]
-
-    def permuted(count):
-        cols = np.empty((n, count), np.float32)
-        for c in range(count):
-            perm = np.arange(n)
-            for idx in members:
-                perm[idx] = rng.permutation(idx)
-            cols[:, c] = e[perm]
-        return cols
-
-    folds = []
-    for k, model in enumerate(result.models):
-        te = result.fold == k
-        z_te = embed(model.geometry, x[te], p[te])
-        folds.append((te, z_te, model.ref_z, model.geometry))
-
-    def statistic(cols):
-        total = 0.0
-        for te, z_te, z_tr, geom in folds:
-            total = total + _fold_statistics(
-                z_te, z_tr, cols[te], cols[~te], geom.log_bandwidth, geom.kernel, chunk_size
-            )
-        return np.asarray(total) / n
-
-    observed = float(statistic(e[:, None])[0])
-    null = []
-    for start in range(0, num_permutations, batch):
-        null.append(statistic(permuted(min(batch, num_permutations - start))))
-    null = np.concatenate(null) if null else np.zeros(0)
+    cols = np.empty((n, 1 + num_permutations), np.float32)
+    cols[:, 0] = e
+    for c in range(num_permutations):
+        perm = np.arange(n)
+        for idx in members:
+            perm[idx] = rng.permutation(idx)
+        cols[:, 1 + c] = e[perm]
+    train_mask = np.asarray(result.model.train_mask)
+    test, train = _padded_rows(~train_mask), _padded_rows(train_mask)
+    # equal batches of at most `batch` columns, the last one padded with zeros
+    width = -(-cols.shape[1] // -(-cols.shape[1] // batch))
+    cols = np.pad(cols, [(0, 0), (0, -cols.shape[1] % width)])
+    totals = [
+        _fold_statistics(
+            result.model.geometry, x, p, cols[:, s : s + width], test, train, chunk_size=chunk_size
+        )
+        for s in range(0, cols.shape[1], width)
+    ]
+    stats = np.concatenate([np.asarray(t) for t in totals])[: 1 + num_permutations] / n
+    observed, null = float(stats[0]), stats[1:]
     p_value = (1.0 + np.sum(null >= observed)) / (1.0 + null.size)
     return HeterogeneityTest(observed, float(p_value), null)
 
@@ -286,9 +322,22 @@ def grouping_loss_interval(
       A :class:`GroupingLossInterval`; the estimate is clipped at 0.
     """
     _z(level)
-    conf = jnp.asarray(conf, jnp.float32)
-    field = jnp.asarray(field, jnp.float32)
-    se = jnp.asarray(field_se, jnp.float32)
+    boots, est = _grouping_loss_draws(
+        jax.random.key(seed),
+        jnp.asarray(conf, jnp.float32),
+        jnp.asarray(field, jnp.float32),
+        jnp.asarray(field_se, jnp.float32),
+        num_bins=num_bins,
+        num_samples=num_samples,
+    )
+    alpha = (1 - level) / 2
+    low, high = np.quantile(np.asarray(boots), [alpha, 1 - alpha])
+    return GroupingLossInterval(float(est), max(float(low), 0.0), max(float(high), 0.0))
+
+
+@functools.partial(jax.jit, static_argnames=("num_bins", "num_samples"))
+def _grouping_loss_draws(key, conf, field, se, *, num_bins, num_samples):
+    """``([num_samples] bootstrap estimates, the estimate)`` of the grouping loss."""
     n = conf.shape[0]
     idx = _bin_index(conf, num_bins, "mass")
 
@@ -299,16 +348,13 @@ def grouping_loss_interval(
         raw = jnp.sum(w * (field - mean[idx]) ** 2) / jnp.sum(w)
         return raw - jnp.sum(w * se**2) / jnp.sum(w)
 
-    keys = jax.random.split(jax.random.key(seed), num_samples)
+    keys = jax.random.split(key, num_samples)
     draw = lambda k: jnp.bincount(jax.random.randint(k, (n,), 0, n), length=n).astype(jnp.float32)
     boots = jax.lax.map(lambda k: weighted(draw(k)), keys, batch_size=50)
-    alpha = (1 - level) / 2
-    low, high = np.quantile(np.asarray(boots), [alpha, 1 - alpha])
-    est = float(grouping_loss(conf, field, se, num_bins=num_bins).estimate)
-    return GroupingLossInterval(est, max(float(low), 0.0), max(float(high), 0.0))
+    return boots, grouping_loss(conf, field, se, num_bins=num_bins).estimate
 
 
-def undersmoothed_field(result, embeddings: ArrayLike, conf: ArrayLike, *, factor: float = 0.5):
+def undersmoothed_field(result, *, factor: float = 0.5) -> FieldEstimate:
     """Out-of-fold field at ``factor`` times each fold's bandwidth, for intervals.
 
     The cross-validated bandwidth balances bias and variance for estimation, so
@@ -318,7 +364,6 @@ def undersmoothed_field(result, embeddings: ArrayLike, conf: ArrayLike, *, facto
 
     Args:
       result: a :class:`~miscal_jax.crossfit.CrossFitResult`.
-      embeddings: ``[n, d]``; conf: ``[n]``: the data it was fitted on.
       factor: bandwidth multiplier in ``(0, 1]``.
 
     Returns:
@@ -326,19 +371,7 @@ def undersmoothed_field(result, embeddings: ArrayLike, conf: ArrayLike, *, facto
     """
     if not 0 < factor <= 1:
         raise ValueError(f"factor: must be in (0, 1], got {factor}.")
-    x = np.asarray(embeddings, np.float32)
-    p = np.asarray(conf, np.float32)
-    out = [np.zeros(x.shape[0], np.float32) for _ in range(3)]
-    for k, model in enumerate(result.models):
-        te = result.fold == k
-        z = embed(model.geometry, x[te], p[te])
-        est = nw_field(
-            z,
-            model.ref_z,
-            model.ref_residual,
-            model.geometry.log_bandwidth + np.log(factor),
-            kernel=model.geometry.kernel,
-        )
-        for o, a in zip(out, est, strict=True):
-            o[te] = np.asarray(a)
-    return FieldEstimate(*out)
+    model = result.model
+    geometry = model.geometry.replace(log_bandwidth=model.geometry.log_bandwidth + np.log(factor))
+    est, _ = jax.jit(out_of_fold)(model.replace(geometry=geometry))
+    return FieldEstimate(*(np.asarray(a) for a in est))

@@ -42,6 +42,7 @@ __all__ = [
     "fold_masks",
     "load",
     "out_of_fold",
+    "out_of_fold_global",
     "predict",
     "save",
 ]
@@ -326,9 +327,37 @@ def out_of_fold(model: FieldModel) -> tuple[FieldEstimate, Array]:
         lambda k: _apply_fold(model, _fold_model(model, k), model.ref_x, model.ref_conf),
         jnp.arange(folds),
     )
+    return _held_out(model, per_fold)
+
+
+def out_of_fold_global(model: FieldModel) -> FieldEstimate:
+    """Each fitted item's field of ``correct - p_global``, from the fold that held it out.
+
+    Each fold model smooths its training items' residuals after the fold's
+    global map (``model.ref_residual``) in the geometry it chose: the field
+    the local correction acts on, which shows where a model deviates from its
+    *own* average miscalibration.
+
+    Returns:
+      A :class:`~miscal_jax.FieldEstimate` of ``[n]`` arrays, all out-of-fold.
+    """
+
+    def fold(k):
+        geometry, _, _, _, train, ref_residual = _fold_model(model, k)
+        z = embed(geometry, model.ref_x, model.ref_conf)
+        values = residual_values(ref_residual)
+        m = kernel_moments(
+            z, z, values, geometry.log_bandwidth, ref_mask=train, kernel=geometry.kernel
+        )
+        return field_from_moments(m)
+
+    return _held_out(model, jax.lax.map(fold, jnp.arange(model.train_mask.shape[0])))
+
+
+def _held_out(model: FieldModel, per_fold):
+    """Picks each item's value from the fold that held it out (``[K, n]`` leaves -> ``[n]``)."""
     held_out = ~model.train_mask  # [K, n], one True per column
-    pick = lambda a: jnp.sum(jnp.where(held_out, a, 0.0), axis=0)
-    return jax.tree.map(pick, per_fold)
+    return jax.tree.map(lambda a: jnp.sum(jnp.where(held_out, a, 0.0), axis=0), per_fold)
 
 
 def _template(config: FitConfig, shapes: dict) -> FieldModel:

@@ -13,6 +13,7 @@ a failure or interruption removes the temporary folder.
 
 import contextlib
 import csv
+import functools
 import json
 import os
 import secrets
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from miscal_jax import metrics as M
@@ -48,25 +50,41 @@ METHODS = ("uncorrected", "temperature", "platt", "isotonic", "histogram", "loca
 def method_metrics(predictions: dict, correct, groups=None) -> dict:
     """Held-out ECE (and its noise floor), smooth ECE, ECCE, equal-mass ECE, Brier, NLL,
     AUROC, regional error."""
+    correct = np.asarray(correct, np.float32)
+    num_groups = None if groups is None else int(np.max(groups)) + 1
+    groups = np.zeros(correct.shape, np.int32) if groups is None else np.asarray(groups, np.int32)
+    preds = np.stack([np.asarray(predictions[name], np.float32) for name in METHODS])
+    table = jax.tree.map(np.asarray, _metric_table(preds, correct, groups, num_groups=num_groups))
     out = {}
-    for name in METHODS:
-        p = predictions[name]
-        row = {
-            "ece": float(M.ece(p, correct)),
-            "ece_floor": float(M.ece_floor(p)),
-            # its grid reductions move in the 8th digit with XLA's thread count
-            "smece": round(float(M.smooth_ece(p, correct)), 6),
-            "ecce": float(M.ecce(p, correct)),
-            "ece_mass": float(M.ece(p, correct, strategy="mass")),
-            "brier": float(M.brier(p, correct)),
-            "nll": float(M.nll(p, correct)),
-            "auroc": float(M.auroc(p, correct)),
-            "regional_error": None,
-        }
-        if groups is not None:
-            row["regional_error"] = float(M.regional_error(p, correct, groups))
+    for j, name in enumerate(METHODS):
+        row = {key: float(values[j]) for key, values in table.items()}
+        # its grid reductions move in the 8th digit with XLA's thread count
+        row["smece"] = round(row["smece"], 6)
+        row["regional_error"] = row.get("regional_error")
         out[name] = row
     return out
+
+
+@functools.partial(jax.jit, static_argnames="num_groups")
+def _metric_table(preds, correct, groups, *, num_groups):
+    """Every metric of :func:`method_metrics` for ``[m, n]`` predictions: one program."""
+
+    def row(p):
+        out = {
+            "ece": M.ece(p, correct),
+            "ece_floor": M.ece_floor(p),
+            "smece": M.smooth_ece(p, correct),
+            "ecce": M.ecce(p, correct),
+            "ece_mass": M.ece(p, correct, strategy="mass"),
+            "brier": M.brier(p, correct),
+            "nll": M.nll(p, correct),
+            "auroc": M.auroc(p, correct),
+        }
+        if num_groups is not None:
+            out["regional_error"] = M.regional_error(p, correct, groups, num_groups=num_groups)
+        return out
+
+    return jax.vmap(row)(preds)
 
 
 def _pca2(z: np.ndarray) -> np.ndarray:
@@ -243,7 +261,7 @@ def run_report(
     say("intervals and metrics")
     gl = grouping_loss_interval(p, res.field, res.field_se, seed=seed)
     # 90% intervals from the undersmoothed field (less bias, honest coverage)
-    under = undersmoothed_field(res, x, p)
+    under = undersmoothed_field(res)
     ci_low, ci_high = (np.asarray(a) for a in normal_interval(under.value, under.se, level=0.9))
     methods = method_metrics(res.predictions, y, data.group)
     texts = data.text
@@ -341,7 +359,7 @@ def run_report(
                     ]
                 )
 
-        z = np.asarray(embed(res.models[0].geometry, x, p))
+        z = np.asarray(jax.jit(embed)(res.models[0].geometry, x, p))
         reliability_diagram(
             {k: res.predictions[k] for k in ("uncorrected", "isotonic", "local")},
             y,

@@ -107,14 +107,39 @@ def test_heterogeneity_statistic_matches_loop(fitted):
     assert het.statistic == pytest.approx(total / len(r), rel=1e-3)
 
 
+def test_heterogeneity_null_does_not_depend_on_batching(fitted):
+    """Batches of 7 (padded) and of all 31 columns give the same statistics."""
+    d, res = fitted[0.2]
+    args = (res, d.embeddings, d.conf, d.correct)
+    small = heterogeneity_test(*args, num_permutations=30, batch=7, seed=3)
+    whole = heterogeneity_test(*args, num_permutations=30, batch=100, seed=3)
+    np.testing.assert_allclose(small.null, whole.null, rtol=1e-4, atol=1e-7)
+    assert small.statistic == pytest.approx(whole.statistic, rel=1e-4)
+
+
+def test_undersmoothed_field_matches_per_fold_loop(fitted):
+    """Each item's value equals its own fold's smoother at half the bandwidth."""
+    from miscal_jax.geometry import embed
+
+    d, res = fitted[0.2]
+    us = undersmoothed_field(res, factor=0.5)
+    for k, m in enumerate(res.models):
+        te = res.fold == k
+        z = embed(m.geometry, d.embeddings[te], d.conf[te])
+        ref = nw_field(z, m.ref_z, m.ref_residual, m.geometry.log_bandwidth + np.log(0.5))
+        for got, want in zip(us, ref, strict=True):
+            np.testing.assert_allclose(got[te], np.asarray(want), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(undersmoothed_field(res, factor=1.0).value, res.field, atol=1e-5)
+
+
 def test_grouping_loss_interval_and_undersmoothing(fitted):
     d, res = fitted[0.2]
     gl = grouping_loss_interval(d.conf, res.field, res.field_se, num_samples=200)
     assert 0 < gl.low <= gl.estimate <= gl.high
-    us = undersmoothed_field(res, d.embeddings, d.conf, factor=0.5)
+    us = undersmoothed_field(res, factor=0.5)
     assert np.mean(us.se) > np.mean(res.field_se)
     with pytest.raises(ValueError, match="factor"):
-        undersmoothed_field(res, d.embeddings, d.conf, factor=2.0)
+        undersmoothed_field(res, factor=2.0)
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from miscal_jax.model import (
     fold_masks,
     load,
     out_of_fold,
+    out_of_fold_global,
     predict,
     save,
 )
@@ -69,6 +70,24 @@ def test_out_of_fold_outputs_ignore_the_items_own_outcome():
     (a, pa), (b, pb) = out_of_fold(model), out_of_fold(other)
     assert a.value[i] == b.value[i] and pa[i] == pb[i]
     assert np.any(np.asarray(a.value) != np.asarray(b.value))
+
+
+def test_out_of_fold_global_matches_a_per_fold_loop():
+    """Each item's global-residual field is its own fold's smoother, computed directly."""
+    from miscal_jax.geometry import embed
+    from miscal_jax.smoother import nw_field
+
+    x, p, y = _data()
+    model, _ = jit_fit(jax.random.key(2), x, p, y, FAST)
+    got = jax.jit(out_of_fold_global)(model)
+    for k in range(model.train_mask.shape[0]):
+        geometry = jax.tree.map(lambda a, k=k: a[k], model.geometry)
+        train = np.asarray(model.train_mask[k])
+        z = np.asarray(embed(geometry, x, p))
+        residual = np.asarray(model.ref_residual[k])[train]
+        want = nw_field(z[~train], z[train], residual, geometry.log_bandwidth)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(np.asarray(a)[~train], b, rtol=1e-3, atol=1e-5)
 
 
 def test_training_residuals_come_from_a_global_map_that_never_saw_the_item():

@@ -13,6 +13,11 @@ Every row of one run is measured on the same machine in the same process:
 - ``numpy``: NumPy chunked (``Q @ Z.T``, ``np.exp``, moments by matmul), float32.
 - ``ceiling``: jitted ``exp`` plus a row sum over the same number of elements,
   the most any kernel sum can do on this machine.
+- ``distance matmul``: only the blocked ``Q Z^T`` at ``precision=HIGHEST`` (and
+  a row sum), the part of a kernel sum that is not an exponential. ``bound``
+  is the time of the ceiling plus this matmul: no kernel sum whose distances
+  come from the matmul and whose weights from ``exp`` can be faster, so its
+  share is the most such an implementation can reach.
 - ``pykeops``: KeOps' Gaussian kernel sum, if it installs and compiles.
 - ``dot_product_attention``: ``jax.nn.dot_product_attention`` (on a GPU, the
   fused attention the Gaussian smoother is equivalent to).
@@ -59,6 +64,23 @@ def ceiling(points):
         return jax.lax.scan(step, jnp.zeros_like(q), refs)[0]
 
     return jax.lax.map(rows, a.reshape(-1, 1024))
+
+
+BLOCKS = (512, 2048)  # the library's default query and reference blocks
+
+
+@jax.jit
+def distance_matmul(points):
+    """Blocked ``Q Z^T`` at HIGHEST precision (the library's blocks), summed over each row."""
+    bq, bn = BLOCKS
+    refs = points.reshape(-1, bn, points.shape[1])
+    dot = lambda q, z: jnp.matmul(q, z.T, precision=jax.lax.Precision.HIGHEST)
+
+    def rows(q):
+        step = lambda acc, z: (acc + jnp.sum(dot(q, z), axis=1), None)
+        return jax.lax.scan(step, jnp.zeros(q.shape[0]), refs)[0]
+
+    return jax.lax.map(rows, points.reshape(-1, bq, points.shape[1]))
 
 
 @jax.jit
@@ -126,6 +148,8 @@ def throughput(sizes, dims, reps, with_numpy_up_to):
             rows = {}
             rows["ceiling"] = best_time(lambda z=z: ceiling(z), reps)
             rows["library"] = best_time(lambda z=z, r=r, lb=lb: nw_field(z, z, r, lb), reps)
+            rows["distance matmul"] = best_time(lambda z=z: distance_matmul(z), reps)
+            rows["bound"] = (0.0, rows["ceiling"][1] + rows["distance matmul"][1])
             if n <= with_numpy_up_to:  # the slower baselines only up to this size
                 rows["v0.1"] = best_time(lambda z=z, r=r, lb=lb: v01_nw_field(z, z, r, lb), reps)
                 rows["dot_product_attention"] = best_time(lambda z=z: attention(z), reps)
@@ -138,8 +162,9 @@ def throughput(sizes, dims, reps, with_numpy_up_to):
                     )
             top = rows["ceiling"][1]
             for name, (first, wall) in rows.items():
+                first = f"{first:.2f}" if first else "-"
                 print(
-                    f"| {n} | {d} | {name} | {first:.2f} | {wall:.3f} | {n * n / wall:.2e} | "
+                    f"| {n} | {d} | {name} | {first} | {wall:.3f} | {n * n / wall:.2e} | "
                     f"{top / wall:.2f} |",
                     flush=True,
                 )
@@ -197,6 +222,8 @@ def main():
     parser.add_argument("--grad-n", type=int, default=65536)
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
+    if any(n % BLOCKS[1] for n in args.sizes):
+        parser.error(f"--sizes: multiples of {BLOCKS[1]} (the reference block), please.")
     device = jax.devices()[0]
     print(f"device: {device.platform} / {device.device_kind}, jax {jax.__version__}")
     if not args.skip_throughput:

@@ -322,12 +322,15 @@ def out_of_fold(model: FieldModel) -> tuple[FieldEstimate, Array]:
       >>> est.value.shape
       (200,)
     """
-    folds = model.train_mask.shape[0]
+    index = _held_out_rows(model)
+    rows = jnp.minimum(index, model.ref_x.shape[0] - 1)  # padding reads any row
     per_fold = jax.lax.map(
-        lambda k: _apply_fold(model, _fold_model(model, k), model.ref_x, model.ref_conf),
-        jnp.arange(folds),
+        lambda k: _apply_fold(
+            model, _fold_model(model, k), model.ref_x[rows[k]], model.ref_conf[rows[k]]
+        ),
+        jnp.arange(index.shape[0]),
     )
-    return _held_out(model, per_fold)
+    return _scatter(index, per_fold, model.ref_x.shape[0])
 
 
 def out_of_fold_global(model: FieldModel) -> FieldEstimate:
@@ -341,23 +344,39 @@ def out_of_fold_global(model: FieldModel) -> FieldEstimate:
     Returns:
       A :class:`~miscal_jax.FieldEstimate` of ``[n]`` arrays, all out-of-fold.
     """
+    index = _held_out_rows(model)
+    rows = jnp.minimum(index, model.ref_x.shape[0] - 1)
 
     def fold(k):
         geometry, _, _, _, train, ref_residual = _fold_model(model, k)
         z = embed(geometry, model.ref_x, model.ref_conf)
         values = residual_values(ref_residual)
         m = kernel_moments(
-            z, z, values, geometry.log_bandwidth, ref_mask=train, kernel=geometry.kernel
+            z[rows[k]], z, values, geometry.log_bandwidth, ref_mask=train, kernel=geometry.kernel
         )
         return field_from_moments(m)
 
-    return _held_out(model, jax.lax.map(fold, jnp.arange(model.train_mask.shape[0])))
+    per_fold = jax.lax.map(fold, jnp.arange(index.shape[0]))
+    return _scatter(index, per_fold, model.ref_x.shape[0])
 
 
-def _held_out(model: FieldModel, per_fold):
-    """Picks each item's value from the fold that held it out (``[K, n]`` leaves -> ``[n]``)."""
-    held_out = ~model.train_mask  # [K, n], one True per column
-    return jax.tree.map(lambda a: jnp.sum(jnp.where(held_out, a, 0.0), axis=0), per_fold)
+def _held_out_rows(model: FieldModel) -> Array:
+    """``[K, m]`` indices of each fold's held-out items, padded with ``n``.
+
+    ``m = ceil(n / K)``: :func:`fold_masks` makes every fold hold out ``m`` or
+    ``m - 1`` items, so only the held-out items are smoothed (not all ``n`` in
+    every fold).
+    """
+    folds, n = model.train_mask.shape
+    held_out = lambda train: jnp.nonzero(~train, size=-(-n // folds), fill_value=n)[0]
+    return jax.vmap(held_out)(model.train_mask)
+
+
+def _scatter(index: Array, per_fold, n: int):
+    """``[K, m]`` leaves at ``index`` -> ``[n]`` leaves (padding dropped; unset rows NaN)."""
+    flat = index.reshape(-1)
+    put = lambda a: jnp.full(n, jnp.nan, a.dtype).at[flat].set(a.reshape(-1), mode="drop")
+    return jax.tree.map(put, per_fold)
 
 
 def _template(config: FitConfig, shapes: dict) -> FieldModel:

@@ -39,31 +39,61 @@ __all__ = [
 ]
 
 
-@functools.partial(jax.jit, static_argnames=("k", "iters"))
-def kmeans(rng: Array, x: Array, *, k: int, iters: int = 50) -> tuple[Array, Array]:
+def kmeans(
+    rng: Array, x: Array, *, k: int, iters: int = 50, max_k: int | None = None
+) -> tuple[Array, Array]:
     """k-means (k-means++ seeding, ``iters`` Lloyd steps) of ``[n, m]`` points.
+
+    Args:
+      rng: PRNG key.
+      x: ``[n, m]`` points.
+      k: number of clusters.
+      iters: static number of Lloyd steps.
+      max_k: static capacity (default ``k``): calls with different ``k`` and
+        one ``max_k`` share one compiled program, with the same result.
 
     Returns:
       ``(centroids [k, m], labels [n])``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> x = jnp.array([[0.0], [0.1], [5.0], [5.1]])
+      >>> _, labels = kmeans(jax.random.key(0), x, k=2)
+      >>> bool(labels[0] == labels[1] != labels[2] == labels[3])
+      True
     """
+    max_k = k if max_k is None else max_k
+    if not 1 <= k <= max_k:
+        raise ValueError(f"k: expected 1 <= k <= max_k = {max_k}, got {k}.")
+    centroids, labels = _kmeans(rng, jnp.asarray(x), jnp.int32(k), max_k=max_k, iters=iters)
+    return centroids[:k], labels
+
+
+@functools.partial(jax.jit, static_argnames=("max_k", "iters"))
+def _kmeans(rng, x, k, *, max_k, iters):
+    """:func:`kmeans` with ``max_k`` centroid slots, the first traced ``k`` of them in use."""
     n = x.shape[0]
-    sq = lambda c: jnp.sum((x[:, None, :] - c[None, :, :]) ** 2, axis=-1)
+    used = jnp.arange(max_k) < k
+    # squared distances to the centroids in use; inf to the others
+    sq = lambda c: jnp.where(used, jnp.sum((x[:, None, :] - c[None, :, :]) ** 2, axis=-1), jnp.inf)
 
     def seed_step(carry, key):
         centroids, count = carry
-        d2 = jnp.min(jnp.where(jnp.arange(k)[None, :] < count, sq(centroids), jnp.inf), axis=1)
+        d2 = jnp.min(jnp.where(jnp.arange(max_k)[None, :] < count, sq(centroids), jnp.inf), axis=1)
         idx = jax.random.choice(key, n, p=d2 / jnp.sum(d2))
-        return (centroids.at[count].set(x[idx]), count + 1), None
+        grown = (centroids.at[count].set(x[idx]), count + 1)
+        return jax.lax.cond(count < k, lambda: grown, lambda: carry), None
 
     first = x[jax.random.randint(rng, (), 0, n)]
-    init = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(first)
-    keys = jax.random.split(jax.random.fold_in(rng, 1), k - 1)
+    init = jnp.zeros((max_k, x.shape[1]), x.dtype).at[0].set(first)
+    # split keys are prefix-consistent: the first k - 1 are those of split(., k - 1)
+    keys = jax.random.split(jax.random.fold_in(rng, 1), max(max_k - 1, 1))
     (centroids, _), _ = jax.lax.scan(seed_step, (init, 1), keys)
 
     def lloyd(_, c):
         labels = jnp.argmin(sq(c), axis=1)
-        sums = jax.ops.segment_sum(x, labels, num_segments=k)
-        counts = jax.ops.segment_sum(jnp.ones(n), labels, num_segments=k)
+        sums = jax.ops.segment_sum(x, labels, num_segments=max_k)
+        counts = jax.ops.segment_sum(jnp.ones(n), labels, num_segments=max_k)
         return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1)[:, None], c)
 
     centroids = jax.lax.fori_loop(0, iters, lloyd, centroids)
@@ -227,7 +257,7 @@ def discover_regimes(
         if k >= n // (2 * min_size):
             continue
         key, sub = jax.random.split(key)
-        cents, labels = kmeans(sub, jnp.asarray(z), k=int(k))
+        cents, labels = kmeans(sub, z, k=int(k), max_k=max(num_clusters))
         cents, labels = np.asarray(cents), np.asarray(labels)
         for c in range(k):
             disc, ev = (labels == c) & half, (labels == c) & ~half

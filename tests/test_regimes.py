@@ -56,3 +56,15 @@ def test_all_correct_data_gives_no_regimes_and_finite_output():
     # residual 1 - conf depends on confidence only: nothing beyond it to find
     assert regimes == []
     assert np.all(assign_regimes(model, x) == -1)
+
+
+def test_kmeans_capacity_shares_one_program_with_the_same_result():
+    """k = 3 in 8 slots gives the k = 3 clustering; k above the capacity is refused."""
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(300, 4)), jnp.float32)
+    exact = kmeans(jax.random.key(5), x, k=3)
+    roomy = kmeans(jax.random.key(5), x, k=3, max_k=8)
+    np.testing.assert_array_equal(np.asarray(exact[1]), np.asarray(roomy[1]))
+    np.testing.assert_allclose(np.asarray(exact[0]), np.asarray(roomy[0]), rtol=1e-6)
+    assert roomy[0].shape == (3, 4)
+    with pytest.raises(ValueError, match="k: expected"):
+        kmeans(jax.random.key(5), x, k=9, max_k=8)

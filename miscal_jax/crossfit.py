@@ -108,31 +108,37 @@ def _baselines(model: FieldModel) -> dict:
 
 
 def _fold_views(model: FieldModel) -> tuple[FoldModel, ...]:
+    parts, spaces = _fold_parts(model)
+    spaces, residual = np.asarray(spaces), np.asarray(model.ref_correct - model.ref_conf)
     views = []
-    for k in range(model.config.folds):
-        geometry, global_map, params, final_map, train, residual_global = jax.tree.map(
-            lambda a, k=k: a[k],
-            (
-                model.geometry,
-                model.global_map,
-                model.params,
-                model.final_map,
-                model.train_mask,
-                model.ref_residual,
-            ),
-        )
+    for k, (geometry, global_map, params, final_map, train, residual_global) in enumerate(parts):
         rows = np.asarray(train)
-        z = embed(geometry, model.ref_x, model.ref_conf)[rows]
         views.append(
             FoldModel(
                 geometry,
-                z,
-                (model.ref_correct - model.ref_conf)[rows],
-                residual_global[rows],
+                spaces[k][rows],
+                residual[rows],
+                np.asarray(residual_global)[rows],
                 CorrectionState(global_map, params, final_map),
             )
         )
     return tuple(views)
+
+
+@jax.jit
+def _fold_parts(model: FieldModel):
+    """Each fold's pieces, unstacked, and ``[K, n, z_dim]`` the items in each fold's space."""
+    stacked = (
+        model.geometry,
+        model.global_map,
+        model.params,
+        model.final_map,
+        model.train_mask,
+        model.ref_residual,
+    )
+    parts = [jax.tree.map(lambda a, k=k: a[k], stacked) for k in range(model.config.folds)]
+    spaces = jax.vmap(lambda geometry: embed(geometry, model.ref_x, model.ref_conf))(model.geometry)
+    return parts, spaces
 
 
 def crossfit(

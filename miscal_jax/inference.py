@@ -189,33 +189,39 @@ def _padded_rows(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return index, valid
 
 
-@functools.partial(jax.jit, static_argnames="chunk_size")
-def _fold_statistics(geometry, x, conf, cols, test, train, *, chunk_size):
+@jax.jit
+def _fold_spaces(geometry, x, conf) -> Array:
+    """``[K, n, z_dim]``: every item in each fold's space (``geometry`` stacked on ``[K]``)."""
+    return jax.vmap(lambda g: embed(g, x, conf))(geometry)
+
+
+@functools.partial(jax.jit, static_argnames=("kernel", "chunk_size"))
+def _fold_statistics(spaces, log_bandwidth, cols, test, train, *, kernel, chunk_size):
     """``[b]`` statistic numerators ``sum(2 e f - f^2)`` over every fold's held-out rows.
 
     Args:
-      geometry: the fold geometries, stacked on a leading ``[K]`` axis.
-      x: ``[n, d]``; conf: ``[n]``; cols: ``[n, b]`` centred residual columns.
+      spaces: ``[K, n, z_dim]`` the items in each fold's space.
+      log_bandwidth: ``[K]`` each fold's bandwidth.
+      cols: ``[n, b]`` centred residual columns.
       test, train: ``(index, valid)`` pairs of ``[K, m]`` arrays (see
         :func:`_padded_rows`): each fold's held-out and training rows.
     """
 
     def fold(args):
-        geom, test_index, test_valid, train_index, train_valid = args
-        z = embed(geom, x, conf)
+        z, log_bw, test_index, test_valid, train_index, train_valid = args
         f = smooth_many(
             z[test_index],
             z[train_index],
             cols[train_index],
-            geom.log_bandwidth,
+            log_bw,
             ref_mask=train_valid,
-            kernel=geom.kernel,
+            kernel=kernel,
             chunk_size=chunk_size,
         )
         e = cols[test_index]
         return jnp.sum(jnp.where(test_valid[:, None], 2 * e * f - f**2, 0.0), axis=0)
 
-    return jnp.sum(jax.lax.map(fold, (geometry, *test, *train)), axis=0)
+    return jnp.sum(jax.lax.map(fold, (spaces, log_bandwidth, *test, *train)), axis=0)
 
 
 def heterogeneity_test(
@@ -258,7 +264,8 @@ def heterogeneity_test(
       num_permutations: ``B``.
       num_bins: confidence bins within which residuals are exchanged.
       seed: permutation seed.
-      batch: columns per vectorised pass (bounds memory).
+      batch: columns per vectorised pass (bounds device memory; the ``[n, 1 + B]``
+        permuted columns are drawn on the host first).
       chunk_size: static query chunk size.
 
     Returns:
@@ -285,9 +292,17 @@ def heterogeneity_test(
     # equal batches of at most `batch` columns, the last one padded with zeros
     width = -(-cols.shape[1] // -(-cols.shape[1] // batch))
     cols = np.pad(cols, [(0, 0), (0, -cols.shape[1] % width)])
+    geometry = result.model.geometry
+    spaces = _fold_spaces(geometry, x, p)
     totals = [
         _fold_statistics(
-            result.model.geometry, x, p, cols[:, s : s + width], test, train, chunk_size=chunk_size
+            spaces,
+            geometry.log_bandwidth,
+            cols[:, s : s + width],
+            test,
+            train,
+            kernel=geometry.kernel,
+            chunk_size=chunk_size,
         )
         for s in range(0, cols.shape[1], width)
     ]

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import serialization, struct
 from jax.typing import ArrayLike
 
@@ -84,6 +85,8 @@ class FieldModel:
       ref_conf: ``[n]`` their confidences.
       ref_correct: ``[n]`` their outcomes.
       train_mask: ``[K, n]`` bools: the items fold model ``k`` was fitted on.
+        Each item is held out by exactly one fold, and the folds hold out
+        ``ceil(n / K)`` or one fewer items (as :func:`fold_masks` makes them).
       ref_residual: ``[K, n]`` residuals ``correct - p_global`` that fold model
         ``k`` smooths (each training item's from a global map fitted without it).
       geometry: :class:`~miscal_jax.geometry.Geometry` with ``[K, ...]`` leaves.
@@ -341,8 +344,21 @@ def out_of_fold_global(model: FieldModel) -> FieldEstimate:
     the local correction acts on, which shows where a model deviates from its
     *own* average miscalibration.
 
+    Args:
+      model: a :class:`FieldModel`.
+
     Returns:
       A :class:`~miscal_jax.FieldEstimate` of ``[n]`` arrays, all out-of-fold.
+
+    Examples:
+      >>> import jax
+      >>> from miscal_jax.synthetic import make_planted
+      >>> d = make_planted(200, seed=0)
+      >>> cfg = FitConfig(folds=2, candidates=("raw",))
+      >>> model, _ = jax.jit(fit, static_argnums=4)(
+      ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
+      >>> jax.jit(out_of_fold_global)(model).value.shape
+      (200,)
     """
     index = _held_out_rows(model)
     rows = jnp.minimum(index, model.ref_x.shape[0] - 1)
@@ -470,4 +486,17 @@ def load(path: str | Path) -> FieldModel:
         raise ValueError(
             f"model: {str(path)!r} is damaged ({err}); refit and save again."
         ) from None
+    held_out = ~np.asarray(model.train_mask)
+    per_item, per_fold = held_out.sum(0), held_out.sum(1)
+    bad = np.flatnonzero(per_item != 1)
+    if bad.size:
+        raise ValueError(
+            f"model: {str(path)!r}: item {bad[0]} is held out by {per_item[bad[0]]} folds "
+            "(each item must be held out by exactly one); refit and save again."
+        )
+    if per_fold.max() - per_fold.min() > 1:
+        raise ValueError(
+            f"model: {str(path)!r}: its folds hold out {per_fold.tolist()} items (the sizes "
+            "must differ by at most one); refit and save again."
+        )
     return jax.tree.map(jnp.asarray, model)

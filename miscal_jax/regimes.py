@@ -50,7 +50,8 @@ def kmeans(
       k: number of clusters.
       iters: static number of Lloyd steps.
       max_k: static capacity (default ``k``): calls with different ``k`` and
-        one ``max_k`` share one compiled program, with the same result.
+        one ``max_k`` share one compiled program, with the same result (under
+        JAX's default ``jax_threefry_partitionable``).
 
     Returns:
       ``(centroids [k, m], labels [n])``.
@@ -86,7 +87,8 @@ def _kmeans(rng, x, k, *, max_k, iters):
 
     first = x[jax.random.randint(rng, (), 0, n)]
     init = jnp.zeros((max_k, x.shape[1]), x.dtype).at[0].set(first)
-    # split keys are prefix-consistent: the first k - 1 are those of split(., k - 1)
+    # with jax_threefry_partitionable (the default) split keys are prefix-consistent:
+    # the first k - 1 are those of split(., k - 1), so max_k changes nothing
     keys = jax.random.split(jax.random.fold_in(rng, 1), max(max_k - 1, 1))
     (centroids, _), _ = jax.lax.scan(seed_step, (init, 1), keys)
 

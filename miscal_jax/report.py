@@ -67,7 +67,11 @@ def method_metrics(predictions: dict, correct, groups=None) -> dict:
 
 @functools.partial(jax.jit, static_argnames="num_groups")
 def _metric_table(preds, correct, groups, *, num_groups):
-    """Every metric of :func:`method_metrics` for ``[m, n]`` predictions: one program."""
+    """Every metric of :func:`method_metrics` for ``[m, n]`` predictions: one program.
+
+    Returns:
+      A dict of ``[m]`` arrays by metric name (``regional_error`` only with groups).
+    """
 
     def row(p):
         out = {

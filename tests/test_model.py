@@ -170,6 +170,15 @@ def test_load_refuses_corrupt_foreign_and_future_files(tmp_path):
         load(future)
     with pytest.raises(ValueError, match="model: cannot read"):
         load(tmp_path / "missing.msgpack")
+    unheld = np.array(model.train_mask)
+    unheld[:, 3] = True  # item 3 held out by no fold
+    moved = np.array(model.train_mask)
+    items = np.flatnonzero(~moved[0])[:4]
+    moved[0, items], moved[1, items] = True, False  # fold 1 now holds out 8 more than fold 0
+    for masks, message in ((unheld, "item 3 is held out by 0 folds"), (moved, "differ by at most")):
+        save(model.replace(train_mask=jnp.asarray(masks)), tmp_path / "edited.msgpack")
+        with pytest.raises(ValueError, match=message):
+            load(tmp_path / "edited.msgpack")
 
 
 def test_predict_rejects_wrong_shapes():

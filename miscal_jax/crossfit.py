@@ -29,7 +29,7 @@ from miscal_jax.baselines import (
     fit_temperature,
 )
 from miscal_jax.correction import CorrectionState
-from miscal_jax.geometry import DEFAULT_CANDIDATES, GEOMETRIES, Geometry, embed
+from miscal_jax.geometry import DEFAULT_CANDIDATES, GEOMETRIES, Geometry, embed_folds
 from miscal_jax.model import FieldModel, FitConfig, fit, out_of_fold, predict
 from miscal_jax.representation import EncoderConfig
 from miscal_jax.validation import validate_inputs
@@ -137,7 +137,7 @@ def _fold_parts(model: FieldModel):
         model.ref_residual,
     )
     parts = [jax.tree.map(lambda a, k=k: a[k], stacked) for k in range(model.config.folds)]
-    spaces = jax.vmap(lambda geometry: embed(geometry, model.ref_x, model.ref_conf))(model.geometry)
+    spaces = embed_folds(model.geometry, model.ref_x, model.ref_conf)
     return parts, spaces
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "TRAINED",
     "Geometry",
     "embed",
+    "embed_folds",
     "fit_geometry",
     "weighted_pca",
 ]
@@ -154,6 +155,24 @@ def embed(geometry: Geometry, x: ArrayLike, conf: ArrayLike) -> Array:
     if len(spaces) == 1:
         return spaces[0]
     return jnp.take(jnp.stack(spaces), geometry.choice, axis=0)
+
+
+def embed_folds(geometry: Geometry, x: ArrayLike, conf: ArrayLike) -> Array:
+    """Maps the items into every fold's space: ``geometry`` stacked on a leading ``[K]`` axis.
+
+    Returns:
+      ``[K, n, z_dim]`` points, ``embed`` of each fold's geometry.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> g = Geometry(jnp.ones(2), jnp.ones(2), jnp.eye(2), jnp.ones(()), jnp.eye(2), (None,),
+      ...              jnp.zeros((), int), jnp.zeros(()), z_dim=2)
+      >>> folds = jax.tree.map(lambda a: jnp.stack([a, a + 1]), g)
+      >>> embed_folds(folds, jnp.array([[1.0, 3.0]]), jnp.array([0.5]))[:, 0]
+      Array([[ 0.,  2.],
+             [-1.,  1.]], dtype=float32)
+    """
+    return jax.vmap(lambda g: embed(g, x, conf))(geometry)
 
 
 def weighted_pca(x: ArrayLike, weight: ArrayLike, k: int) -> tuple[Array, Array, Array]:

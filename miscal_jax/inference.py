@@ -15,7 +15,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from miscal_jax._types import Array, FieldEstimate, PRNGKey
-from miscal_jax.geometry import embed
+from miscal_jax.geometry import embed_folds
 from miscal_jax.kernel_sums import kernel_moments
 from miscal_jax.metrics import _bin_index, grouping_loss
 from miscal_jax.model import out_of_fold
@@ -189,12 +189,6 @@ def _padded_rows(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return index, valid
 
 
-@jax.jit
-def _fold_spaces(geometry, x, conf) -> Array:
-    """``[K, n, z_dim]``: every item in each fold's space (``geometry`` stacked on ``[K]``)."""
-    return jax.vmap(lambda g: embed(g, x, conf))(geometry)
-
-
 @functools.partial(jax.jit, static_argnames=("kernel", "chunk_size"))
 def _fold_statistics(spaces, log_bandwidth, cols, test, train, *, kernel, chunk_size):
     """``[b]`` statistic numerators ``sum(2 e f - f^2)`` over every fold's held-out rows.
@@ -293,7 +287,7 @@ def heterogeneity_test(
     width = -(-cols.shape[1] // -(-cols.shape[1] // batch))
     cols = np.pad(cols, [(0, 0), (0, -cols.shape[1] % width)])
     geometry = result.model.geometry
-    spaces = _fold_spaces(geometry, x, p)
+    spaces = jax.jit(embed_folds)(geometry, x, p)
     totals = [
         _fold_statistics(
             spaces,

@@ -242,9 +242,9 @@ def _fold_model(model: FieldModel, k) -> tuple:
     return take(parts + (model.train_mask, model.ref_residual))
 
 
-def _apply_fold(model: FieldModel, parts, x, conf):
-    """Field (of ``correct - conf``) and corrected confidence of one fold model."""
-    geometry, global_map, params, final_map, train, ref_residual = parts
+def _fold_fields(model: FieldModel, parts, x, conf):
+    """``(field of correct - conf, field of correct - p_global)`` of one fold at ``[q, d]``."""
+    geometry, _, _, _, train, ref_residual = parts
     ref_z = embed(geometry, model.ref_x, model.ref_conf)
     z = embed(geometry, x, conf)
     values = jnp.concatenate(
@@ -256,6 +256,13 @@ def _apply_fold(model: FieldModel, parts, x, conf):
     )
     field = field_from_moments(m._replace(sum_wv=m.sum_wv[:, :2]))
     local = field_from_moments(m._replace(sum_wv=m.sum_wv[:, 2:]))
+    return field, local
+
+
+def _apply_fold(model: FieldModel, parts, x, conf):
+    """Field (of ``correct - conf``) and corrected confidence of one fold model."""
+    _, global_map, params, final_map, _, _ = parts
+    field, local = _fold_fields(model, parts, x, conf)
     p_local = local_confidence(params, apply_global(global_map, conf), local.value, local.n_eff)
     if final_map is not None:
         p_local = apply_isotonic(final_map, p_local)
@@ -325,15 +332,7 @@ def out_of_fold(model: FieldModel) -> tuple[FieldEstimate, Array]:
       >>> est.value.shape
       (200,)
     """
-    index = _held_out_rows(model)
-    rows = jnp.minimum(index, model.ref_x.shape[0] - 1)  # padding reads any row
-    per_fold = jax.lax.map(
-        lambda k: _apply_fold(
-            model, _fold_model(model, k), model.ref_x[rows[k]], model.ref_conf[rows[k]]
-        ),
-        jnp.arange(index.shape[0]),
-    )
-    return _scatter(index, per_fold, model.ref_x.shape[0])
+    return _held_out_map(model, lambda parts, x, conf: _apply_fold(model, parts, x, conf))
 
 
 def out_of_fold_global(model: FieldModel) -> FieldEstimate:
@@ -360,36 +359,25 @@ def out_of_fold_global(model: FieldModel) -> FieldEstimate:
       >>> jax.jit(out_of_fold_global)(model).value.shape
       (200,)
     """
-    index = _held_out_rows(model)
-    rows = jnp.minimum(index, model.ref_x.shape[0] - 1)
-
-    def fold(k):
-        geometry, _, _, _, train, ref_residual = _fold_model(model, k)
-        z = embed(geometry, model.ref_x, model.ref_conf)
-        values = residual_values(ref_residual)
-        m = kernel_moments(
-            z[rows[k]], z, values, geometry.log_bandwidth, ref_mask=train, kernel=geometry.kernel
-        )
-        return field_from_moments(m)
-
-    per_fold = jax.lax.map(fold, jnp.arange(index.shape[0]))
-    return _scatter(index, per_fold, model.ref_x.shape[0])
+    return _held_out_map(model, lambda parts, x, conf: _fold_fields(model, parts, x, conf)[1])
 
 
-def _held_out_rows(model: FieldModel) -> Array:
-    """``[K, m]`` indices of each fold's held-out items, padded with ``n``.
+def _held_out_map(model: FieldModel, apply):
+    """``apply(fold_parts, x, conf)`` at each fold's held-out items, gathered to ``[n]`` leaves.
 
-    ``m = ceil(n / K)``: :func:`fold_masks` makes every fold hold out ``m`` or
-    ``m - 1`` items, so only the held-out items are smoothed (not all ``n`` in
-    every fold).
+    Folds hold out ``m = ceil(n / K)`` or ``m - 1`` items (see
+    ``FieldModel.train_mask``), so each fold smooths ``m`` padded rows, not
+    all ``n`` items.
     """
     folds, n = model.train_mask.shape
     held_out = lambda train: jnp.nonzero(~train, size=-(-n // folds), fill_value=n)[0]
-    return jax.vmap(held_out)(model.train_mask)
+    index = jax.vmap(held_out)(model.train_mask)  # [K, m], padded with n
+    rows = jnp.minimum(index, n - 1)  # padding reads any row; it is dropped below
 
+    def fold(k):
+        return apply(_fold_model(model, k), model.ref_x[rows[k]], model.ref_conf[rows[k]])
 
-def _scatter(index: Array, per_fold, n: int):
-    """``[K, m]`` leaves at ``index`` -> ``[n]`` leaves (padding dropped; unset rows NaN)."""
+    per_fold = jax.lax.map(fold, jnp.arange(folds))
     flat = index.reshape(-1)
     put = lambda a: jnp.full(n, jnp.nan, a.dtype).at[flat].set(a.reshape(-1), mode="drop")
     return jax.tree.map(put, per_fold)

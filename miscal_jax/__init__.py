@@ -22,7 +22,7 @@ from miscal_jax.crossfit import CrossFitResult
 from miscal_jax.crossfit import apply_crossfit
 from miscal_jax.crossfit import crossfit
 from miscal_jax.geometry import Geometry
-from miscal_jax.geometry import embed
+from miscal_jax.geometry import embed, embed_folds
 from miscal_jax.geometry import fit_geometry
 from miscal_jax.inference import bootstrap_interval
 from miscal_jax.inference import grouping_loss_interval
@@ -102,6 +102,7 @@ __all__ = (
     "ecce",
     "ece",
     "embed",
+    "embed_folds",
     "field_from_moments",
     "fit",
     "fit_correction_params",

@@ -46,8 +46,11 @@ from miscal_jax.metrics import regional_error
 from miscal_jax.metrics import smooth_ece
 from miscal_jax.panel import PanelConfig
 from miscal_jax.panel import PanelMap
+from miscal_jax.panel import ProfileMap
 from miscal_jax.panel import fit_panel
+from miscal_jax.panel import fit_profile
 from miscal_jax.panel import panel_embed
+from miscal_jax.panel import profile_embed
 from miscal_jax.penalty import local_calibration_penalty
 from miscal_jax.model import FieldModel
 from miscal_jax.model import FitConfig
@@ -87,6 +90,7 @@ __all__ = (
     "KernelMoments",
     "PanelConfig",
     "PanelMap",
+    "ProfileMap",
     "TrainState",
     "apply_crossfit",
     "apply_histogram",
@@ -111,6 +115,7 @@ __all__ = (
     "fit_histogram",
     "fit_isotonic",
     "fit_panel",
+    "fit_profile",
     "fit_platt",
     "fit_temperature",
     "grouping_loss",
@@ -134,6 +139,7 @@ __all__ = (
     "out_of_fold",
     "out_of_fold_global",
     "panel_embed",
+    "profile_embed",
     "predict",
     "regional_error",
     "save",

@@ -87,6 +87,14 @@ def _parser() -> argparse.ArgumentParser:
         "(correct - confidence; default) or from their correctness alone",
     )
     rep.add_argument(
+        "--panel-geometry",
+        choices=("profile", "encoder"),
+        default=None,
+        help="with --model: place items by the panel's own outcomes on them (their top "
+        "principal directions; default) or by an encoder of the embeddings trained to "
+        "predict those outcomes (also places items the panel never answered)",
+    )
+    rep.add_argument(
         "--confidence-col",
         default=None,
         help="confidence column (default 'confidence'; demo set: 'verbal' or 'logit')",
@@ -197,7 +205,7 @@ def _check_args(args) -> str | None:
     if args.data is not None and args.model and not panel:
         return "--model: only selects a model of the shipped demo set."
     if args.command == "report" and not panel:
-        for flag in ("item_col", "model_col", "panel_outcome"):
+        for flag in ("item_col", "model_col", "panel_outcome", "panel_geometry"):
             if getattr(args, flag) is not None:
                 return (
                     f"--{flag.replace('_', '-')}: only with --data LONG_TABLE --model TARGET "
@@ -408,7 +416,13 @@ def _panel_data(args, log):
     import numpy as np
 
     from miscal_jax.io import load_with_panel
-    from miscal_jax.panel import DEFAULT_CONFIG, fit_panel, panel_embed
+    from miscal_jax.panel import (
+        DEFAULT_CONFIG,
+        fit_panel,
+        fit_profile,
+        panel_embed,
+        profile_embed,
+    )
 
     panel = load_with_panel(
         args.data,
@@ -420,25 +434,27 @@ def _panel_data(args, log):
         embeddings=args.embeddings,
     )
     outcome = args.panel_outcome or DEFAULT_CONFIG.outcome
+    geometry = args.panel_geometry or "profile"
     values, mask = panel.panel_outcomes(outcome)
     n_items, n_models = values.shape
-    log(f"panel geometry from {n_models} other models ({outcome}) on {n_items} items")
-    panel_map, history = jax.jit(fit_panel, static_argnums=4)(
-        jax.random.key(args.seed),
-        panel.item_embeddings,
-        values,
-        mask,
-        DEFAULT_CONFIG._replace(outcome=outcome),
-    )
-    z = np.asarray(panel_embed(panel_map, panel.item_embeddings))
-    info = {
-        "outcome": outcome,
-        "models": n_models,
-        "items": n_items,
-        "dims": int(z.shape[1]),
-        "val_loss": float(history["best_val_loss"]),
-        "constant_loss": float(history["constant_loss"]),
-    }
+    log(f"panel {geometry} geometry from {n_models} other models ({outcome}) on {n_items} items")
+    info = {"geometry": geometry, "outcome": outcome, "models": n_models, "items": n_items}
+    if geometry == "profile":
+        profile_map = fit_profile(values, mask, DEFAULT_CONFIG.out_dim)
+        z = np.asarray(profile_embed(profile_map, values, mask))
+        info["explained"] = float(profile_map.explained)
+    else:
+        panel_map, history = jax.jit(fit_panel, static_argnums=4)(
+            jax.random.key(args.seed),
+            panel.item_embeddings,
+            values,
+            mask,
+            DEFAULT_CONFIG._replace(outcome=outcome),
+        )
+        z = np.asarray(panel_embed(panel_map, panel.item_embeddings))
+        info["val_loss"] = float(history["best_val_loss"])
+        info["constant_loss"] = float(history["constant_loss"])
+    info["dims"] = int(z.shape[1])
     data = panel.target
     return data._replace(embeddings=z[panel.target_item], meta={**data.meta, "panel": info})
 

@@ -395,13 +395,19 @@ def _panel_note(panel: dict | None) -> list[str]:
         return []
     what = {"residual": "residuals (correct - confidence)", "correct": "correctness"}
     what = what[panel.get("outcome", "correct")]
-    return [
-        "",
-        f"Geometry: the panel space ({panel['dims']}-d) learned from {panel['models']} other "
-        f"models' {what} on {panel['items']} items (held-out loss {panel['val_loss']:.4f} "
-        f"against {panel['constant_loss']:.4f} for each model's mean alone); no outcome "
-        "of this model enters it.",
-    ]
+    if panel.get("geometry", "encoder") == "profile":
+        how = (
+            f"Geometry: the panel profile space ({panel['dims']}-d): each of {panel['items']} "
+            f"items placed by {panel['models']} other models' {what} on it, projected on their "
+            f"top principal directions ({100 * panel['explained']:.0f}% of the variation)"
+        )
+    else:
+        how = (
+            f"Geometry: the panel space ({panel['dims']}-d) learned from {panel['models']} other "
+            f"models' {what} on {panel['items']} items (held-out loss {panel['val_loss']:.4f} "
+            f"against {panel['constant_loss']:.4f} for each model's mean alone)"
+        )
+    return ["", how + "; no outcome of this model enters it."]
 
 
 def _opt(value) -> str:

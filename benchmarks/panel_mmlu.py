@@ -3,16 +3,19 @@
 Data: ``../shared/data/llm-calibration-study-mmlu-pro`` (see its README):
 ``tidy_long.csv.gz`` (item x model results), ``items.jsonl`` (categories)
 and the MiniLM question embeddings. For each target model (spread over the
-accuracy range, as in ``compare_mmlu.py``), two panel maps are fitted by
-:func:`miscal_jax.panel.fit_panel` on every item from every *other* model
-(82 after dropping ``phi-4``, which never answers): one from their residuals
-``correct - verbalised confidence`` (``panel``, the default outcome) and one
-from their correctness alone (``panel_correct``); no outcome of the target
-enters either. Then the target's rows (verbalised confidence) are
-cross-fitted with the same folds and seed in raw MiniLM space and in each
-panel space (all with ``candidates=("raw",)``, so only the space differs).
-Reported: held-out (out-of-fold) category-level regional error and Brier of
-the local correction, and isotonic's, beside the regional error's noise
+accuracy range, as in ``compare_mmlu.py``), four panel geometries are fitted
+on every item from every *other* model (82 after dropping ``phi-4``, which
+never answers), each from their residuals ``correct - verbalised confidence``
+(the default outcome) or their correctness alone (``_correct``): the
+encoder :func:`miscal_jax.panel.fit_panel` (``panel``, which maps the
+question embedding to the panel's outcomes through a bottleneck) and the
+profile space :func:`miscal_jax.panel.fit_profile` (``profile``, the panel
+outcomes' principal directions); no outcome of the target enters any. Then
+the target's rows (verbalised confidence) are cross-fitted with the same
+folds and seed in raw MiniLM space and in each panel space (all with
+``candidates=("raw",)``, so only the space differs). Reported: held-out
+(out-of-fold) category-level regional error, Brier and 15-bin ECE of the
+local correction, and isotonic's, beside the regional error's noise
 floor: what a perfect predictor would score from the outcomes' sampling noise
 alone, ``mean_c sqrt(2 / pi) sqrt(sum_{i in c} p_i (1 - p_i)) / n_c`` with
 ``p`` the local correction's probabilities. Categories are never used for
@@ -35,10 +38,16 @@ import jax
 import numpy as np
 
 from miscal_jax.crossfit import crossfit
-from miscal_jax.metrics import brier, regional_error
-from miscal_jax.panel import DEFAULT_CONFIG, fit_panel, panel_embed
+from miscal_jax.metrics import brier, ece, regional_error
+from miscal_jax.panel import DEFAULT_CONFIG, fit_panel, fit_profile, panel_embed, profile_embed
 
-SPACES = {"panel": "residual", "panel_correct": "correct"}
+# space name -> (geometry, panel outcome)
+SPACES = {
+    "panel": ("encoder", "residual"),
+    "panel_correct": ("encoder", "correct"),
+    "profile": ("profile", "residual"),
+    "profile_correct": ("profile", "correct"),
+}
 
 sys.path.insert(0, str(Path(__file__).parent))
 from compare_mmlu import MMLU, pick_items, pick_models  # noqa: E402
@@ -77,6 +86,7 @@ def scores(res, correct, group) -> dict:
         out[method] = {
             "regional_error": float(regional_error(p, correct, group)),
             "brier": float(brier(p, correct)),
+            "ece": float(ece(p, correct)),
         }
     return out
 
@@ -97,6 +107,7 @@ def main(argv=None) -> int:
     emb = np.load(MMLU / "question_embeddings_all-MiniLM-L6-v2_f16.npy").astype(np.float32)
     rows = pick_items(items, args.items, args.seed) if args.items else np.arange(len(items))
     fit = jax.jit(fit_panel, static_argnums=4)
+    profile = jax.jit(fit_profile, static_argnums=2)
     table = []
     for target in pick_models(args.targets):
         t = models.index(target)
@@ -109,19 +120,27 @@ def main(argv=None) -> int:
             "panel_models": len(others),
         }
         spaces = {"raw": emb}
-        for name, outcome in SPACES.items():
+        for name, (geometry, outcome) in SPACES.items():
             y = correct[others] if outcome == "correct" else correct[others] - conf[others]
             y = y.T.astype(np.float32)
             mask = np.isfinite(y)
             mask, y = mask[:, mask.any(0)], np.where(mask, y, 0.0)[:, mask.any(0)]
             t0 = time.perf_counter()
-            config = DEFAULT_CONFIG._replace(outcome=outcome)
-            panel_map, history = fit(jax.random.key(args.seed), emb, y, mask, config)
-            spaces[name] = np.asarray(panel_embed(panel_map, emb))
+            if geometry == "profile":
+                profile_map = profile(y, mask, DEFAULT_CONFIG.out_dim)
+                spaces[name] = np.asarray(profile_embed(profile_map, y, mask))
+                info = {"explained": float(profile_map.explained)}
+            else:
+                config = DEFAULT_CONFIG._replace(outcome=outcome)
+                panel_map, history = fit(jax.random.key(args.seed), emb, y, mask, config)
+                spaces[name] = np.asarray(panel_embed(panel_map, emb))
+                info = {
+                    "val_loss": float(history["best_val_loss"]),
+                    "constant_loss": float(history["constant_loss"]),
+                }
             row[f"{name}_fit"] = {
                 "models": int(y.shape[1]),
-                "val_loss": float(history["best_val_loss"]),
-                "constant_loss": float(history["constant_loss"]),
+                **info,
                 "seconds": time.perf_counter() - t0,
             }
         for name, x in spaces.items():
@@ -145,41 +164,58 @@ def main(argv=None) -> int:
             flush=True,
         )
 
+    names = ("raw", *SPACES)
     lines = [
         "# Panel geometry vs raw space on held-out MMLU-Pro models",
         "",
         f"Verbalised confidence, {args.folds}-fold cross-fitting (seed {args.seed}), "
-        "geometry candidates `raw` only (so only the space differs). Panels: `fit_panel` "
-        f"defaults ({DEFAULT_CONFIG.out_dim}-d bottleneck) on every item from the other "
-        "models' residuals (`panel`) or correctness (`panel_correct`), never the target's. "
-        "Regional error (RE): held-out, category-level (14 categories, never used for "
-        "fitting); floor: its expected value from outcome noise alone.",
+        "geometry candidates `raw` only (so only the space differs). Panel geometries, "
+        "all fitted on every item from the other models' residuals or, with `_correct`, "
+        "their correctness, never the target's: `panel`, the `fit_panel` encoder "
+        f"({DEFAULT_CONFIG.out_dim}-d bottleneck) from the question embedding; `profile`, "
+        f"the `fit_profile` space ({DEFAULT_CONFIG.out_dim} principal directions of the "
+        "panel's outcomes). Regional error (RE): held-out, category-level (14 categories, "
+        "never used for fitting); floor: its expected value from outcome noise alone. "
+        "All figures are the local correction's held-out values unless marked isotonic.",
         "",
-        "| target | items | acc. | RE isotonic | RE raw | RE panel | RE panel_correct | "
-        "RE floor | panel / raw | Brier isotonic | Brier raw | Brier panel | "
-        "Brier panel_correct |",
-        "|" + "---|" * 13,
+        "| target | items | acc. | RE isotonic | "
+        + " | ".join(f"RE {n}" for n in names)
+        + " | RE floor |",
+        "|" + "---|" * (len(names) + 5),
     ]
     for row in table:
-        re = {s: row[s]["local"]["regional_error"] for s in ("raw", *SPACES)}
-        br = {s: row[s]["local"]["brier"] for s in ("raw", *SPACES)}
         lines.append(
             f"| {row['model']} | {row['items']} | {row['accuracy']:.3f} | "
-            f"{row['raw']['isotonic']['regional_error']:.4f} | {re['raw']:.4f} | "
-            f"{re['panel']:.4f} | {re['panel_correct']:.4f} | "
-            f"{row['raw']['noise_floor']:.4f} | {re['panel'] / re['raw']:.2f} | "
-            f"{row['raw']['isotonic']['brier']:.4f} | {br['raw']:.4f} | {br['panel']:.4f} | "
-            f"{br['panel_correct']:.4f} |"
+            f"{row['raw']['isotonic']['regional_error']:.4f} | "
+            + " | ".join(f"{row[n]['local']['regional_error']:.4f}" for n in names)
+            + f" | {row['raw']['noise_floor']:.4f} |"
         )
+    for metric, label in (("brier", "Brier"), ("ece", "ECE")):
+        lines += [
+            "",
+            f"| target | {label} isotonic | " + " | ".join(f"{label} {n}" for n in names) + " |",
+            "|" + "---|" * (len(names) + 2),
+        ]
+        for row in table:
+            lines.append(
+                f"| {row['model']} | {row['raw']['isotonic'][metric]:.4f} | "
+                + " | ".join(f"{row[n]['local'][metric]:.4f}" for n in names)
+                + " |"
+            )
     lines.append("")
     for name in SPACES:
         ratio = [
             r[name]["local"]["regional_error"] / r["raw"]["local"]["regional_error"] for r in table
         ]
         no_worse = sum(r[name]["local"]["brier"] <= r["raw"]["local"]["brier"] for r in table)
+        d_ece = [r[name]["local"]["ece"] - r[name]["isotonic"]["ece"] for r in table]
         lines.append(
-            f"- {name} / raw local regional error: mean {np.mean(ratio):.2f} (target <= 0.8); "
-            f"Brier no worse on {no_worse} of {len(table)} targets."
+            f"- {name} / raw local regional error: "
+            + ", ".join(f"{x:.2f}" for x in ratio)
+            + f" (mean {np.mean(ratio):.2f}; target <= 0.8); Brier no worse than raw on "
+            f"{no_worse} of {len(table)} targets; ECE minus isotonic's "
+            + ", ".join(f"{d:+.4f}" for d in d_ece)
+            + "."
         )
     lines.append(f"- Run time {time.perf_counter() - started:.0f} s.")
     out = Path(args.out)

@@ -26,7 +26,9 @@ Scenarios (synthetic data from ``miscal_jax.synthetic.make_planted``):
   answers carry real regional fields; the panel map is learned from their
   residuals (:func:`miscal_jax.panel.fit_panel`, default configuration) and
   the target is smoothed in it in raw coordinates, as
-  ``real_llm_study.py`` does.
+  ``real_llm_study.py`` does. ``--geometries profile``: the same in the
+  profile geometry (:func:`miscal_jax.panel.fit_profile`, 16 directions of
+  the other models' residuals), the CLI's default panel geometry.
 
 Writes ``benchmarks/results/inference_calibration.json`` and prints a table.
 Geometries: the other scenarios choose between raw and PCA (the learned
@@ -47,13 +49,14 @@ import numpy as np
 
 from miscal_jax.crossfit import crossfit
 from miscal_jax.inference import heterogeneity_test, normal_interval, undersmoothed_field
-from miscal_jax.panel import DEFAULT_CONFIG, fit_panel, panel_embed
+from miscal_jax.panel import DEFAULT_CONFIG, fit_panel, fit_profile, panel_embed, profile_embed
 from miscal_jax.regimes import assign_regimes, discover_regimes
 from miscal_jax.synthetic import make_confounded_null, make_confounded_panel, make_planted
 
 #: Other models answering the target's items in the ``panel`` geometry runs.
 PANEL_MODELS = 20
 FIT_PANEL = jax.jit(fit_panel, static_argnums=4)
+FIT_PROFILE = jax.jit(fit_profile, static_argnums=2)
 
 
 def ari(a, b):
@@ -91,23 +94,32 @@ def make_data(name, n, seed):
     return make_planted(n, seed=1000 + seed, **kw)
 
 
-def panel_target(n, seed):
-    """The confounded null's data set number ``seed``, its items in the panel geometry."""
+def panel_target(n, seed, geometry="panel"):
+    """The confounded null's data set number ``seed``, its items in a panel geometry.
+
+    ``geometry``: ``panel`` (the :func:`fit_panel` encoder of the item
+    embeddings) or ``profile`` (:func:`fit_profile`, the items' own panel
+    residual profiles on their principal directions).
+    """
     d = make_confounded_panel(n, PANEL_MODELS, seed=1000 + seed)
     observed = np.ones(d.panel_conf.shape, bool)
     panel_outcomes = d.panel_correct - d.panel_conf
-    panel_map, _ = FIT_PANEL(
-        jax.random.key(seed), d.target.embeddings, panel_outcomes, observed, DEFAULT_CONFIG
-    )
-    z = np.asarray(panel_embed(panel_map, d.target.embeddings))
+    if geometry == "profile":
+        profile = FIT_PROFILE(panel_outcomes, observed, DEFAULT_CONFIG.out_dim)
+        z = np.asarray(profile_embed(profile, panel_outcomes, observed))
+    else:
+        panel_map, _ = FIT_PANEL(
+            jax.random.key(seed), d.target.embeddings, panel_outcomes, observed, DEFAULT_CONFIG
+        )
+        z = np.asarray(panel_embed(panel_map, d.target.embeddings))
     return d.target._replace(embeddings=z)
 
 
 def run(name, sims, n, permutations, candidates=("raw", "pca")):
-    panel = candidates == ("panel",)
+    panel = candidates in (("panel",), ("profile",))
     rows = []
     for seed in range(sims):
-        d = panel_target(n, seed) if panel else make_data(name, n, seed)
+        d = panel_target(n, seed, candidates[0]) if panel else make_data(name, n, seed)
         res = crossfit(
             d.embeddings,
             d.conf,
@@ -167,7 +179,8 @@ def main():
         nargs="*",
         default=None,
         help="crossfit candidates per run, e.g. raw pca learned (one run each) or raw+pca "
-        "(one run choosing between them), or panel (confounded_null only); default: raw+pca, "
+        "(one run choosing between them), or panel / profile (confounded_null only); default: "
+        "raw+pca, "
         "and raw, pca for confounded_null",
     )
     parser.add_argument("--permutations", type=int, default=200)
@@ -193,8 +206,9 @@ def main():
     unknown = set(args.scenarios or ()) - set(plan)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}; choose from {sorted(plan)}")
-    if "panel" in (args.geometries or ()) and set(args.scenarios or ()) != {"confounded_null"}:
-        parser.error("--geometries panel needs --scenarios confounded_null")
+    panels = {"panel", "profile"} & set(args.geometries or ())
+    if panels and set(args.scenarios or ()) != {"confounded_null"}:
+        parser.error(f"--geometries {' '.join(sorted(panels))} needs --scenarios confounded_null")
     out = args.out
     results = json.loads(out.read_text()) if out.exists() and args.scenarios else {}
     for name, (sims, n) in plan.items():

@@ -25,15 +25,18 @@ geometry (default candidates, chosen per fold), the local correction in the
 panel geometry (``local_panel``: :func:`miscal_jax.panel.fit_panel` on the
 *other* models' residuals ``correct - confidence``, same confidence kind, on
 every item of the benchmark, never the target's; candidates ``raw`` only),
-the same with the other models' correctness (``local_panel_correct``) and
-MCGrad on the confidence (clipped to
+the same with the other models' correctness (``local_panel_correct``), the
+profile geometry of the other models' residuals (``local_profile``:
+:func:`miscal_jax.panel.fit_profile`, 16 directions) and MCGrad on the confidence (clipped to
 [1e-3, 1 - 1e-3]) and the first 32 principal components of the question
 embeddings (label-free PCA over all items). The heterogeneity test
 (``--permutations`` within-bin permutations) and regime discovery use the
 single-model geometry; p-values are adjusted across all rows with
 Benjamini-Hochberg.
 
-Writes ``benchmarks/results/real_llm_study.{json,md}``.
+Writes ``benchmarks/results/real_llm_study.{json,md}``. ``--add-spaces
+local_profile`` cross-fits only the named panel spaces on the rows of an
+earlier run (same items, same split) and adds their scores.
 """
 
 import argparse
@@ -49,7 +52,7 @@ import pandas as pd
 from miscal_jax import metrics as M
 from miscal_jax.crossfit import crossfit
 from miscal_jax.inference import heterogeneity_test
-from miscal_jax.panel import DEFAULT_CONFIG, fit_panel, panel_embed
+from miscal_jax.panel import DEFAULT_CONFIG, fit_panel, fit_profile, panel_embed, profile_embed
 from miscal_jax.regimes import discover_regimes, kmeans
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -65,10 +68,12 @@ METHODS = (
     "local",
     "local_panel",
     "local_panel_correct",
+    "local_profile",
     "mcgrad",
 )
-PANELS = ("local_panel", "local_panel_correct")
+PANELS = ("local_panel", "local_panel_correct", "local_profile")
 FIT_PANEL = jax.jit(fit_panel, static_argnums=4)
+FIT_PROFILE = jax.jit(fit_profile, static_argnums=2)
 
 
 def panel_space(emb, outcomes, target_col, outcome, seed=0):
@@ -78,15 +83,37 @@ def panel_space(emb, outcomes, target_col, outcome, seed=0):
     residuals (``"residual"``), NaN where missing; columns with nothing
     observed are dropped.
     """
-    y = np.delete(outcomes, target_col, axis=1)
-    mask = np.isfinite(y)
-    y, mask = y[:, mask.any(0)], mask[:, mask.any(0)]
+    y, mask = _others(outcomes, target_col)
     config = DEFAULT_CONFIG._replace(outcome=outcome)
-    panel_map, _ = FIT_PANEL(jax.random.key(seed), emb, np.where(mask, y, 0.0), mask, config)
+    panel_map, _ = FIT_PANEL(jax.random.key(seed), emb, y, mask, config)
     return np.asarray(panel_embed(panel_map, emb))
 
 
-def mmlu_rows(num_models, max_items, seed=0, done=frozenset()):
+def _others(outcomes, target_col):
+    """The ``[N, M-1]`` outcomes and mask of every observed column but the target's."""
+    y = np.delete(outcomes, target_col, axis=1)
+    mask = np.isfinite(y)
+    return np.where(mask, y, 0.0)[:, mask.any(0)], mask[:, mask.any(0)]
+
+
+def profile_space(residuals, target_col):
+    """``[N, k]`` profile coordinates of every item from the other models' residuals."""
+    y, mask = _others(residuals, target_col)
+    profile = FIT_PROFILE(y, mask, DEFAULT_CONFIG.out_dim)
+    return np.asarray(profile_embed(profile, y, mask))
+
+
+def panel_spaces(emb, residuals, correct, target_col, spaces):
+    """``{method: [N, k]}`` the requested panel spaces of every item (see ``PANELS``)."""
+    make = {
+        "local_panel": lambda: panel_space(emb, residuals, target_col, "residual"),
+        "local_panel_correct": lambda: panel_space(emb, correct, target_col, "correct"),
+        "local_profile": lambda: profile_space(residuals, target_col),
+    }
+    return {name: make[name]() for name in spaces}
+
+
+def mmlu_rows(num_models, max_items, seed=0, keep_row=lambda key: True, spaces=PANELS):
     src = SHARED / "llm-calibration-study-mmlu-pro"
     emb = np.load(src / "question_embeddings_all-MiniLM-L6-v2_f16.npy").astype(np.float32)
     tidy = pd.read_csv(src / "tidy_long.csv.gz")
@@ -102,18 +129,17 @@ def mmlu_rows(num_models, max_items, seed=0, done=frozenset()):
     for model in pick_models(num_models):
         target = correct.columns.get_loc(model)
         df = tidy[tidy.model == model].set_index("row_index").loc[items]
-        z_correct = None  # the correctness panel serves both confidence kinds
+        z_correct = {}  # the correctness panel serves both confidence kinds
         for kind, col in KINDS.items():
             conf = df[col].to_numpy(np.float64)
             keep = np.isfinite(conf)
-            if keep.mean() < 0.5 or ("MMLU-Pro", model, kind) in done:
+            if keep.mean() < 0.5 or not keep_row(("MMLU-Pro", model, kind)):
                 continue
-            if z_correct is None:
-                z_correct = panel_space(emb, outcomes, target, "correct")
-            z = {
-                "local_panel": panel_space(emb, outcomes - confs[kind], target, "residual"),
-                "local_panel_correct": z_correct,
-            }
+            per_kind = [m for m in spaces if m not in z_correct]
+            z = panel_spaces(emb, outcomes - confs[kind], outcomes, target, per_kind)
+            if "local_panel_correct" in z:
+                z_correct["local_panel_correct"] = z["local_panel_correct"]
+            z.update(z_correct)
             yield dict(
                 benchmark="MMLU-Pro",
                 model=model,
@@ -126,7 +152,7 @@ def mmlu_rows(num_models, max_items, seed=0, done=frozenset()):
             )
 
 
-def litcab_rows(num_groups=8, seed=0, done=frozenset()):
+def litcab_rows(num_groups=8, seed=0, keep_row=lambda key: True, spaces=PANELS):
     src = SHARED / "litcab"
     tidy = pd.read_csv(src / "tidy.csv.gz")
     emb = np.load(src / "question_embeddings_all-MiniLM-L6-v2_f16.npy").astype(np.float32)
@@ -142,15 +168,12 @@ def litcab_rows(num_groups=8, seed=0, done=frozenset()):
         clusters = np.asarray(clusters)
         position = {item: i for i, item in enumerate(outcomes.index)}
         for model, df in part.groupby("model"):
-            if (f"LitCab {dataset}", model, "seq_prob") in done:
+            if not keep_row((f"LitCab {dataset}", model, "seq_prob")):
                 continue
             y = outcomes.to_numpy(np.float64)
             residual = y - confs[outcomes.columns].to_numpy(np.float64)
             target = outcomes.columns.get_loc(model)
-            z = {
-                "local_panel": panel_space(x_items, residual, target, "residual"),
-                "local_panel_correct": panel_space(x_items, y, target, "correct"),
-            }
+            z = panel_spaces(x_items, residual, y, target, spaces)
             at = np.array([position[i] for i in df.item_id])
             yield dict(
                 benchmark=f"LitCab {dataset}",
@@ -194,10 +217,7 @@ def evaluate(row, permutations, use_mcgrad):
     regimes, _ = discover_regimes(x, p, y)
     seconds = time.perf_counter() - start
     preds = {k: res.predictions[k] for k in ("uncorrected", "temperature", "isotonic", "local")}
-    for method, z in row["z"].items():
-        panel = crossfit(z, p, y, folds=5, seed=0, candidates=("raw",), progress=False)
-        assert np.array_equal(panel.fold, res.fold)
-        preds[method] = panel.predictions["local"]
+    preds.update(panel_predictions(row, res.fold))
     mc_seconds = None
     if use_mcgrad:
         t = time.perf_counter()
@@ -215,15 +235,35 @@ def evaluate(row, permutations, use_mcgrad):
         "seconds_miscal": round(seconds, 1),
         "seconds_mcgrad": mc_seconds,
     }
-    for name, q in preds.items():
-        out[name] = {
-            "ece": float(M.ece(q, y)),
-            "smece": float(M.smooth_ece(q, y)),
-            "ecce": float(M.ecce(q, y)),
-            "brier": float(M.brier(q, y)),
-            "regional": float(M.regional_error(q, y, g)),
-        }
+    out.update({name: scores(q, y, g) for name, q in preds.items()})
     return out
+
+
+def panel_predictions(row, fold=None):
+    """``{method: [n]}`` the local correction cross-fitted in each of the row's panel spaces.
+
+    Candidates ``raw`` only, the study's split (5 folds, seed 0); ``fold``,
+    where given, is the single-model run's split, checked to be the same.
+    """
+    preds = {}
+    for method, z in row["z"].items():
+        panel = crossfit(
+            z, row["conf"], row["correct"], folds=5, seed=0, candidates=("raw",), progress=False
+        )
+        assert fold is None or np.array_equal(panel.fold, fold)
+        preds[method] = panel.predictions["local"]
+    return preds
+
+
+def scores(q, y, g):
+    """Held-out metrics of ``[n]`` predictions ``q`` against outcomes ``y``, groups ``g``."""
+    return {
+        "ece": float(M.ece(q, y)),
+        "smece": float(M.smooth_ece(q, y)),
+        "ecce": float(M.ecce(q, y)),
+        "brier": float(M.brier(q, y)),
+        "regional": float(M.regional_error(q, y, g)),
+    }
 
 
 def benjamini_hochberg(p_values):
@@ -291,7 +331,7 @@ def summary(results, alpha=0.05):
             )
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    for m in ("local", "local_panel", "local_panel_correct", "mcgrad"):
+    for m in ("local", *PANELS, "mcgrad"):
         if m not in results[0]:
             continue
         d_brier = [r[m]["brier"] - r["isotonic"]["brier"] for r in results]
@@ -303,7 +343,7 @@ def summary(results, alpha=0.05):
             f"on {sum(d < 0 for d in d_reg)} (mean {np.mean(d_reg):+.4f}); ECE within 0.01 on "
             f"{sum(d <= 0.01 for d in d_ece)} (mean {np.mean(d_ece):+.4f})."
         )
-    for m in PANELS:
+    for m in (m for m in PANELS if m in results[0]):
         ratio = [r[m]["regional"] / r["local"]["regional"] for r in results]
         lines.append(
             f"- {m} / local regional error: median {np.median(ratio):.2f}, mean "
@@ -327,10 +367,18 @@ def main():
     parser.add_argument(
         "--resume", action="store_true", help="keep the rows already in OUT.json, run the rest"
     )
+    parser.add_argument(
+        "--add-spaces",
+        nargs="+",
+        choices=PANELS,
+        default=None,
+        help="only cross-fit these panel spaces on the rows already in OUT.json and add "
+        "their scores (the rest of each row is kept)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.mmlu_models, args.max_items, args.no_litcab = 1, 1000, True
-    use_mcgrad = not args.no_mcgrad
+    use_mcgrad = not (args.no_mcgrad or args.add_spaces)
     if use_mcgrad:
         try:
             import mcgrad  # noqa: F401
@@ -344,18 +392,30 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     results = []
-    if args.resume and out.with_suffix(".json").exists():
+    if (args.resume or args.add_spaces) and out.with_suffix(".json").exists():
         results = json.loads(out.with_suffix(".json").read_text())
-    done = frozenset((r["benchmark"], r["model"], r["kind"]) for r in results)
+    if args.add_spaces and not results:
+        parser.error(f"--add-spaces needs the rows of an earlier run in {out.with_suffix('.json')}")
+    by_key = {(r["benchmark"], r["model"], r["kind"]): r for r in results}
+    if args.add_spaces:
+        keep_row, spaces = by_key.__contains__, tuple(args.add_spaces)
+    else:
+        keep_row, spaces = (lambda key: key not in by_key), PANELS
     rows = []
     if not args.no_litcab:
-        rows.append(litcab_rows(done=done))
+        rows.append(litcab_rows(keep_row=keep_row, spaces=spaces))
     if not args.no_mmlu:
-        rows.append(mmlu_rows(args.mmlu_models, args.max_items, done=done))
+        rows.append(mmlu_rows(args.mmlu_models, args.max_items, keep_row=keep_row, spaces=spaces))
     for source in rows:
         for row in source:
-            results.append(evaluate(row, args.permutations, use_mcgrad))
-            r = results[-1]
+            if args.add_spaces:
+                r = by_key[(row["benchmark"], row["model"], row["kind"])]
+                assert r["n"] == len(row["correct"])
+                preds = panel_predictions(row)
+                r.update({m: scores(q, row["correct"], row["group"]) for m, q in preds.items()})
+            else:
+                results.append(evaluate(row, args.permutations, use_mcgrad))
+                r = results[-1]
             print(
                 json.dumps({k: r[k] for k in ("benchmark", "model", "kind", "n", "p_value")}),
                 {m: round(r[m]["brier"], 4) for m in METHODS[2:] if m in r},
@@ -370,7 +430,10 @@ def main():
         [
             summary(results),
             table(results),
-            f"Run time {time.perf_counter() - started:.0f} s; "
+            f"{', '.join(args.add_spaces)} added to an earlier run's rows in "
+            f"{time.perf_counter() - started:.0f} s."
+            if args.add_spaces
+            else f"Run time {time.perf_counter() - started:.0f} s; "
             f"MCGrad {'on' if use_mcgrad else 'off'}.",
         ]
     )

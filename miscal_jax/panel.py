@@ -262,17 +262,26 @@ def _check(embeddings, panel_outcomes, panel_mask, config: PanelConfig) -> None:
             f"embeddings: value {x[i, j]} at index [{i}, {j}] is not finite; fix or drop that item."
         )
     y = np.asarray(panel_outcomes, np.float64)
-    mask = np.asarray(panel_mask)
+    if config.outcome == "correct":
+        valid = np.isin(y, (0.0, 1.0))
+        fix = "is not 0 or 1; write 1 for a right answer and 0 for a wrong one"
+    else:
+        valid = (y >= -1.0) & (y <= 1.0)
+        fix = "is not a residual correct - confidence in [-1, 1]"
+    _check_outcomes(y, np.asarray(panel_mask), valid, fix)
+
+
+def _check_outcomes(y: np.ndarray, mask: np.ndarray, valid: np.ndarray, fix: str) -> None:
+    """Value checks of both panel geometries on ``[n, m]`` concrete outcomes.
+
+    The mask must be boolean, every observed outcome ``valid`` (else the
+    first bad one is named with ``fix``) and every panel model observed once.
+    """
     if mask.dtype != bool:
         raise ValueError(
             f"panel_mask: expected booleans (True where observed), got dtype {mask.dtype}."
         )
-    if config.outcome == "correct":
-        bad = np.argwhere(mask & ~np.isin(y, (0.0, 1.0)))
-        fix = "is not 0 or 1; write 1 for a right answer and 0 for a wrong one"
-    else:
-        bad = np.argwhere(mask & ~((y >= -1.0) & (y <= 1.0)))
-        fix = "is not a residual correct - confidence in [-1, 1]"
+    bad = np.argwhere(mask & ~valid)
     if bad.size:
         i, j = bad[0]
         raise ValueError(
@@ -538,22 +547,5 @@ def _check_profile(panel_outcomes, panel_mask, k: int) -> None:
         raise ValueError(f"k: {k} directions; pass k >= 1.")
     if any(isinstance(a, jax.core.Tracer) for a in (panel_outcomes, panel_mask)):
         return
-    mask = np.asarray(panel_mask)
-    if mask.dtype != bool:
-        raise ValueError(
-            f"panel_mask: expected booleans (True where observed), got dtype {mask.dtype}."
-        )
     y = np.asarray(panel_outcomes, np.float64)
-    bad = np.argwhere(mask & ~np.isfinite(y))
-    if bad.size:
-        i, j = bad[0]
-        raise ValueError(
-            f"panel_outcomes: value {y[i, j]} at index [{i}, {j}] is not finite; fix it or set "
-            "panel_mask False there."
-        )
-    empty = np.flatnonzero(~mask.any(axis=0))
-    if empty.size:
-        raise ValueError(
-            f"panel_mask: panel model (column) {empty[0]} has no observed outcome; drop that "
-            "column."
-        )
+    _check_outcomes(y, np.asarray(panel_mask), np.isfinite(y), "is not finite; fix it")

@@ -15,7 +15,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -85,6 +85,13 @@ def test_smoother_invariant_to_translation(query, ref, residual, lb, shift):
 
 @given(_points(Q), _points(N), _residuals, _log_bandwidth, st.floats(0.05, 20.0), _kernel)
 def test_smoother_invariant_to_scaling_points_and_bandwidth(query, ref, residual, lb, s, kernel):
+    if kernel != "gaussian":
+        # A reference on the edge of a compact support carries weight 0 or a
+        # rounding error's worth, and with no other neighbour the value jumps
+        # from 0 to that reference's residual: a discontinuity of the
+        # estimator, not a scaling error. Keep references off the edge.
+        u = np.sum((query[:, None] - ref[None]) ** 2, -1, dtype=np.float64) / np.exp(2 * lb)
+        assume(np.all(np.abs(u - 1.0) > 1e-3))
     _assert_same(
         _field(query, ref, residual, lb, kernel),
         _field(query * np.float32(s), ref * np.float32(s), residual, lb + np.log(s), kernel),

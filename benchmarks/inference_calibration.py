@@ -179,9 +179,8 @@ def main():
         nargs="*",
         default=None,
         help="crossfit candidates per run, e.g. raw pca learned (one run each) or raw+pca "
-        "(one run choosing between them), or panel / profile (confounded_null only); default: "
-        "raw+pca, "
-        "and raw, pca for confounded_null",
+        "(one run choosing between them), or panel / profile (confounded_null only); "
+        "default: raw+pca, and raw, pca for confounded_null",
     )
     parser.add_argument("--permutations", type=int, default=200)
     parser.add_argument(

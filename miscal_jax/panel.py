@@ -275,7 +275,8 @@ def _check_outcomes(y: np.ndarray, mask: np.ndarray, valid: np.ndarray, fix: str
     """Value checks of both panel geometries on ``[n, m]`` concrete outcomes.
 
     The mask must be boolean, every observed outcome ``valid`` (else the
-    first bad one is named with ``fix``) and every panel model observed once.
+    first bad one is named with ``fix``) and every panel model observed at least
+    once.
     """
     if mask.dtype != bool:
         raise ValueError(

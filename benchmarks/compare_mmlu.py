@@ -10,7 +10,7 @@ verbalised confidence on >= 95% of items and answered >= 95%, minus known
 degenerate ones, spread evenly over the accuracy range. Items: a seeded
 category-stratified subsample (all models answer the same items).
 
-The panel is run twice through :func:`miscal_jax.compare.compare_models`,
+The panel is run twice through :func:`miscal_jax.app.compare.compare_models`,
 once with the MiniLM embeddings and once with the built-in representation
 (TF-IDF + truncated SVD of the question texts, :func:`lsa_embed`), same
 items, folds and seeds. Reported per model and on average: held-out
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from miscal_jax.compare import Panel, compare_models, write_compare_report
-from miscal_jax.text_embed import lsa_embed
+from miscal_jax.app.compare import Panel, compare_models, write_compare_report
+from miscal_jax.app.text_embed import lsa_embed
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 MMLU = DATA / "llm-calibration-study-mmlu-pro"

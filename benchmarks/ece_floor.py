@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from miscal_jax import metrics as M
-from miscal_jax.crossfit import crossfit
+from miscal_jax.model.crossfit import crossfit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from compare_mmlu import pick_models  # noqa: E402

@@ -14,9 +14,9 @@ import argparse
 
 import numpy as np
 
-from miscal_jax.crossfit import crossfit
-from miscal_jax.metrics import brier, ece
-from miscal_jax.synthetic import make_planted
+from miscal_jax.metrics.calibration import brier, ece
+from miscal_jax.model.crossfit import crossfit
+from miscal_jax.synthetic.planted import make_planted
 
 
 def main(argv=None) -> None:

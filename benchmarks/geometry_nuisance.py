@@ -29,9 +29,9 @@ import time
 
 import numpy as np
 
-from miscal_jax.crossfit import crossfit
-from miscal_jax.geometry import DEFAULT_CANDIDATES
-from miscal_jax.synthetic import make_planted
+from miscal_jax.geometry.spaces import DEFAULT_CANDIDATES
+from miscal_jax.model.crossfit import crossfit
+from miscal_jax.synthetic.planted import make_planted
 
 CASES = {
     "loud": dict(signal_dim=8, nuisance_dim=8, nuisance_scale=3.0, rotate=False),

@@ -3,7 +3,7 @@
     python benchmarks/inference_calibration.py [--quick] [--scenarios ...] [--sims N]
         [--geometries raw pca learned ...]
 
-Scenarios (synthetic data from ``miscal_jax.synthetic.make_planted``):
+Scenarios (synthetic data from ``miscal_jax.synthetic.planted.make_planted``):
 - ``null``: no field; the heterogeneity test should reject at about 5%, regime
   discovery should report something in at most 10% of data sets (FDR 0.1).
 - ``planted``: six clusters, two over-, two underconfident (amplitude 0.15);
@@ -13,7 +13,7 @@ Scenarios (synthetic data from ``miscal_jax.synthetic.make_planted``):
   where the model is nearly always right.
 - ``global_only``: no field but confidence globally overconfident
   (``overconfidence=2``): the test must not mistake this for heterogeneity.
-- ``confounded_null`` (``miscal_jax.synthetic.make_confounded_null``):
+- ``confounded_null`` (``miscal_jax.synthetic.planted.make_confounded_null``):
   confidence depends on the topic cluster and the position in the embedding,
   while ``P(correct) = conf^1.8`` everywhere. The field ``E[correct - conf |
   x]`` varies with x, but only through the confidence, so the heterogeneity
@@ -21,13 +21,13 @@ Scenarios (synthetic data from ``miscal_jax.synthetic.make_planted``):
   reported in at most 10% of data sets. Run once per geometry (default raw,
   pca), each geometry alone as the only crossfit candidate. ``--geometries
   panel`` smooths in the panel geometry instead: the same target data sets
-  (``miscal_jax.synthetic.make_confounded_panel``) beside 20 other models
+  (``miscal_jax.synthetic.planted.make_confounded_panel``) beside 20 other models
   whose confidences share the target's dependence on the input and whose
   answers carry real regional fields; the panel map is learned from their
-  residuals (:func:`miscal_jax.panel.fit_panel`, default configuration) and
+  residuals (:func:`miscal_jax.geometry.fit_panel`, default configuration) and
   the target is smoothed in it in raw coordinates, as
   ``real_llm_study.py`` does. ``--geometries profile``: the same in the
-  profile geometry (:func:`miscal_jax.panel.fit_profile`, 16 directions of
+  profile geometry (:func:`miscal_jax.geometry.fit_profile`, 16 directions of
   the other models' residuals), the CLI's default panel geometry.
 
 Writes ``benchmarks/results/inference_calibration.json`` and prints a table.
@@ -47,11 +47,17 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from miscal_jax.crossfit import crossfit
-from miscal_jax.inference import heterogeneity_test, normal_interval, undersmoothed_field
-from miscal_jax.panel import DEFAULT_CONFIG, fit_panel, fit_profile, panel_embed, profile_embed
-from miscal_jax.regimes import assign_regimes, discover_regimes
-from miscal_jax.synthetic import make_confounded_null, make_confounded_panel, make_planted
+from miscal_jax.geometry.panel import (
+    DEFAULT_CONFIG,
+    fit_panel,
+    fit_profile,
+    panel_embed,
+    profile_embed,
+)
+from miscal_jax.model.crossfit import crossfit
+from miscal_jax.stats.inference import heterogeneity_test, normal_interval, undersmoothed_field
+from miscal_jax.stats.regimes import assign_regimes, discover_regimes
+from miscal_jax.synthetic.planted import make_confounded_null, make_confounded_panel, make_planted
 
 #: Other models answering the target's items in the ``panel`` geometry runs.
 PANEL_MODELS = 20

@@ -7,9 +7,9 @@ accuracy range, as in ``compare_mmlu.py``), four panel geometries are fitted
 on every item from every *other* model (82 after dropping ``phi-4``, which
 never answers), each from their residuals ``correct - verbalised confidence``
 (the default outcome) or their correctness alone (``_correct``): the
-encoder :func:`miscal_jax.panel.fit_panel` (``panel``, which maps the
+encoder :func:`miscal_jax.geometry.fit_panel` (``panel``, which maps the
 question embedding to the panel's outcomes through a bottleneck) and the
-profile space :func:`miscal_jax.panel.fit_profile` (``profile``, the panel
+profile space :func:`miscal_jax.geometry.fit_profile` (``profile``, the panel
 outcomes' principal directions); no outcome of the target enters any. Then
 the target's rows (verbalised confidence) are cross-fitted with the same
 folds and seed in raw MiniLM space and in each panel space (all with
@@ -37,9 +37,15 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from miscal_jax.crossfit import crossfit
-from miscal_jax.metrics import brier, ece, regional_error
-from miscal_jax.panel import DEFAULT_CONFIG, fit_panel, fit_profile, panel_embed, profile_embed
+from miscal_jax.geometry.panel import (
+    DEFAULT_CONFIG,
+    fit_panel,
+    fit_profile,
+    panel_embed,
+    profile_embed,
+)
+from miscal_jax.metrics.calibration import brier, ece, regional_error
+from miscal_jax.model.crossfit import crossfit
 
 # space name -> (geometry, panel outcome)
 SPACES = {

@@ -230,9 +230,9 @@ def evaluate(params, hidden, x, y, groups, num_groups, z, log_bandwidth) -> dict
     gaps = [abs(float(np.mean(y[groups == g] - prob[groups == g]))) for g in range(num_groups)]
     return {
         "accuracy": 100 * float(right.mean()),
-        "nll": float(mj.nll(prob, y)),
-        "ece": float(mj.ece(conf, right)),
-        "regional": float(mj.regional_error(prob, y, groups, num_groups=num_groups)),
+        "nll": float(mj.metrics.nll(prob, y)),
+        "ece": float(mj.metrics.ece(conf, right)),
+        "regional": float(mj.metrics.regional_error(prob, y, groups, num_groups=num_groups)),
         "worst": max(gaps),
         "local": float(mj.local_calibration_error(z, prob, y, log_bandwidth)),
     }

@@ -16,9 +16,9 @@ import time
 import numpy as np
 
 from miscal_jax import metrics as M
-from miscal_jax.crossfit import crossfit
-from miscal_jax.representation import EncoderConfig
-from miscal_jax.synthetic import make_planted
+from miscal_jax.geometry.encoder import EncoderConfig
+from miscal_jax.model.crossfit import crossfit
+from miscal_jax.synthetic.planted import make_planted
 
 FAST = EncoderConfig(max_steps=200, eval_every=25)
 

@@ -22,12 +22,12 @@ Protocol: one 5-fold split per row. Every method is fitted on four folds and
 predicts the fifth, so every metric is held-out: temperature scaling,
 isotonic regression, miscal_jax's local correction in the single-model
 geometry (default candidates, chosen per fold), the local correction in the
-panel geometry (``local_panel``: :func:`miscal_jax.panel.fit_panel` on the
+panel geometry (``local_panel``: :func:`miscal_jax.geometry.fit_panel` on the
 *other* models' residuals ``correct - confidence``, same confidence kind, on
 every item of the benchmark, never the target's; candidates ``raw`` only),
 the same with the other models' correctness (``local_panel_correct``), the
 profile geometry of the other models' residuals (``local_profile``:
-:func:`miscal_jax.panel.fit_profile`, 16 directions) and MCGrad on the confidence (clipped to
+:func:`miscal_jax.geometry.fit_profile`, 16 directions) and MCGrad on the confidence (clipped to
 [1e-3, 1 - 1e-3]) and the first 32 principal components of the question
 embeddings (label-free PCA over all items). The heterogeneity test
 (``--permutations`` within-bin permutations) and regime discovery use the
@@ -50,10 +50,16 @@ import numpy as np
 import pandas as pd
 
 from miscal_jax import metrics as M
-from miscal_jax.crossfit import crossfit
-from miscal_jax.inference import heterogeneity_test
-from miscal_jax.panel import DEFAULT_CONFIG, fit_panel, fit_profile, panel_embed, profile_embed
-from miscal_jax.regimes import discover_regimes, kmeans
+from miscal_jax.geometry.panel import (
+    DEFAULT_CONFIG,
+    fit_panel,
+    fit_profile,
+    panel_embed,
+    profile_embed,
+)
+from miscal_jax.model.crossfit import crossfit
+from miscal_jax.stats.inference import heterogeneity_test
+from miscal_jax.stats.regimes import discover_regimes, kmeans
 
 sys.path.insert(0, str(Path(__file__).parent))
 from compare_mmlu import pick_models  # noqa: E402

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from miscal_jax.regimes import discover_regimes
-from miscal_jax.synthetic import make_confounded_null, make_planted
+from miscal_jax.stats.regimes import discover_regimes
+from miscal_jax.synthetic.planted import make_confounded_null, make_planted
 
 SCENARIOS = {
     "null": dict(amplitude=0.0),

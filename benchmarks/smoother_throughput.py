@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from miscal_jax.smoother import nw_field
+from miscal_jax.smoothing.nadaraya_watson import nw_field
 
 
 def best_time(fn, reps):
@@ -176,7 +176,7 @@ def throughput(sizes, dims, reps, with_numpy_up_to):
 GRAD_SCRIPT = """
 import json, sys, time
 import jax, jax.numpy as jnp, numpy as np
-from miscal_jax.smoother import loo_field, nw_field
+from miscal_jax.smoothing.nadaraya_watson import loo_field, nw_field
 n, d, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 rng = np.random.default_rng(0)
 z = jnp.asarray(rng.normal(size=(n, d)).astype(np.float32) / np.sqrt(d))

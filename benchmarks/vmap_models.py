@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from compare_mmlu import MMLU, load, pick_items, pick_models  # noqa: E402
 
 from miscal_jax import metrics as M  # noqa: E402
-from miscal_jax.model import FitConfig, fit, out_of_fold  # noqa: E402
+from miscal_jax.model.field_model import FitConfig, fit, out_of_fold  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,5 @@
 import sys
 
-from miscal_jax.cli import main
+from miscal_jax.app.cli import main
 
 sys.exit(main())

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.isotonic import IsotonicRegression
 
-from miscal_jax import baselines as B
+from miscal_jax.calibrators import global_maps as B
 
 GRID = np.linspace(-0.1, 1.1, 121)
 

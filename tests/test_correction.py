@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from miscal_jax.baselines import IsotonicState, TemperatureState
-from miscal_jax.correction import (
+from miscal_jax.calibrators.global_maps import IsotonicState, TemperatureState
+from miscal_jax.correction.local import (
     CorrectionParams,
     apply_global,
     fit_correction_params,

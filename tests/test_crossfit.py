@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from miscal_jax import metrics as M
-from miscal_jax.crossfit import apply_crossfit, crossfit
-from miscal_jax.model import fold_masks
-from miscal_jax.representation import EncoderConfig
-from miscal_jax.synthetic import make_planted
+from miscal_jax.geometry.encoder import EncoderConfig
+from miscal_jax.model.crossfit import apply_crossfit, crossfit
+from miscal_jax.model.field_model import fold_masks
+from miscal_jax.synthetic.planted import make_planted
 
 FAST = EncoderConfig(max_steps=200, eval_every=25)
 
@@ -128,8 +128,8 @@ def test_null_field_does_not_hurt_brier():
 
 def test_kernel_choice_carries_through_to_new_data():
     """The kernel a fold was fitted with is the one its geometry applies later."""
-    from miscal_jax.geometry import embed
-    from miscal_jax.smoother import nw_field
+    from miscal_jax.geometry.spaces import embed
+    from miscal_jax.smoothing.nadaraya_watson import nw_field
 
     d = make_planted(300, seed=4)
     cfg = EncoderConfig(kernel="epanechnikov", max_steps=40, eval_every=20)

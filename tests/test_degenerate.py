@@ -40,7 +40,7 @@ def _run(x, p, y, folds=2):
     het = mj.heterogeneity_test(res, x, p, y, num_permutations=10, seed=0)
     _finite(het.statistic, het.null)
     assert 0 < het.p_value <= 1
-    for metric in (mj.ece, mj.brier, mj.nll, mj.auroc):
+    for metric in (mj.metrics.ece, mj.metrics.brier, mj.metrics.nll, mj.metrics.auroc):
         _finite(metric(res.corrected_conf, y))
     return res
 
@@ -92,7 +92,7 @@ def test_queries_far_from_every_reference():
     x, p, y = _base()
     res = mj.crossfit(x, p, y, folds=2, candidates=("raw",), progress=False)
     far = np.full((5, D), 1e4) * np.array([1, -1, 1, -1, 1])[:, None]
-    est, corrected = mj.apply_crossfit(res, far, np.full(5, 0.7))
+    est, corrected = mj.model.apply_crossfit(res, far, np.full(5, 0.7))
     _finite(est.value, est.se, est.n_eff, corrected)
     assert np.all(np.asarray(est.n_eff) < 1e-3)  # says so through the effective sample size
     assert np.all((np.asarray(corrected) >= 0) & (np.asarray(corrected) <= 1))

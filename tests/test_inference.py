@@ -2,8 +2,9 @@ import jax
 import numpy as np
 import pytest
 
-from miscal_jax.crossfit import crossfit
-from miscal_jax.inference import (
+from miscal_jax.model.crossfit import crossfit
+from miscal_jax.smoothing.nadaraya_watson import nw_field
+from miscal_jax.stats.inference import (
     bootstrap_interval,
     grouping_loss_interval,
     heterogeneity_test,
@@ -11,8 +12,7 @@ from miscal_jax.inference import (
     smooth_many,
     undersmoothed_field,
 )
-from miscal_jax.smoother import nw_field
-from miscal_jax.synthetic import make_planted
+from miscal_jax.synthetic.planted import make_planted
 
 
 def test_smooth_many_equals_nw_field_columnwise():
@@ -90,8 +90,8 @@ def test_heterogeneity_test_detects_and_keeps_null(fitted):
 
 def test_heterogeneity_statistic_matches_loop(fitted):
     """The vectorised statistic equals a direct per-fold computation."""
-    from miscal_jax.geometry import embed
-    from miscal_jax.metrics import _bin_index
+    from miscal_jax._src.binning import bin_index as _bin_index
+    from miscal_jax.geometry.spaces import embed
 
     d, res = fitted[0.2]
     het = heterogeneity_test(res, d.embeddings, d.conf, d.correct, num_permutations=1)
@@ -119,7 +119,7 @@ def test_heterogeneity_null_does_not_depend_on_batching(fitted):
 
 def test_undersmoothed_field_matches_per_fold_loop(fitted):
     """Each item's value equals its own fold's smoother at half the bandwidth."""
-    from miscal_jax.geometry import embed
+    from miscal_jax.geometry.spaces import embed
 
     d, res = fitted[0.2]
     us = undersmoothed_field(res, factor=0.5)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from miscal_jax.kernel_sums import KernelMoments, combine, kernel_moments
+from miscal_jax.kernels.moments import KernelMoments, combine, kernel_moments
 
 
 def _data(q=29, n=45, d=3, c=3, seed=0):
@@ -195,7 +195,7 @@ def test_sharded_equals_single_device_on_four_host_devices():
     script = textwrap.dedent(
         """
         import jax, numpy as np
-        from miscal_jax.kernel_sums import kernel_moments, kernel_moments_sharded
+        from miscal_jax.kernels.moments import kernel_moments, kernel_moments_sharded
         assert jax.device_count() == 4
         rng = np.random.default_rng(0)
         z = rng.normal(size=(45, 3)).astype(np.float32)

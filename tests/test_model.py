@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from miscal_jax.correction import apply_global, fit_global
-from miscal_jax.model import (
+from miscal_jax.correction.local import apply_global, fit_global
+from miscal_jax.geometry.encoder import EncoderConfig
+from miscal_jax.model.field_model import (
     FORMAT_VERSION,
     FitConfig,
     fit,
@@ -17,8 +18,7 @@ from miscal_jax.model import (
     predict,
     save,
 )
-from miscal_jax.representation import EncoderConfig
-from miscal_jax.synthetic import make_planted
+from miscal_jax.synthetic.planted import make_planted
 
 FAST = FitConfig(folds=3, candidates=("raw", "pca"))
 LEARNED = FitConfig(
@@ -74,7 +74,7 @@ def test_out_of_fold_outputs_ignore_the_items_own_outcome():
 
 def test_out_of_fold_smooths_only_held_out_items_and_matches_all_items_then_pick():
     """Smoothing each fold's held-out items only equals smoothing all items and picking."""
-    from miscal_jax.model import _apply_fold, _fold_model
+    from miscal_jax.model.field_model import _apply_fold, _fold_model
 
     x, p, y = _data(n=241)  # folds of 81, 80, 80: padding in two of them
     model, _ = jit_fit(jax.random.key(2), x, p, y, FAST)
@@ -91,8 +91,8 @@ def test_out_of_fold_smooths_only_held_out_items_and_matches_all_items_then_pick
 
 def test_out_of_fold_global_matches_a_per_fold_loop():
     """Each item's global-residual field is its own fold's smoother, computed directly."""
-    from miscal_jax.geometry import embed
-    from miscal_jax.smoother import nw_field
+    from miscal_jax.geometry.spaces import embed
+    from miscal_jax.smoothing.nadaraya_watson import nw_field
 
     x, p, y = _data()
     model, _ = jit_fit(jax.random.key(2), x, p, y, FAST)
@@ -108,7 +108,7 @@ def test_out_of_fold_global_matches_a_per_fold_loop():
 
 
 def test_training_residuals_come_from_a_global_map_that_never_saw_the_item():
-    from miscal_jax.model import _inner_global
+    from miscal_jax.model.field_model import _inner_global
 
     _, p, y = _data()
     n = p.shape[0]

@@ -8,9 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from miscal_jax.cli import main
-from miscal_jax.io import load_with_panel
-from miscal_jax.panel import PanelConfig, fit_panel, fit_profile, panel_embed, profile_embed
+from miscal_jax.app.cli import main
+from miscal_jax.app.io import load_with_panel
+from miscal_jax.geometry.panel import (
+    PanelConfig,
+    fit_panel,
+    fit_profile,
+    panel_embed,
+    profile_embed,
+)
 
 FAST = PanelConfig(outcome="correct", out_dim=4, max_steps=600, eval_every=50)
 fit_jit = jax.jit(fit_panel, static_argnums=4)

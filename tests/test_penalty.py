@@ -1,4 +1,4 @@
-"""Tests for the local-calibration penalty (miscal_jax.penalty)."""
+"""Tests for the local-calibration penalty (miscal_jax.losses.penalty)."""
 
 import chex
 import jax
@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from miscal_jax.metrics import regional_error
-from miscal_jax.penalty import local_calibration_penalty
-from miscal_jax.synthetic import make_planted
+from miscal_jax.losses.penalty import local_calibration_penalty
+from miscal_jax.metrics.calibration import regional_error
+from miscal_jax.synthetic.planted import make_planted
 
 
 def _data(n, d=3, seed=0, dtype=np.float64):

@@ -128,12 +128,12 @@ _correct = arrays(np.float32, (40,), elements=st.sampled_from([0.0, 1.0]))
 @given(_conf, _correct, arrays(np.int32, (40,), elements=st.integers(0, 4)), _points(40))
 def test_metrics_stay_in_their_ranges(conf, correct, groups, points):
     for strategy in ("width", "mass"):
-        assert 0.0 <= float(mj.ece(conf, correct, strategy=strategy)) <= 1.0 + 1e-6
-    assert 0.0 <= float(mj.brier(conf, correct)) <= 1.0 + 1e-6
-    nll = float(mj.nll(conf, correct))
+        assert 0.0 <= float(mj.metrics.ece(conf, correct, strategy=strategy)) <= 1.0 + 1e-6
+    assert 0.0 <= float(mj.metrics.brier(conf, correct)) <= 1.0 + 1e-6
+    nll = float(mj.metrics.nll(conf, correct))
     assert 0.0 <= nll <= -np.log(1e-4) + 1e-3  # confidences are clipped to [1e-4, 1 - 1e-4]
-    assert 0.0 <= float(mj.auroc(conf, correct)) <= 1.0
-    assert 0.0 <= float(mj.regional_error(conf, correct, groups)) <= 1.0 + 1e-6
+    assert 0.0 <= float(mj.metrics.auroc(conf, correct)) <= 1.0
+    assert 0.0 <= float(mj.metrics.regional_error(conf, correct, groups)) <= 1.0 + 1e-6
     lce = float(mj.local_calibration_error(points, conf, correct, np.float32(0.0)))
     assert 0.0 <= lce <= 1.0 + 1e-6
 
@@ -157,10 +157,12 @@ def test_isotonic_output_is_monotone_and_a_probability(conf, correct, query):
     arrays(np.float32, (20,), elements=st.floats(-1.0, 1.0, width=32)),
 )
 def test_correction_is_monotone_in_the_field(log_strength, log_shrinkage, p, n_eff, field):
-    params = mj.CorrectionParams(jnp.float32(log_strength), jnp.float32(log_shrinkage))
+    params = mj.correction.CorrectionParams(jnp.float32(log_strength), jnp.float32(log_shrinkage))
     field = np.sort(field)
     out = np.asarray(
-        mj.local_confidence(params, np.full(20, p, np.float32), field, np.full(20, n_eff)),
+        mj.correction.local_confidence(
+            params, np.full(20, p, np.float32), field, np.full(20, n_eff)
+        ),
         np.float64,
     )
     assert np.all(np.isfinite(out)) and np.all((out >= 0) & (out <= 1))

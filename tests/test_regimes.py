@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from miscal_jax.regimes import assign_regimes, benjamini_hochberg, discover_regimes, kmeans
-from miscal_jax.synthetic import make_planted
+from miscal_jax.stats.regimes import assign_regimes, benjamini_hochberg, discover_regimes, kmeans
+from miscal_jax.synthetic.planted import make_planted
 
 
 def test_benjamini_hochberg_matches_definition():

@@ -3,8 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from miscal_jax.geometry import GEOMETRIES, TRAINED, embed, fit_geometry
-from miscal_jax.representation import (
+from miscal_jax.geometry.encoder import (
     EncoderConfig,
     batch_loo_loss,
     fit_encoder,
@@ -12,8 +11,9 @@ from miscal_jax.representation import (
     init_train_state,
     train_step,
 )
-from miscal_jax.smoother import loo_field
-from miscal_jax.synthetic import make_planted
+from miscal_jax.geometry.spaces import GEOMETRIES, TRAINED, embed, fit_geometry
+from miscal_jax.smoothing.nadaraya_watson import loo_field
+from miscal_jax.synthetic.planted import make_planted
 
 CFG = EncoderConfig(out_dim=4, batch_size=128, max_steps=120, eval_every=20)
 
@@ -117,7 +117,7 @@ def test_fit_geometry_each_kind_and_one_standard_error_rule():
 
 
 def test_choose_prefers_raw_unless_clearly_beaten():
-    from miscal_jax.geometry import _choose
+    from miscal_jax.geometry.spaces import _choose
 
     rng = np.random.default_rng(0)
     base = rng.random(400)
@@ -129,7 +129,7 @@ def test_choose_prefers_raw_unless_clearly_beaten():
 
 
 def test_choose_judges_trained_spaces_on_held_items_only():
-    from miscal_jax.geometry import _choose
+    from miscal_jax.geometry.spaces import _choose
 
     base = np.random.default_rng(1).random(400)
     train = np.ones(400, bool)

@@ -3,9 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from miscal_jax import kernel_sums
-from miscal_jax.kernels import get_log_kernel
-from miscal_jax.smoother import (
+from miscal_jax.kernels import moments as kernel_sums
+from miscal_jax.kernels.shapes import get_log_kernel
+from miscal_jax.smoothing.nadaraya_watson import (
     N_EFF_EPS,
     PRIOR_VAR,
     bandwidth_grid,

@@ -5,7 +5,7 @@ And its panel version: other models on the same items, not null themselves."""
 import numpy as np
 import pytest
 
-from miscal_jax.synthetic import make_confounded_null, make_confounded_panel
+from miscal_jax.synthetic.planted import make_confounded_null, make_confounded_panel
 
 # one large draw, fixed seed: every check below is a z-score against its own
 # standard error, so the tolerance is a number of standard errors

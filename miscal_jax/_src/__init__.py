@@ -1,0 +1,1 @@
+"""Helpers shared across the core's subpackages (not public API)."""

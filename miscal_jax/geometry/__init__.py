@@ -1,0 +1,61 @@
+"""Spaces the field is smoothed in: fixed, learned (encoder) and panel geometries."""
+
+from miscal_jax.geometry.encoder import (
+    Encoder,
+    EncoderConfig,
+    Relevance,
+    TrainState,
+    batch_loo_loss,
+    fit_encoder,
+    init_train_state,
+    train_step,
+)
+from miscal_jax.geometry.panel import (
+    DEFAULT_CONFIG,
+    PanelConfig,
+    PanelMap,
+    PanelNet,
+    ProfileMap,
+    fit_panel,
+    fit_profile,
+    panel_embed,
+    profile_embed,
+)
+from miscal_jax.geometry.spaces import (
+    DEFAULT_CANDIDATES,
+    GEOMETRIES,
+    TRAINED,
+    Geometry,
+    embed,
+    embed_folds,
+    fit_geometry,
+    weighted_pca,
+)
+
+__all__ = (
+    "DEFAULT_CANDIDATES",
+    "DEFAULT_CONFIG",
+    "Encoder",
+    "EncoderConfig",
+    "GEOMETRIES",
+    "Geometry",
+    "PanelConfig",
+    "PanelMap",
+    "PanelNet",
+    "ProfileMap",
+    "Relevance",
+    "TRAINED",
+    "TrainState",
+    "batch_loo_loss",
+    "embed",
+    "embed_folds",
+    "fit_encoder",
+    "fit_geometry",
+    "fit_panel",
+    "fit_profile",
+    "init_train_state",
+    "panel_embed",
+    "profile_embed",
+    "train_step",
+    "weighted_pca",
+)

@@ -1,0 +1,37 @@
+"""The fitted field (FieldModel), its checkpoints, and honest K-fold cross-fitting."""
+
+from miscal_jax.model.crossfit import (
+    CrossFitResult,
+    FoldModel,
+    apply_crossfit,
+    crossfit,
+)
+from miscal_jax.model.field_model import (
+    FORMAT_VERSION,
+    FieldModel,
+    FitConfig,
+    fit,
+    fold_masks,
+    load,
+    out_of_fold,
+    out_of_fold_global,
+    predict,
+    save,
+)
+
+__all__ = (
+    "CrossFitResult",
+    "FORMAT_VERSION",
+    "FieldModel",
+    "FitConfig",
+    "FoldModel",
+    "apply_crossfit",
+    "crossfit",
+    "fit",
+    "fold_masks",
+    "load",
+    "out_of_fold",
+    "out_of_fold_global",
+    "predict",
+    "save",
+)

@@ -1,0 +1,490 @@
+"""The functional core: ``fit`` and ``predict`` over one :class:`FieldModel` pytree.
+
+``fit(key, embeddings, conf, correct, config)`` runs the whole cross-fitted
+pipeline (global map, geometry, bandwidth, correction, final map) for all K
+folds at once, folds chosen by masks rather than slices, and returns one
+pytree with the fold models stacked on a leading axis. It is pure: it runs
+under ``jax.jit`` with ``config`` static, and ``jax.vmap`` over many models'
+``(conf, correct)`` sharing one embedding matrix fits them all in one call.
+``predict(model, embeddings, conf)`` applies the fold models to new items and
+averages them; :func:`out_of_fold` gives every fitted item its estimate from
+the fold model that never saw it. :func:`save` and :func:`load` write and read
+a versioned msgpack file.
+"""
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization, struct
+from jax.typing import ArrayLike
+
+from miscal_jax._types import Array, FieldEstimate, PRNGKey
+from miscal_jax.calibrators.global_maps import apply_isotonic, fit_isotonic
+from miscal_jax.correction.local import (
+    CorrectionParams,
+    apply_global,
+    fit_correction_params,
+    fit_global,
+    local_confidence,
+)
+from miscal_jax.geometry.encoder import EncoderConfig
+from miscal_jax.geometry.spaces import DEFAULT_CANDIDATES, Geometry, embed, fit_geometry
+from miscal_jax.kernels.moments import kernel_moments
+from miscal_jax.smoothing.nadaraya_watson import field_from_moments, residual_values
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FieldModel",
+    "FitConfig",
+    "fit",
+    "fold_masks",
+    "load",
+    "out_of_fold",
+    "out_of_fold_global",
+    "predict",
+    "save",
+]
+
+#: Version of the file layout written by :func:`save`; :func:`load` refuses others.
+FORMAT_VERSION = 2
+
+
+class FitConfig(NamedTuple):
+    """Static configuration of :func:`fit` (hashable: a ``jit`` static argument).
+
+    Attributes:
+      folds: number of cross-fitting folds K (>= 2).
+      candidates: geometries to choose from per fold (:mod:`miscal_jax.geometry.spaces`).
+      encoder: encoder configuration (also holds the kernel name).
+      use_conf: feed ``logit(conf)`` to the encoder.
+      global_method: ``"isotonic"`` or ``"temperature"`` for the first map.
+      final_recalibration: fit a final isotonic map on the corrected values.
+
+    The correction's parameters and the final map are fitted on the training
+    rows' leave-one-out field values, leaving out a trained space's own fit
+    rows (their values saw their outcomes through the space's weights).
+    """
+
+    folds: int = 5
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES
+    encoder: EncoderConfig = EncoderConfig()
+    use_conf: bool = True
+    global_method: str = "isotonic"
+    final_recalibration: bool = True
+
+
+@struct.dataclass
+class FieldModel:
+    """Everything :func:`fit` learned, fold models stacked on a leading ``[K]`` axis.
+
+    Attributes:
+      ref_x: ``[n, d]`` fitted items (the smoother's references).
+      ref_conf: ``[n]`` their confidences.
+      ref_correct: ``[n]`` their outcomes.
+      train_mask: ``[K, n]`` bools: the items fold model ``k`` was fitted on.
+        Each item is held out by exactly one fold, and the folds hold out
+        ``ceil(n / K)`` or one fewer items (as :func:`fold_masks` makes them).
+      ref_residual: ``[K, n]`` residuals ``correct - p_global`` that fold model
+        ``k`` smooths (each training item's from a global map fitted without it).
+      geometry: :class:`~miscal_jax.geometry.Geometry` with ``[K, ...]`` leaves.
+      global_map: the first, confidence-only map, ``[K, ...]`` leaves.
+      params: :class:`~miscal_jax.correction.CorrectionParams`, ``[K]`` leaves.
+      final_map: isotonic map applied last, ``[K, ...]`` leaves (``None`` when off).
+      config: the :class:`FitConfig` (static).
+    """
+
+    ref_x: Array
+    ref_conf: Array
+    ref_correct: Array
+    train_mask: Array
+    ref_residual: Array
+    geometry: Geometry
+    global_map: Any
+    params: CorrectionParams
+    final_map: Any
+    config: FitConfig = struct.field(pytree_node=False, default=FitConfig())
+
+    @property
+    def fold(self) -> Array:
+        """``[n]`` fold id of each fitted item (the fold that held it out)."""
+        return jnp.argmin(self.train_mask, axis=0)
+
+
+def fold_masks(rng: PRNGKey, n: int, folds: int) -> Array:
+    """``[folds, n]`` training masks of a balanced, random K-fold split.
+
+    Examples:
+      >>> import jax
+      >>> m = fold_masks(jax.random.key(0), 10, 5)
+      >>> m.shape, int(m.sum(0).min()), int(m.sum(1).min())
+      ((5, 10), 4, 8)
+    """
+    if folds < 2:
+        raise ValueError(f"folds: need at least 2 for cross-fitting, got {folds}.")
+    if n < 2 * folds:
+        raise ValueError(f"folds: {folds} folds need at least {2 * folds} items, got {n}.")
+    fold = jax.random.permutation(rng, n) % folds
+    return fold[None, :] != jnp.arange(folds)[:, None]
+
+
+def _inner_global(conf, correct, train, inner_masks, method):
+    """The fold's global map and training residuals free of their own outcomes.
+
+    The fold's map is fitted on its ``train`` rows. Each training row's
+    residual instead comes from a map fitted on the training rows outside its
+    inner fold (``inner_masks``, a second K-fold split of all items), so the
+    geometry, the correction and the final map see residuals as noisy as new
+    items'.
+
+    Returns:
+      ``(global_map, p_global [n], residual [n])``; rows outside ``train``
+      get the fold's map.
+    """
+    fit_one = lambda mask: fit_global(conf, correct, mask, method=method)
+    global_map = fit_one(train)
+    maps = jax.vmap(lambda inner: fit_one(train & inner))(inner_masks)
+    p_each = jax.vmap(lambda state: apply_global(state, conf))(maps)  # [J, n]
+    inner_fold = jnp.argmin(inner_masks, axis=0)
+    p_inner = jnp.take_along_axis(p_each, inner_fold[None, :], axis=0)[0]
+    p_global = jnp.where(train, p_inner, apply_global(global_map, conf))
+    return global_map, p_global, correct - p_global
+
+
+def _fit_fold(rng, x, conf, correct, train, inner_masks, config: FitConfig):
+    """One fold model from the ``train`` rows (every shape static)."""
+    global_map, p_global, residual = _inner_global(
+        conf, correct, train, inner_masks, config.global_method
+    )
+    geometry, loo, info = fit_geometry(
+        rng,
+        x,
+        conf,
+        residual,
+        train,
+        candidates=config.candidates,
+        config=config.encoder,
+        use_conf=config.use_conf,
+    )
+    # the correction and the final map learn from rows whose field values are
+    # as noisy as a new item's: a trained space's own fit rows are left out
+    honest = info.pop("honest")
+    params = fit_correction_params(p_global, loo.value, loo.n_eff, correct, honest)
+    final_map = None
+    if config.final_recalibration:
+        p_loo = local_confidence(params, p_global, loo.value, loo.n_eff)
+        final_map = fit_isotonic(p_loo, correct, honest)
+    return (geometry, global_map, params, final_map, residual), info
+
+
+def fit(
+    rng: PRNGKey,
+    embeddings: ArrayLike,
+    conf: ArrayLike,
+    correct: ArrayLike,
+    config: FitConfig = FitConfig(),
+) -> tuple[FieldModel, dict]:
+    """Fits the cross-fitted field and local correction (pure; ``jit`` with ``config`` static).
+
+    Validate first (:func:`~miscal_jax.validation.validate_inputs`): this
+    function only checks shapes, so it can be traced.
+
+    Args:
+      rng: PRNG key (fold split, splits inside folds, encoder training).
+      embeddings: ``[n, d]`` item representations.
+      conf: ``[n]`` confidences in ``[0, 1]``.
+      correct: ``[n]`` 0/1 outcomes.
+      config: a :class:`FitConfig`.
+
+    Returns:
+      ``(model, info)``: the :class:`FieldModel` and per-fold selection
+      details from :func:`~miscal_jax.geometry.fit_geometry` with a leading
+      ``[K]`` axis (``info["select_error"]`` and ``info["held_error"]`` are
+      ``[K, c]``, ``info["constant_error"]`` is ``[K]``; with trained
+      candidates, ``info["encoder"]`` is a tuple of their training histories).
+
+    Examples:
+      >>> import jax
+      >>> from miscal_jax.synthetic.planted import make_planted
+      >>> d = make_planted(200, seed=0)
+      >>> cfg = FitConfig(folds=2, candidates=("raw",))
+      >>> model, info = jax.jit(fit, static_argnums=4)(
+      ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
+      >>> model.train_mask.shape, info["select_error"].shape
+      ((2, 200), (2, 1))
+    """
+    x = jnp.asarray(embeddings, jnp.float32)
+    conf = jnp.asarray(conf, jnp.float32)
+    correct = jnp.asarray(correct, jnp.float32)
+    if x.ndim != 2 or conf.shape != (x.shape[0],) or correct.shape != conf.shape:
+        raise ValueError(
+            f"embeddings/conf/correct: expected [n, d], [n], [n], got {x.shape}, {conf.shape}, "
+            f"{correct.shape}; call validate_inputs first."
+        )
+    split_rng, fold_rng, inner_rng = jax.random.split(rng, 3)
+    masks = fold_masks(split_rng, x.shape[0], config.folds)
+    inner_masks = fold_masks(inner_rng, x.shape[0], config.folds)
+    keys = jax.random.split(fold_rng, config.folds)
+    fold = lambda args: _fit_fold(args[0], x, conf, correct, args[1], inner_masks, config)
+    fitted, info = jax.lax.map(fold, (keys, masks))
+    geometry, global_map, params, final_map, residual = fitted
+    model = FieldModel(
+        x, conf, correct, masks, residual, geometry, global_map, params, final_map, config
+    )
+    return model, info
+
+
+def _fold_model(model: FieldModel, k) -> tuple:
+    take = lambda tree: jax.tree.map(lambda a: a[k], tree)
+    parts = (model.geometry, model.global_map, model.params, model.final_map)
+    return take(parts + (model.train_mask, model.ref_residual))
+
+
+def _fold_fields(model: FieldModel, parts, x, conf):
+    """``(field of correct - conf, field of correct - p_global)`` of one fold at ``[q, d]``."""
+    geometry, _, _, _, train, ref_residual = parts
+    ref_z = embed(geometry, model.ref_x, model.ref_conf)
+    z = embed(geometry, x, conf)
+    values = jnp.concatenate(
+        [residual_values(model.ref_correct - model.ref_conf), residual_values(ref_residual)],
+        axis=1,
+    )
+    m = kernel_moments(
+        z, ref_z, values, geometry.log_bandwidth, ref_mask=train, kernel=geometry.kernel
+    )
+    field = field_from_moments(m._replace(sum_wv=m.sum_wv[:, :2]))
+    local = field_from_moments(m._replace(sum_wv=m.sum_wv[:, 2:]))
+    return field, local
+
+
+def _apply_fold(model: FieldModel, parts, x, conf):
+    """Field (of ``correct - conf``) and corrected confidence of one fold model."""
+    _, global_map, params, final_map, _, _ = parts
+    field, local = _fold_fields(model, parts, x, conf)
+    p_local = local_confidence(params, apply_global(global_map, conf), local.value, local.n_eff)
+    if final_map is not None:
+        p_local = apply_isotonic(final_map, p_local)
+    return field, p_local
+
+
+def _check_new(model: FieldModel, x, conf):
+    x = jnp.asarray(x, jnp.float32)
+    conf = jnp.asarray(conf, jnp.float32)
+    d = model.ref_x.shape[-1]
+    if x.ndim != 2 or x.shape[1] != d:
+        raise ValueError(f"embeddings: expected [q, {d}], got {x.shape}.")
+    if conf.shape != (x.shape[0],):
+        raise ValueError(f"conf: expected shape [{x.shape[0]}], got {conf.shape}.")
+    return x, conf
+
+
+def predict(
+    model: FieldModel, embeddings: ArrayLike, conf: ArrayLike
+) -> tuple[FieldEstimate, Array]:
+    """Applies the fold models to new items and averages them (pure, ``jit``-able).
+
+    Args:
+      model: a :class:`FieldModel`.
+      embeddings: ``[q, d]`` new items.
+      conf: ``[q]`` their confidences.
+
+    Returns:
+      ``(field_estimate, corrected_conf)``: the fold-averaged
+      :class:`~miscal_jax.FieldEstimate` of ``correct - conf`` (``se`` and
+      ``n_eff`` averaged too, a conservative choice) and ``[q]`` corrected
+      confidences.
+
+    Examples:
+      >>> import jax
+      >>> from miscal_jax.synthetic.planted import make_planted
+      >>> d = make_planted(200, seed=0)
+      >>> cfg = FitConfig(folds=2, candidates=("raw",))
+      >>> model, _ = jax.jit(fit, static_argnums=4)(
+      ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
+      >>> est, p = jax.jit(predict)(model, d.embeddings[:5], d.conf[:5])
+      >>> est.value.shape, p.shape
+      ((5,), (5,))
+    """
+    x, conf = _check_new(model, embeddings, conf)
+    folds = model.train_mask.shape[0]
+    per_fold = jax.lax.map(
+        lambda k: _apply_fold(model, _fold_model(model, k), x, conf), jnp.arange(folds)
+    )
+    return jax.tree.map(lambda a: jnp.mean(a, axis=0), per_fold)
+
+
+def out_of_fold(model: FieldModel) -> tuple[FieldEstimate, Array]:
+    """Each fitted item's field and corrected confidence from the fold that held it out.
+
+    Returns:
+      ``(field_estimate, corrected_conf)`` of ``[n]`` arrays, all out-of-fold.
+
+    Examples:
+      >>> import jax
+      >>> from miscal_jax.synthetic.planted import make_planted
+      >>> d = make_planted(200, seed=0)
+      >>> cfg = FitConfig(folds=2, candidates=("raw",))
+      >>> model, _ = jax.jit(fit, static_argnums=4)(
+      ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
+      >>> est, p = out_of_fold(model)
+      >>> est.value.shape
+      (200,)
+    """
+    return _held_out_map(model, lambda parts, x, conf: _apply_fold(model, parts, x, conf))
+
+
+def out_of_fold_global(model: FieldModel) -> FieldEstimate:
+    """Each fitted item's field of ``correct - p_global``, from the fold that held it out.
+
+    Each fold model smooths its training items' residuals after the fold's
+    global map (``model.ref_residual``) in the geometry it chose: the field
+    the local correction acts on, which shows where a model deviates from its
+    *own* average miscalibration.
+
+    Args:
+      model: a :class:`FieldModel`.
+
+    Returns:
+      A :class:`~miscal_jax.FieldEstimate` of ``[n]`` arrays, all out-of-fold.
+
+    Examples:
+      >>> import jax
+      >>> from miscal_jax.synthetic.planted import make_planted
+      >>> d = make_planted(200, seed=0)
+      >>> cfg = FitConfig(folds=2, candidates=("raw",))
+      >>> model, _ = jax.jit(fit, static_argnums=4)(
+      ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
+      >>> jax.jit(out_of_fold_global)(model).value.shape
+      (200,)
+    """
+    return _held_out_map(model, lambda parts, x, conf: _fold_fields(model, parts, x, conf)[1])
+
+
+def _held_out_map(model: FieldModel, apply):
+    """``apply(fold_parts, x, conf)`` at each fold's held-out items, gathered to ``[n]`` leaves.
+
+    Folds hold out ``m = ceil(n / K)`` or ``m - 1`` items (see
+    ``FieldModel.train_mask``), so each fold smooths ``m`` padded rows, not
+    all ``n`` items.
+    """
+    folds, n = model.train_mask.shape
+    held_out = lambda train: jnp.nonzero(~train, size=-(-n // folds), fill_value=n)[0]
+    index = jax.vmap(held_out)(model.train_mask)  # [K, m], padded with n
+    rows = jnp.minimum(index, n - 1)  # padding reads any row; it is dropped below
+
+    def fold(k):
+        return apply(_fold_model(model, k), model.ref_x[rows[k]], model.ref_conf[rows[k]])
+
+    per_fold = jax.lax.map(fold, jnp.arange(folds))
+    flat = index.reshape(-1)
+    put = lambda a: jnp.full(n, jnp.nan, a.dtype).at[flat].set(a.reshape(-1), mode="drop")
+    return jax.tree.map(put, per_fold)
+
+
+def _template(config: FitConfig, shapes: dict) -> FieldModel:
+    """A :class:`FieldModel` of the right structure for ``serialization.from_state_dict``."""
+    n, d = shapes["n"], shapes["d"]
+    x = jnp.zeros((n, d))
+    model, _ = jax.eval_shape(
+        lambda: fit(jax.random.key(0), x, jnp.full(n, 0.5), jnp.zeros(n), config)
+    )
+    return model
+
+
+def save(model: FieldModel, path: str | Path) -> None:
+    """Writes ``model`` to ``path`` (msgpack, versioned, bit-exact).
+
+    Args:
+      model: a :class:`FieldModel` (unbatched).
+      path: output file, conventionally ``*.msgpack``.
+
+    Examples:
+      >>> import jax, tempfile, os
+      >>> from miscal_jax.synthetic.planted import make_planted
+      >>> d = make_planted(200, seed=0)
+      >>> cfg = FitConfig(folds=2, candidates=("raw",))
+      >>> model, _ = jax.jit(fit, static_argnums=4)(
+      ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
+      >>> path = os.path.join(tempfile.mkdtemp(), "model.msgpack")
+      >>> save(model, path)
+      >>> bool((load(path).ref_x == model.ref_x).all())
+      True
+    """
+    config = model.config
+    header = {
+        "format": "miscal_jax.FieldModel",
+        "version": FORMAT_VERSION,
+        "config": {
+            "folds": config.folds,
+            "candidates": list(config.candidates),
+            "encoder": dict(config.encoder._asdict(), hidden=list(config.encoder.hidden)),
+            "use_conf": config.use_conf,
+            "global_method": config.global_method,
+            "final_recalibration": config.final_recalibration,
+        },
+        "shapes": {"n": model.ref_x.shape[0], "d": model.ref_x.shape[1], "folds": config.folds},
+    }
+    state = serialization.to_state_dict(model)
+    payload = serialization.msgpack_serialize({"header": header, "state": state})
+    Path(path).write_bytes(payload)
+
+
+def load(path: str | Path) -> FieldModel:
+    """Reads a model written by :func:`save`.
+
+    Raises:
+      ValueError: the file is missing, unreadable, corrupt, not a miscal_jax
+        model, or from another format version.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"model: cannot read {str(path)!r} ({err.strerror or err}).") from None
+    try:
+        content = serialization.msgpack_restore(raw)
+        header = content["header"]
+        kind, version = header["format"], header["version"]
+    except Exception:
+        raise ValueError(
+            f"model: {str(path)!r} is not a miscal_jax model file (corrupt or another format); "
+            "write one with `miscal-jax fit --save` or miscal_jax.save."
+        ) from None
+    if kind != "miscal_jax.FieldModel" or version != FORMAT_VERSION:
+        raise ValueError(
+            f"model: {str(path)!r} is format {kind!r} version {version}; this miscal_jax reads "
+            f"version {FORMAT_VERSION}: refit the model with this version."
+        )
+    cfg = header["config"]
+    enc = dict(cfg["encoder"], hidden=tuple(cfg["encoder"]["hidden"]))
+    config = FitConfig(
+        folds=int(cfg["folds"]),
+        candidates=tuple(cfg["candidates"]),
+        encoder=EncoderConfig(**enc),
+        use_conf=bool(cfg["use_conf"]),
+        global_method=str(cfg["global_method"]),
+        final_recalibration=bool(cfg["final_recalibration"]),
+    )
+    template = _template(config, header["shapes"])
+    try:
+        model = serialization.from_state_dict(template, content["state"])
+    except Exception as err:
+        raise ValueError(
+            f"model: {str(path)!r} is damaged ({err}); refit and save again."
+        ) from None
+    held_out = ~np.asarray(model.train_mask)
+    per_item, per_fold = held_out.sum(0), held_out.sum(1)
+    bad = np.flatnonzero(per_item != 1)
+    if bad.size:
+        raise ValueError(
+            f"model: {str(path)!r}: item {bad[0]} is held out by {per_item[bad[0]]} folds "
+            "(each item must be held out by exactly one); refit and save again."
+        )
+    if per_fold.max() - per_fold.min() > 1:
+        raise ValueError(
+            f"model: {str(path)!r}: its folds hold out {per_fold.tolist()} items (the sizes "
+            "must differ by at most one); refit and save again."
+        )
+    return jax.tree.map(jnp.asarray, model)

@@ -10,6 +10,7 @@ from miscal_jax.geometry.encoder import EncoderConfig
 from miscal_jax.model.field_model import (
     FORMAT_VERSION,
     FitConfig,
+    _predict,
     fit,
     fold_masks,
     load,
@@ -191,3 +192,35 @@ def test_predict_rejects_wrong_shapes():
     with pytest.raises(ValueError, match="embeddings/conf/correct"):
         fit(jax.random.key(0), x, p[:5], y, FitConfig(folds=2))
     assert jnp.isfinite(predict(model, 1e4 * x[:3], p[:3])[0].value).all()
+
+
+def test_predict_shares_one_compilation_across_nearby_query_sizes():
+    x, p, y = _data()
+    model, _ = jit_fit(jax.random.key(0), x, p, y, FAST)
+    rng = np.random.default_rng(0)
+    predict(model, x[:3], p[:3])  # a different bucket, compiled before counting
+    before = _predict._cache_size()
+    outs = {}
+    for q in (1000, 1023, 1024, 1050, 1100):
+        xq = rng.normal(size=(q, x.shape[1])).astype(np.float32)
+        outs[q] = predict(model, xq, np.full(q, 0.7, np.float32))
+        assert outs[q][0].value.shape == (q,)
+    assert _predict._cache_size() == before + 1
+    # chunks and padding change nothing: the first rows agree with a direct call
+    est, corrected = _predict(model, jnp.asarray(xq[:1024]), jnp.full(1024, 0.7))
+    np.testing.assert_allclose(outs[1100][1][:1024], corrected, rtol=1e-6, atol=1e-7)
+
+
+def test_predict_recovers_the_planted_field_on_new_items():
+    """A predict that ignored the field, or the correction, would fail this."""
+    d = make_planted(6000, seed=11)  # one planted world: the first half fits, the second tests
+    fit_rows, new = slice(0, 3000), slice(3000, None)
+    model, _ = jit_fit(
+        jax.random.key(0), d.embeddings[fit_rows], d.conf[fit_rows], d.correct[fit_rows], FAST
+    )
+    est, corrected = predict(model, d.embeddings[new], d.conf[new])
+    assert np.corrcoef(np.asarray(est.value), d.field[new])[0, 1] > 0.7
+    # held-out Brier: the local correction beats the confidence-only global map
+    p_global = apply_global(fit_global(d.conf[fit_rows], d.correct[fit_rows]), d.conf[new])
+    brier = lambda q: float(np.mean((np.asarray(q) - d.correct[new]) ** 2))
+    assert brier(corrected) < brier(p_global) - 0.002, (brier(corrected), brier(p_global))

@@ -175,14 +175,25 @@ def test_isolated_points_give_finite_loo():
     assert float(val) == 0.0 and np.all(np.asarray(grad) == 0.0)
 
 
+@pytest.mark.parametrize("dense_max", [1024, 8], ids=["dense", "blocked"])
+@pytest.mark.parametrize("junk", [0.0, 1e4, np.nan], ids=["zeros", "far", "nan"])
 @pytest.mark.parametrize("estimator", ["ustat", "loo"])
-def test_mask_equals_unpadded(estimator):
+def test_mask_equals_unpadded_whatever_the_padding_holds(estimator, junk, dense_max):
+    """Padding rows may hold anything (far points, NaN): the masked penalty and its
+    gradient equal the unpadded ones."""
     z, conf, correct = _data(30, seed=6, dtype=np.float32)
     n = 22
     mask = np.arange(30) < n
-    padded = local_calibration_penalty(z, conf, correct, 0.0, estimator=estimator, mask=mask)
-    plain = local_calibration_penalty(z[:n], conf[:n], correct[:n], 0.0, estimator=estimator)
+    z, conf, correct = z.copy(), conf.copy(), correct.copy()
+    z[n:], conf[n:], correct[n:] = junk, 0.5 if np.isnan(junk) else 0.99, 1.0
+    f = lambda c, z, y, m: local_calibration_penalty(
+        z, c, y, 0.0, estimator=estimator, mask=m, dense_max=dense_max
+    )
+    padded, g_pad = jax.value_and_grad(f)(conf, z, correct, mask)
+    plain, g_plain = jax.value_and_grad(f)(conf[:n], z[:n], correct[:n], None)
     np.testing.assert_allclose(float(padded), float(plain), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(g_pad[:n], g_plain, rtol=1e-4, atol=1e-8)
+    np.testing.assert_array_equal(g_pad[n:], 0.0)
 
 
 def test_jit_vmap_grad_over_models():

@@ -47,7 +47,8 @@ def _dense_moments(z: Array, values: Array, log_bandwidth: Array, valid: Array, 
     (stop-gradient-ed), so that relative weights are at most 1.
     """
     n = z.shape[0]
-    centred = z - jnp.mean(z, axis=0)
+    centre = jnp.sum(jnp.where(valid[:, None], z, 0.0), 0) / jnp.maximum(jnp.sum(valid), 1)
+    centred = z - centre
     sq = jnp.sum(centred * centred, axis=1)
     gram = jnp.matmul(centred, centred.T, precision=jax.lax.Precision.HIGHEST)
     dist2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
@@ -183,6 +184,8 @@ def _penalty(
         z = jax.lax.stop_gradient(z)
         log_bandwidth = jax.lax.stop_gradient(log_bandwidth)
     residual = jnp.where(valid, correct - conf, 0.0)
+    # masked rows (padding) may hold anything: zero them so they move no centre
+    z = jnp.where(valid[:, None], z, 0.0)
 
     if n <= dense_max:
         log_scale, sum_w, sum_wr = _dense_moments(z, residual, log_bandwidth, valid, kernel)

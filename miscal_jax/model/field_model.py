@@ -280,10 +280,34 @@ def _check_new(model: FieldModel, x, conf):
     return x, conf
 
 
+#: Queries are run in chunks of this many rows; fewer are padded to a power of two
+#: (at least 128), so every query size shares one of four compiled programs.
+PREDICT_CHUNK = 1024
+
+
+@jax.jit
+def _predict(model: FieldModel, x: Array, conf: Array) -> tuple[FieldEstimate, Array]:
+    folds = model.train_mask.shape[0]
+    per_fold = jax.lax.map(
+        lambda k: _apply_fold(model, _fold_model(model, k), x, conf), jnp.arange(folds)
+    )
+    return jax.tree.map(lambda a: jnp.mean(a, axis=0), per_fold)
+
+
+def _bucket(q: int) -> int:
+    return min(PREDICT_CHUNK, max(128, 1 << (q - 1).bit_length()))
+
+
 def predict(
     model: FieldModel, embeddings: ArrayLike, conf: ArrayLike
 ) -> tuple[FieldEstimate, Array]:
     """Applies the fold models to new items and averages them (pure, ``jit``-able).
+
+    Called on concrete arrays, the queries are padded to a size bucket (a
+    power of two from 128 to :data:`PREDICT_CHUNK`) and larger sets are run
+    in chunks of :data:`PREDICT_CHUNK`, so query sizes share compiled
+    programs (1,000 and 1,100 queries: one compilation). Inside a caller's
+    ``jit`` the queries are used as they are.
 
     Args:
       model: a :class:`FieldModel`.
@@ -303,16 +327,20 @@ def predict(
       >>> cfg = FitConfig(folds=2, candidates=("raw",))
       >>> model, _ = jax.jit(fit, static_argnums=4)(
       ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
-      >>> est, p = jax.jit(predict)(model, d.embeddings[:5], d.conf[:5])
+      >>> est, p = predict(model, d.embeddings[:5], d.conf[:5])
       >>> est.value.shape, p.shape
       ((5,), (5,))
     """
     x, conf = _check_new(model, embeddings, conf)
-    folds = model.train_mask.shape[0]
-    per_fold = jax.lax.map(
-        lambda k: _apply_fold(model, _fold_model(model, k), x, conf), jnp.arange(folds)
-    )
-    return jax.tree.map(lambda a: jnp.mean(a, axis=0), per_fold)
+    q = x.shape[0]
+    if isinstance(x, jax.core.Tracer) or isinstance(conf, jax.core.Tracer) or q == 0:
+        return _predict(model, x, conf)
+    size = _bucket(q)
+    total = -(-q // size) * size
+    x = jnp.pad(x, ((0, total - q), (0, 0)))
+    conf = jnp.pad(conf, (0, total - q), constant_values=0.5)
+    parts = [_predict(model, x[s : s + size], conf[s : s + size]) for s in range(0, total, size)]
+    return jax.tree.map(lambda *a: jnp.concatenate(a)[:q], *parts)
 
 
 def out_of_fold(model: FieldModel) -> tuple[FieldEstimate, Array]:

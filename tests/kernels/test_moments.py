@@ -1,10 +1,5 @@
 """Every path of the kernel-sum primitive against a dense float64 NumPy reference."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,14 +103,42 @@ def test_far_queries_have_no_mass_and_no_nan():
         assert np.all(np.isfinite(m.sum_wv))
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
-def test_dtype_follows_inputs(dtype):
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+def test_low_precision_inputs_accumulate_in_float32(dtype, impl):
+    """bfloat16/float16 points and values: float32 moments, exact for the rounded inputs."""
     query, ref, values = (jnp.asarray(a, dtype) for a in _data())
-    m = kernel_moments(query, ref, values, 0.0, ref_block=16)
-    assert m.sum_wv.dtype == dtype
-    want = dense_reference(*_data(), 1.0, "gaussian")
-    tol = 5e-2 if dtype == jnp.bfloat16 else 1e-5
-    np.testing.assert_allclose(absolute(m)[1], want[1], rtol=tol, atol=tol)
+    m = kernel_moments(query, ref, values, 0.0, ref_block=16, impl=impl)
+    assert all(a.dtype == jnp.float32 for a in m)
+    # against the float64 reference on the *rounded* inputs: only accumulation error is left
+    rounded = (np.asarray(a, np.float64) for a in (query, ref, values))
+    want = dense_reference(*rounded, 1.0, "gaussian")
+    for a, b in zip(absolute(m), want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5)
+
+
+def test_bfloat16_field_within_1e2_of_float64_at_the_loo_bandwidth():
+    """Planted data, 16k references in bfloat16: the smoothed value at the LOO-selected
+    bandwidth (and at a tenth of the median distance) within 1e-2 of float64's."""
+    from miscal_jax.smoothing import select_bandwidth
+    from miscal_jax.synthetic import make_planted
+
+    data = make_planted(16384, signal_dim=8, seed=3)
+    z = np.asarray(data.embeddings, np.float32)
+    r = (np.asarray(data.correct, np.float32) - np.asarray(data.conf, np.float32))[:, None]
+    log_h = float(select_bandwidth(z, r[:, 0])[0])
+    median = np.median(np.linalg.norm(z[:200, None] - z[None, :200], axis=-1))
+    query = z[:256]
+    for lb in (log_h, np.log(0.1 * median)):
+        m16 = kernel_moments(jnp.asarray(query, jnp.bfloat16), jnp.asarray(z, jnp.bfloat16),
+                             jnp.asarray(r, jnp.bfloat16), lb)  # fmt: skip
+        with jax.enable_x64(True):
+            m64 = kernel_moments(
+                np.asarray(query, np.float64), np.asarray(z, np.float64), r.astype(np.float64), lb
+            )
+            field64 = np.asarray(m64.sum_wv[:, 0] / m64.sum_w)
+        field16 = np.asarray(m16.sum_wv[:, 0] / m16.sum_w)
+        assert np.max(np.abs(field16 - field64)) < 1e-2, (lb, np.max(np.abs(field16 - field64)))
 
 
 def test_float64_matches_to_double_precision():
@@ -189,39 +212,6 @@ def test_combine_equals_one_pass_over_the_union():
     both = combine(jax.tree.map(lambda *a: jnp.stack(a), *parts))
     for a, b in zip(absolute(both), absolute(kernel_moments(query, ref, values, 0.1)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
-def test_sharded_equals_single_device_on_four_host_devices():
-    script = textwrap.dedent(
-        """
-        import jax, numpy as np
-        from miscal_jax.kernels.moments import kernel_moments, kernel_moments_sharded
-        assert jax.device_count() == 4
-        rng = np.random.default_rng(0)
-        z = rng.normal(size=(45, 3)).astype(np.float32)
-        v = rng.normal(size=(45, 2)).astype(np.float32)
-        mesh = jax.make_mesh((4,), ("refs",))
-        for kernel in ("gaussian", "epanechnikov", "triweight"):
-            for loo in (False, True):
-                kw = dict(kernel=kernel, ref_mask=np.arange(45) % 5 != 0)
-                if loo:
-                    kw["query_index"] = np.arange(45)
-                one = kernel_moments(z, z, v, np.log([0.7, 1.5]), impl="dense", **kw)
-                many = kernel_moments_sharded(z, z, v, np.log([0.7, 1.5]), mesh=mesh,
-                                              ref_block=8, **kw)
-                for a, b in ((one.sum_wv, many.sum_wv), (one.sum_w, many.sum_w)):
-                    sa, sb = np.exp(one.log_scale), np.exp(many.log_scale)
-                    a = a * (sa[..., None] if a.ndim == 3 else sa)
-                    b = b * (sb[..., None] if b.ndim == 3 else sb)
-                    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-        print("ok")
-        """
-    )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    out = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def test_rejects_bad_arguments():

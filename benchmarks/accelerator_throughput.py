@@ -124,9 +124,8 @@ def main():
     name = getattr(device, "device_kind", str(device))
     limit = next((v for k, v in EXP_LIMITS.items() if k in name), None)
     print(f"device: {name} ({jax.default_backend()}), jax {jax.__version__}")
-    print(
-        f"{'q = n':>8} {'d':>4} {'row':<14} {'first s':>8} {'wall s':>8} {'pairs/s':>9} {'share':>6}"
-    )
+    header = ("q = n", "d", "row", "first s", "wall s", "pairs/s", "share")
+    print("{:>8} {:>4} {:<14} {:>8} {:>8} {:>9} {:>6}".format(*header))
     impls = ["xla"] if on_cpu else ["xla", "pallas"]
     for n in args.sizes:
         for d in args.dims:
@@ -135,14 +134,15 @@ def main():
             residual = jnp.asarray(rng.normal(size=n) * 0.3, jnp.float32)
             lb = jnp.float32(np.log(0.5 * np.sqrt(d)))
             rows = {"exp ceiling": best_time(lambda p=points: exp_ceiling(p), args.reps)}
+            inputs = (points, residual, lb)
             for impl in impls:
                 fwd = jax.jit(lambda p, r, b, i=impl: loo_loss(p, r, b, i))
                 bwd = jax.jit(jax.grad(lambda p, r, b, i=impl: loo_loss(p, r, b, i), (0, 1, 2)))
-                rows[f"{impl} fwd"] = best_time(lambda f=fwd: f(points, residual, lb), args.reps)
-                rows[f"{impl} bwd"] = best_time(lambda f=bwd: f(points, residual, lb), args.reps)
+                rows[f"{impl} fwd"] = best_time(lambda f=fwd, a=inputs: f(*a), args.reps)
+                rows[f"{impl} bwd"] = best_time(lambda f=bwd, a=inputs: f(*a), args.reps)
             if args.backward_baseline:
                 old = jax.jit(jax.grad(autodiff_loss, (0, 1, 2)))
-                rows["autodiff bwd"] = best_time(lambda: old(points, residual, lb), args.reps)
+                rows["autodiff bwd"] = best_time(lambda f=old, a=inputs: f(*a), args.reps)
             if d <= 384:
                 rows["attention"] = best_time(lambda p=points: attention(p), args.reps)
             top = limit or n * n / rows["exp ceiling"][1]
@@ -156,9 +156,8 @@ def main():
                 if "autodiff bwd" in rows:
                     extra = f", autodiff {rows['autodiff bwd'][1] / rows['xla fwd'][1]:.2f}x"
                 print(f"{'':>8} {'':>4} backward / forward: {ratio:.2f}x{extra}")
-    print(
-        f"XLA blocks (bq, bn) at n = 2^20, one bandwidth: {block_sizes(512, 2048, 1 << 20, 1 << 20, 1)}"
-    )
+    blocks = block_sizes(512, 2048, 1 << 20, 1 << 20, 1)
+    print(f"XLA blocks (bq, bn) at n = 2^20, one bandwidth: {blocks}")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def _codes(ref_ok: jax.Array) -> jax.Array:
 
 
 def _placed(mesh: Mesh, specs, *args):
-    """``args`` laid out as ``specs`` on ``mesh`` (inside ``jit``: a resharding, no copy to host)."""
+    """``args`` laid out as ``specs`` on ``mesh`` (inside ``jit``: a resharding, no host copy)."""
     return [jax.reshard(a, NamedSharding(mesh, spec)) for a, spec in zip(args, specs, strict=True)]
 
 

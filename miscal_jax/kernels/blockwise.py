@@ -165,23 +165,78 @@ def rescaled_sum(parts: KernelMoments, top: Array, expand, total) -> KernelMomen
     )
 
 
-def block_log_weights(query, query_code, ref, ref_code, inv_h2, *, kernel: str, loo: bool):
+def block_log_weights(
+    query, query_code, ref, ref_code, inv_h2, *, kernel: str, loo: bool, transposed: bool = False
+):
     """``[g, bq, bn]`` log-weights of every bandwidth from one distance matmul.
 
     Args:
       query: ``[bq, d]``; query_code: ``[bq]``; ref: ``[bn, d]``; ref_code: ``[bn]``;
       inv_h2: ``[g]``; kernel, loo: static.
+      transposed: static; compute the ``[g, bn, bq]`` transpose instead (the
+        layout in which sums over queries are fast matmuls).
 
     Returns:
       The log-weights and the pieces they were built from:
-      ``(cross [bq, bn], query_sq [bq, 1], ref_sq [1, bn], pair_ok [bq, bn])``.
+      ``(cross, query_sq, ref_sq, pair_ok)``, ``cross`` and ``pair_ok`` in the
+      weights' orientation, the squared norms as a column and a row
+      (``[bq, 1]`` and ``[1, bn]``, or the other way round when transposed).
     """
-    cross = jnp.matmul(query, ref.T, precision=DISTANCE_PRECISION)
-    query_sq = jnp.sum(query * query, axis=1, keepdims=True)
-    ref_sq = jnp.sum(ref * ref, axis=1)[None, :]
-    ok = pair_mask(query_code[:, None], ref_code[None, :], loo=loo)
+    query_sq = jnp.sum(query * query, axis=1)
+    ref_sq = jnp.sum(ref * ref, axis=1)
+    if transposed:
+        cross = jnp.matmul(ref, query.T, precision=DISTANCE_PRECISION)
+        query_sq, ref_sq = query_sq[None, :], ref_sq[:, None]
+        ok = pair_mask(query_code[:, None], ref_code[None, :], loo=loo).T
+    else:
+        cross = jnp.matmul(query, ref.T, precision=DISTANCE_PRECISION)
+        query_sq, ref_sq = query_sq[:, None], ref_sq[None, :]
+        ok = pair_mask(query_code[:, None], ref_code[None, :], loo=loo)
     lw = jax.vmap(lambda s: log_weights(cross, query_sq, ref_sq, ok, s, kernel=kernel))(inv_h2)
     return lw, (cross, query_sq, ref_sq, ok)
+
+
+def _pair_cotangents(
+    query,
+    query_code,
+    ref,
+    ref_code,
+    values,
+    inv_h2,
+    log_scale,
+    g_values,
+    g_w2,
+    *,
+    kernel,
+    loo,
+    transposed,
+):
+    """``(w, a, query_sq, ref_sq)``: weights and ``a = 2 f'(u) s / h^2`` of one block.
+
+    ``[g, bq, bn]``, or ``[g, bn, bq]`` when ``transposed`` (see :func:`block_grads`).
+    """
+    lw, (cross, query_sq, ref_sq, ok) = block_log_weights(
+        query, query_code, ref, ref_code, inv_h2, kernel=kernel, loo=loo, transposed=transposed
+    )
+    per_query = (lambda a: a[:, None, :]) if transposed else (lambda a: a[..., None])
+    safe = jnp.where(log_scale > -jnp.inf, log_scale, 0.0)
+    w = jnp.exp(lw - per_query(safe))
+    if values.shape[1] <= 4:  # a few columns: broadcasts that fuse, not a tiny-k matmul
+        rows_c = lambda c: g_values[:, None, :, c] if transposed else g_values[..., c, None]
+        cols_c = lambda c: values[None, :, c, None] if transposed else values[None, None, :, c]
+        gv = sum(rows_c(c) * cols_c(c) for c in range(values.shape[1]))
+    else:
+        spec = "jc,gic->gji" if transposed else "gic,jc->gij"
+        gv = jnp.einsum(spec, *((values, g_values) if transposed else (g_values, values)))
+    s = w * (gv + 2.0 * per_query(g_w2) * w)
+    if kernel == "gaussian":
+        a = -s * inv_h2[:, None, None]
+    else:
+        d2 = jnp.maximum(query_sq + ref_sq - 2.0 * cross, 0.0)
+        u = d2[None] * inv_h2[:, None, None]
+        _, slope = jax.jvp(get_log_kernel(kernel), (u,), (jnp.ones_like(u),))
+        a = 2.0 * s * jnp.where(ok, slope, 0.0) * inv_h2[:, None, None]
+    return w, a, query_sq, ref_sq
 
 
 def block_grads(
@@ -202,10 +257,13 @@ def block_grads(
 
     With ``w_ij = exp(log w_ij - m_i)`` (``m = log_scale`` from the forward
     pass, held fixed), the cotangent of ``log w_ij`` is
-    ``s_ij = w_ij (sum_c gV_ic V_jc + 2 gW2_i w_ij)``; with ``log w = f(u)``,
-    ``u = d2 / h^2``, ``t = s f'(u)`` gives ``dq_i = 2/h^2 sum_j t_ij (q_i - z_j)``,
-    ``dz_j = -2/h^2 sum_i t_ij (q_i - z_j)`` and ``d(1/h^2) = sum t_ij d2_ij``:
-    three matmuls of the block's size, no ``[q, n]`` matrix.
+    ``s_ij = w_ij (sum_c gV_ic V_jc + 2 gW2_i w_ij)``. With ``log w = f(u)``,
+    ``u = d2 / h^2`` and ``a_ij = 2 f'(u_ij) s_ij / h^2`` (for the Gaussian
+    ``a = -s / h^2``), ``dq_i = sum_j a_ij (q_i - z_j)`` and
+    ``dz_j = -sum_i a_ij (q_i - z_j)``: row and column sums of ``a`` and two
+    matmuls ``a @ z``, ``a^T @ q``. The bandwidth's gradient
+    ``d(1/h^2) = sum_ij a_ij d2_ij h^2 / 2`` comes from the same pieces, as
+    ``d2_ij = |q_i|^2 + |z_j|^2 - 2 q_i . z_j``: no extra pass over the pairs.
 
     Args:
       query: ``[bq, d]``; query_code: ``[bq]``; ref: ``[bn, d]``; ref_code: ``[bn]``.
@@ -218,23 +276,24 @@ def block_grads(
     Returns:
       ``(d query [bq, d], d ref [bn, d], d values [bn, C], d inv_h2 [g])``.
     """
-    lw, (cross, query_sq, ref_sq, ok) = block_log_weights(
-        query, query_code, ref, ref_code, inv_h2, kernel=kernel, loo=loo
-    )
-    safe = jnp.where(log_scale > -jnp.inf, log_scale, 0.0)
-    w = jnp.exp(lw - safe[..., None])  # [g, bq, bn]
-    gv = jnp.matmul(g_values, values.T)
-    s = w * (gv + 2.0 * g_w2[..., None] * w)
-    d2 = jnp.maximum(query_sq + ref_sq - 2.0 * cross, 0.0)
-    u = d2[None] * inv_h2[:, None, None]
-    if kernel == "gaussian":
-        t = -0.5 * s * (lw < 0.0)  # the cap at 0 has zero slope
+    args = (query, query_code, ref, ref_code, values, inv_h2, log_scale, g_values, g_w2)
+    # sums over references in the [bq, bn] layout, sums over queries in [bn, bq]: both
+    # contract the minor axis (on CPU a contraction over the major axis is 3-4x slower
+    # than recomputing the block's weights transposed)
+    _, a, query_sq, _ = _pair_cotangents(*args, kernel=kernel, loo=loo, transposed=False)
+    w_t, a_t, _, ref_sq = _pair_cotangents(*args, kernel=kernel, loo=loo, transposed=True)
+    (g, bq, bn), d = a.shape, query.shape[1]
+    rows, cols = jnp.sum(a, axis=2), jnp.sum(a_t, axis=2)  # [g, bq], [g, bn]
+    # 2-D matmuls (bandwidths folded into rows): XLA's CPU batched dot is far slower
+    a_ref = jnp.matmul(a.reshape(g * bq, bn), ref).reshape(g, bq, d)
+    a_query = jnp.matmul(a_t.reshape(g * bn, bq), query).reshape(g, bn, d)
+    d_query = query * jnp.sum(rows, axis=0)[:, None] - jnp.sum(a_ref, axis=0)
+    d_ref = ref * jnp.sum(cols, axis=0)[:, None] - jnp.sum(a_query, axis=0)
+    if g == 1:
+        d_values = jnp.matmul(w_t[0], g_values[0])
     else:
-        _, slope = jax.jvp(get_log_kernel(kernel), (u,), (jnp.ones_like(u),))
-        t = s * jnp.where(ok, slope, 0.0)
-    a = 2.0 * jnp.sum(t * inv_h2[:, None, None], axis=0)  # [bq, bn]
-    d_query = query * jnp.sum(a, axis=1)[:, None] - jnp.matmul(a, ref)
-    d_ref = ref * jnp.sum(a, axis=0)[:, None] - jnp.matmul(a.T, query)
-    d_values = jnp.einsum("gij,gic->jc", w, g_values)
-    d_inv_h2 = jnp.sum(t * d2[None], axis=(1, 2))
-    return d_query, d_ref, d_values, d_inv_h2
+        d_values = jnp.einsum("gji,gic->jc", w_t, g_values)
+    sum_a_d2 = (
+        rows @ query_sq[:, 0] + cols @ ref_sq[:, 0] - 2.0 * jnp.einsum("gid,id->g", a_ref, query)
+    )
+    return d_query, d_ref, d_values, 0.5 * sum_a_d2 / inv_h2

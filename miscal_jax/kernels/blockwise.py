@@ -30,6 +30,7 @@ __all__ = [
     "KernelMoments",
     "block_grads",
     "block_log_weights",
+    "distance_cotangent",
     "pair_mask",
     "Running",
     "finish",
@@ -67,39 +68,43 @@ class KernelMoments(NamedTuple):
     sum_w2: Array
 
 
-def pair_mask(query_code: Array, ref_code: Array, *, loo: bool) -> Array:
-    """``[bq, bn]`` bools from a ``[bq, 1]`` column and a ``[1, bn]`` row of codes.
+def pair_mask(query_code: Array, ref_code: Array, *, loo: bool) -> tuple[Array, Array | None]:
+    """``(ref_ok, loo_ok)`` from query and reference codes shaped to broadcast.
 
-    True where the reference is valid and, with ``loo``, not the query's
-    left-out one.
+    Codes come as a column and a row (``[bq, 1]`` and ``[1, bn]``, or the other
+    way round for the transposed layout). ``ref_ok`` keeps the references'
+    own shape (the reference is valid); ``loo_ok`` is the pairs' mask (the
+    reference is not the query's left-out one), ``None`` without ``loo``.
     """
-    ok = jnp.broadcast_to(ref_code >= 0, (query_code.shape[0], ref_code.shape[1]))
-    if loo:
-        ok = ok & (query_code != ref_code)
-    return ok
+    return ref_code >= 0, (query_code != ref_code) if loo else None
 
 
-def log_weights(cross, query_sq, ref_sq, pair_ok, inv_h2, *, kernel: str) -> Array:
-    """``[bq, bn]`` log-weights of one bandwidth.
+def log_weights(cross, query_sq, ref_sq, mask, inv_h2, *, kernel: str) -> Array:
+    """Log-weights of one bandwidth, in the orientation of ``cross``.
 
     Args:
-      cross: ``[bq, bn]`` products ``q . z``.
-      query_sq: ``[bq, 1]`` squared norms ``|q|^2`` (a column).
-      ref_sq: ``[1, bn]`` squared norms ``|z|^2`` (a row).
-      pair_ok: ``[bq, bn]`` bools (:func:`pair_mask`); other pairs get ``-inf``.
+      cross: ``[bq, bn]`` products ``q . z`` (or their ``[bn, bq]`` transpose).
+      query_sq: squared norms ``|q|^2`` as a column ``[bq, 1]`` (a row when transposed).
+      ref_sq: squared norms ``|z|^2`` as a row ``[1, bn]`` (a column when transposed).
+      mask: :func:`pair_mask`'s ``(ref_ok, loo_ok)``; masked pairs get ``-inf``.
       inv_h2: scalar ``1 / h^2``.
       kernel: static kernel name (:mod:`miscal_jax.kernels.shapes`).
 
     The Gaussian is written as ``(q.z - |q|^2/2 - |z|^2/2) / h^2`` capped at 0
-    (its value at zero distance); other kernels go through the squared scaled
-    distance ``u = max(|q|^2 + |z|^2 - 2 q.z, 0) / h^2``.
+    (its value at zero distance), with the masked references folded into the
+    ``|z|^2`` term as ``-inf`` (one select per reference, not per pair); other
+    kernels go through the squared scaled distance
+    ``u = max(|q|^2 + |z|^2 - 2 q.z, 0) / h^2``.
     """
+    ref_ok, loo_ok = mask
     if kernel == "gaussian":
-        log_w = jnp.minimum(inv_h2 * (cross - 0.5 * query_sq - 0.5 * ref_sq), 0.0)
+        # h^-2 inside the select: no -inf * h^-2 whose derivative would be NaN
+        ref_bias = jnp.where(ref_ok, -0.5 * inv_h2 * ref_sq, -jnp.inf)
+        log_w = jnp.minimum(inv_h2 * (cross - 0.5 * query_sq) + ref_bias, 0.0)
     else:
         d2 = jnp.maximum(query_sq + ref_sq - 2.0 * cross, 0.0)
-        log_w = get_log_kernel(kernel)(d2 * inv_h2)
-    return jnp.where(pair_ok, log_w, -jnp.inf)
+        log_w = jnp.where(ref_ok, get_log_kernel(kernel)(d2 * inv_h2), -jnp.inf)
+    return log_w if loo_ok is None else jnp.where(loo_ok, log_w, -jnp.inf)
 
 
 class Running(NamedTuple):
@@ -178,7 +183,7 @@ def block_log_weights(
 
     Returns:
       The log-weights and the pieces they were built from:
-      ``(cross, query_sq, ref_sq, pair_ok)``, ``cross`` and ``pair_ok`` in the
+      ``(cross, query_sq, ref_sq, mask)``, ``cross`` and ``mask`` in the
       weights' orientation, the squared norms as a column and a row
       (``[bq, 1]`` and ``[1, bn]``, or the other way round when transposed).
     """
@@ -187,13 +192,32 @@ def block_log_weights(
     if transposed:
         cross = jnp.matmul(ref, query.T, precision=DISTANCE_PRECISION)
         query_sq, ref_sq = query_sq[None, :], ref_sq[:, None]
-        ok = pair_mask(query_code[:, None], ref_code[None, :], loo=loo).T
+        ok = pair_mask(query_code[None, :], ref_code[:, None], loo=loo)
     else:
         cross = jnp.matmul(query, ref.T, precision=DISTANCE_PRECISION)
         query_sq, ref_sq = query_sq[:, None], ref_sq[None, :]
         ok = pair_mask(query_code[:, None], ref_code[None, :], loo=loo)
     lw = jax.vmap(lambda s: log_weights(cross, query_sq, ref_sq, ok, s, kernel=kernel))(inv_h2)
     return lw, (cross, query_sq, ref_sq, ok)
+
+
+def distance_cotangent(w, gv, g_w2, cross, query_sq, ref_sq, mask, inv_h2, *, kernel: str):
+    """``a = 2 f'(u) s / h^2``, the cotangent of the squared distances of one bandwidth.
+
+    ``s = w (gv + 2 gW2 w)`` is the cotangent of the log-weights (``gv`` the
+    values' cotangents dotted with the values, ``g_w2`` that of ``sum w^2``,
+    broadcastable to ``w``); for the Gaussian ``a = -s / h^2``. Pure
+    elementwise, so the Triton backward runs the same lines.
+    """
+    s = w * (gv + 2.0 * g_w2 * w)
+    if kernel == "gaussian":
+        return -s * inv_h2
+    d2 = jnp.maximum(query_sq + ref_sq - 2.0 * cross, 0.0)
+    u = d2 * inv_h2
+    _, slope = jax.jvp(get_log_kernel(kernel), (u,), (jnp.ones_like(u),))
+    ref_ok, loo_ok = mask
+    ok = ref_ok if loo_ok is None else ref_ok & loo_ok
+    return 2.0 * s * jnp.where(ok, slope, 0.0) * inv_h2
 
 
 def _pair_cotangents(
@@ -228,14 +252,11 @@ def _pair_cotangents(
     else:
         spec = "jc,gic->gji" if transposed else "gic,jc->gij"
         gv = jnp.einsum(spec, *((values, g_values) if transposed else (g_values, values)))
-    s = w * (gv + 2.0 * per_query(g_w2) * w)
-    if kernel == "gaussian":
-        a = -s * inv_h2[:, None, None]
-    else:
-        d2 = jnp.maximum(query_sq + ref_sq - 2.0 * cross, 0.0)
-        u = d2[None] * inv_h2[:, None, None]
-        _, slope = jax.jvp(get_log_kernel(kernel), (u,), (jnp.ones_like(u),))
-        a = 2.0 * s * jnp.where(ok, slope, 0.0) * inv_h2[:, None, None]
+    a = jax.vmap(
+        lambda w, gv, g_w2, inv: distance_cotangent(
+            w, gv, g_w2, cross, query_sq, ref_sq, ok, inv, kernel=kernel
+        )
+    )(w, gv, per_query(g_w2), inv_h2)
     return w, a, query_sq, ref_sq
 
 

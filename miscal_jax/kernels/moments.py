@@ -28,10 +28,11 @@ block mathematics (:mod:`miscal_jax.kernels.blockwise`):
 - ``"dense"``: the obvious ``[q, n]`` computation, for checks and tiny inputs
   (differentiated by plain autodiff: the independent reference for the others).
 
-Reverse mode (``"xla"`` and ``"pallas"``) is one hand-written pass that
-recomputes each block once from the forward's ``log_scale``
-(:func:`~miscal_jax.kernels.xla_path.backward`), with temporaries of one
-block's size.
+Reverse mode is hand-written and recomputes each block's weights once from
+the forward's ``log_scale``, with temporaries of one block's size: by the XLA
+scan (:func:`~miscal_jax.kernels.xla_path.backward`) for ``"xla"``, and for
+``"pallas"`` on CPU and TPU; by two fused Triton kernels
+(:func:`~miscal_jax.kernels.pallas_gpu.backward`) for ``"pallas"`` on GPUs.
 
 Dtypes: the points are centred at the valid references' mean and everything is
 accumulated in ``promote(input dtype, float32)``: bfloat16 and float16 inputs
@@ -143,15 +144,48 @@ def _moments_fwd(static, *args):
     return out, (args, out.log_scale)
 
 
-def _moments_bwd(static, residuals, cotangent):
-    (query, query_code, ref, ref_code, values, inv_h2), log_scale = residuals
+def _xla_backward(static: Static, args, log_scale, cotangent):
     # the backward's block holds about twice the forward's temporaries: half the queries
     bq = static.bq // 2 if static.bq % 16 == 0 else static.bq
-    d_query, d_ref, d_values, d_inv_h2 = xla_path.backward(
-        query, query_code, ref, ref_code, values, inv_h2, log_scale, cotangent,
-        kernel=static.kernel, loo=static.loo, bq=bq, bn=static.bn,
+    return xla_path.backward(
+        *args, log_scale, cotangent, kernel=static.kernel, loo=static.loo, bq=bq, bn=static.bn
+    )
+
+
+def _triton_backward(static: Static, args, log_scale, cotangent, interpret: bool):
+    """The fused Triton backward on rows padded to its tiles (imported lazily)."""
+    from miscal_jax.kernels import pallas_gpu
+
+    query, query_code, ref, ref_code, values, inv_h2 = args
+    bq, bn = pallas_gpu.TILES[:2]
+    q, n = query.shape[0], ref.shape[0]
+    big_q, big_n = round_up(q, bq), round_up(n, bn)
+    per_query = lambda a: jnp.pad(a, [(0, 0), (0, big_q - q)] + [(0, 0)] * (a.ndim - 2))
+    grads = pallas_gpu.backward(
+        pad_rows(query, big_q), pad_rows(query_code, big_q, -1), pad_rows(ref, big_n),
+        pad_rows(ref_code, big_n, -2), pad_rows(values, big_n), inv_h2, per_query(log_scale),
+        KernelMoments(*(per_query(a) for a in cotangent)),
+        kernel=static.kernel, loo=static.loo, interpret=interpret,
     )  # fmt: skip
-    return d_query, None, d_ref, None, d_values, d_inv_h2
+    d_query, d_ref, d_values, d_inv_h2 = grads
+    return d_query[:q], d_ref[:n], d_values[:n], d_inv_h2
+
+
+def _moments_bwd(static, residuals, cotangent):
+    args, log_scale = residuals
+    if static.impl != "pallas":
+        grads = _xla_backward(static, args, log_scale, cotangent)
+    elif static.interpret:
+        grads = _triton_backward(static, args, log_scale, cotangent, True)
+    else:  # the fused Triton backward on GPUs, the XLA one elsewhere
+        triton = lambda: _triton_backward(static, args, log_scale, cotangent, False)
+        grads = jax.lax.platform_dependent(
+            cuda=triton,
+            rocm=triton,
+            default=lambda: _xla_backward(static, args, log_scale, cotangent),
+        )
+    d_query, d_ref, d_values, d_inv_h2 = grads
+    return d_query, None, d_ref, None, d_values.astype(args[4].dtype), d_inv_h2
 
 
 _moments.defvjp(_moments_fwd, _moments_bwd)

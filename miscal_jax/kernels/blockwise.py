@@ -197,7 +197,9 @@ def block_log_weights(
         cross = jnp.matmul(query, ref.T, precision=DISTANCE_PRECISION)
         query_sq, ref_sq = query_sq[:, None], ref_sq[None, :]
         ok = pair_mask(query_code[:, None], ref_code[None, :], loo=loo)
-    lw = jax.vmap(lambda s: log_weights(cross, query_sq, ref_sq, ok, s, kernel=kernel))(inv_h2)
+    lw = log_weights(
+        cross[None], query_sq[None], ref_sq[None], ok, inv_h2[:, None, None], kernel=kernel
+    )
     return lw, (cross, query_sq, ref_sq, ok)
 
 
@@ -252,11 +254,10 @@ def _pair_cotangents(
     else:
         spec = "jc,gic->gji" if transposed else "gic,jc->gij"
         gv = jnp.einsum(spec, *((values, g_values) if transposed else (g_values, values)))
-    a = jax.vmap(
-        lambda w, gv, g_w2, inv: distance_cotangent(
-            w, gv, g_w2, cross, query_sq, ref_sq, ok, inv, kernel=kernel
-        )
-    )(w, gv, per_query(g_w2), inv_h2)
+    a = distance_cotangent(
+        w, gv, per_query(g_w2), cross[None], query_sq[None], ref_sq[None], ok,
+        inv_h2[:, None, None], kernel=kernel,
+    )  # fmt: skip
     return w, a, query_sq, ref_sq
 
 

@@ -61,7 +61,7 @@ from miscal_jax.synthetic.planted import make_confounded_null, make_confounded_p
 
 #: Other models answering the target's items in the ``panel`` geometry runs.
 PANEL_MODELS = 20
-FIT_PANEL = jax.jit(fit_panel, static_argnums=4)
+FIT_PANEL = jax.jit(fit_panel)
 FIT_PROFILE = jax.jit(fit_profile, static_argnums=2)
 
 

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     group = np.array([names.index(it["category"]) for it in items], np.int64)
     emb = np.load(MMLU / "question_embeddings_all-MiniLM-L6-v2_f16.npy").astype(np.float32)
     rows = pick_items(items, args.items, args.seed) if args.items else np.arange(len(items))
-    fit = jax.jit(fit_panel, static_argnums=4)
+    fit = jax.jit(fit_panel)
     profile = jax.jit(fit_profile, static_argnums=2)
     table = []
     for target in pick_models(args.targets):
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
                 spaces[name] = np.asarray(profile_embed(profile_map, y, mask))
                 info = {"explained": float(profile_map.explained)}
             else:
-                config = DEFAULT_CONFIG._replace(outcome=outcome)
+                config = DEFAULT_CONFIG.replace(outcome=outcome)
                 panel_map, history = fit(jax.random.key(args.seed), emb, y, mask, config)
                 spaces[name] = np.asarray(panel_embed(panel_map, emb))
                 info = {

@@ -78,7 +78,7 @@ METHODS = (
     "mcgrad",
 )
 PANELS = ("local_panel", "local_panel_correct", "local_profile")
-FIT_PANEL = jax.jit(fit_panel, static_argnums=4)
+FIT_PANEL = jax.jit(fit_panel)
 FIT_PROFILE = jax.jit(fit_profile, static_argnums=2)
 
 
@@ -90,7 +90,7 @@ def panel_space(emb, outcomes, target_col, outcome, seed=0):
     observed are dropped.
     """
     y, mask = _others(outcomes, target_col)
-    config = DEFAULT_CONFIG._replace(outcome=outcome)
+    config = DEFAULT_CONFIG.replace(outcome=outcome)
     panel_map, _ = FIT_PANEL(jax.random.key(seed), emb, y, mask, config)
     return np.asarray(panel_embed(panel_map, emb))
 

@@ -25,7 +25,7 @@ FAST = FitConfig(folds=3, candidates=("raw", "pca"))
 LEARNED = FitConfig(
     folds=2, encoder=EncoderConfig(out_dim=4, batch_size=64, max_steps=40, eval_every=20)
 )
-jit_fit = jax.jit(fit, static_argnums=4)
+jit_fit = jax.jit(fit)
 
 
 def _data(n=240, seed=0):
@@ -50,7 +50,7 @@ def test_vmap_over_models_equals_a_loop():
     confs = rng.uniform(0.3, 0.95, size=(8, x.shape[0])).astype(np.float32)
     corrects = (rng.random((8, x.shape[0])) < confs**1.5).astype(np.float32)
     key = jax.random.key(1)
-    many, _ = jax.jit(jax.vmap(fit, in_axes=(None, None, 0, 0, None)), static_argnums=4)(
+    many, _ = jax.jit(jax.vmap(fit, in_axes=(None, None, 0, 0, None)))(
         key, x, confs, corrects, FAST
     )
     oof_many = jax.vmap(out_of_fold)(many)
@@ -224,3 +224,34 @@ def test_predict_recovers_the_planted_field_on_new_items():
     p_global = apply_global(fit_global(d.conf[fit_rows], d.correct[fit_rows]), d.conf[new])
     brier = lambda q: float(np.mean((np.asarray(q) - d.correct[new]) ** 2))
     assert brier(corrected) < brier(p_global) - 0.002, (brier(corrected), brier(p_global))
+
+
+def test_configs_are_pytrees_jit_needs_no_static_args_and_a_sweep_compiles_once():
+    x, p, y = _data()
+    cfg = FitConfig(
+        folds=2,
+        candidates=("raw", "linear"),
+        encoder=EncoderConfig(out_dim=4, max_steps=20, eval_every=10, linear_batch_size=64),
+    )
+    shapes = jax.eval_shape(fit, jax.random.key(0), x, p, y, cfg)
+    assert shapes[0].ref_x.shape == x.shape
+    fit_jit = jax.jit(fit)
+    models = []
+    for lr in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1):
+        sweep = cfg.replace(encoder=cfg.encoder.replace(linear_learning_rate=lr))
+        models.append(fit_jit(jax.random.key(0), x, p, y, sweep)[0])
+    assert fit_jit._cache_size() == 1
+    weights = [np.asarray(jax.tree.leaves(m.geometry.params)[0]) for m in models]
+    assert not np.allclose(weights[0], weights[-1])  # the traced step size is used
+    # ... and the sweep vmaps: one program over all five step sizes
+    rates = jnp.array([1e-3, 3e-3, 1e-2, 3e-2, 1e-1])
+    axes = cfg.replace(encoder=cfg.encoder.replace(learning_rate=None, weight_decay=None,
+                                                   linear_learning_rate=0))  # fmt: skip
+    batched = cfg.replace(encoder=cfg.encoder.replace(linear_learning_rate=rates))
+    many, _ = jax.jit(jax.vmap(fit, in_axes=(None, None, None, None, axes)))(
+        jax.random.key(0), x, p, y, batched
+    )
+    np.testing.assert_allclose(
+        np.asarray(jax.tree.leaves(many.geometry.params)[0][-1]), weights[-1], rtol=1e-4,
+        atol=1e-5,
+    )  # fmt: skip

@@ -19,7 +19,7 @@ from miscal_jax.geometry.panel import (
 )
 
 FAST = PanelConfig(outcome="correct", out_dim=4, max_steps=600, eval_every=50)
-fit_jit = jax.jit(fit_panel, static_argnums=4)
+fit_jit = jax.jit(fit_panel)
 
 
 def planted(n=600, m=16, d=64, seed=0, items=None):

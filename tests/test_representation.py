@@ -53,8 +53,8 @@ def test_fit_encoder_keeps_best_and_stops_after_patience():
     x, r = _xy()
     fit = np.arange(600) < 400
     # a large learning rate overfits quickly: validation loss rises, training must stop
-    cfg = CFG._replace(learning_rate=0.3, max_steps=2000, eval_every=10, patience=3)
-    state, hist = jax.jit(fit_encoder, static_argnums=5)(jax.random.key(0), x, r, fit, ~fit, cfg)
+    cfg = CFG.replace(learning_rate=0.3, max_steps=2000, eval_every=10, patience=3)
+    state, hist = jax.jit(fit_encoder)(jax.random.key(0), x, r, fit, ~fit, cfg)
     val = np.asarray(hist["val_loss"])
     run = val[~np.isnan(val)]
     assert int(hist["steps"]) < cfg.max_steps  # stopped early
@@ -73,7 +73,7 @@ def test_fit_encoder_masks_equal_slices():
     x, r = _xy(300)
     fit = np.arange(300) < 200
     val = (np.arange(300) >= 200) & (np.arange(300) < 260)
-    cfg = CFG._replace(max_steps=40)
+    cfg = CFG.replace(max_steps=40)
     _, h1 = fit_encoder(jax.random.key(3), x, r, fit, val, cfg)
     # rows outside both masks must not matter
     x2, r2 = x.copy(), r.copy()

@@ -444,12 +444,12 @@ def _panel_data(args, log):
         z = np.asarray(profile_embed(profile_map, values, mask))
         info["explained"] = float(profile_map.explained)
     else:
-        panel_map, history = jax.jit(fit_panel, static_argnums=4)(
+        panel_map, history = jax.jit(fit_panel)(
             jax.random.key(args.seed),
             panel.item_embeddings,
             values,
             mask,
-            DEFAULT_CONFIG._replace(outcome=outcome),
+            DEFAULT_CONFIG.replace(outcome=outcome),
         )
         z = np.asarray(panel_embed(panel_map, panel.item_embeddings))
         info["val_loss"] = float(history["best_val_loss"])

@@ -14,12 +14,12 @@ References:
 
 import functools
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 from flax.training import train_state
 from jax.typing import ArrayLike
 
@@ -71,8 +71,17 @@ class Relevance(nn.Module):
         return x * jnp.exp(log_w)
 
 
-class EncoderConfig(NamedTuple):
-    """Static training configuration (hashable, so it can be a jit static arg).
+@struct.dataclass
+class EncoderConfig:
+    """Training configuration of the learned spaces: structure static, step sizes traced.
+
+    A frozen dataclass and a pytree: the structural fields (``hidden``,
+    ``out_dim``, batch sizes, step counts, ``kernel``) are static, part of the
+    tree's structure, so they select the compiled program; the numeric
+    hyperparameters (``learning_rate``, ``weight_decay``,
+    ``linear_learning_rate``) are leaves, traced under ``jit``, so a sweep
+    over them compiles once and can be ``vmap``-ed. Change a field with
+    ``config.replace(...)``.
 
     ``hidden`` and ``out_dim`` shape the MLP of the ``"learned"`` geometry.
     The ``"linear"`` geometry (:class:`Relevance`, one weight per input) trains
@@ -83,17 +92,17 @@ class EncoderConfig(NamedTuple):
     moved the weights by 5% in 475).
     """
 
-    hidden: tuple[int, ...] = ()
-    out_dim: int = 16
+    hidden: tuple[int, ...] = struct.field(pytree_node=False, default=())
+    out_dim: int = struct.field(pytree_node=False, default=16)
     learning_rate: float = 3e-3
     weight_decay: float = 1e-2
-    batch_size: int = 256
-    max_steps: int = 600
-    eval_every: int = 25
-    patience: int = 6
-    kernel: str = "gaussian"
+    batch_size: int = struct.field(pytree_node=False, default=256)
+    max_steps: int = struct.field(pytree_node=False, default=600)
+    eval_every: int = struct.field(pytree_node=False, default=25)
+    patience: int = struct.field(pytree_node=False, default=6)
+    kernel: str = struct.field(pytree_node=False, default="gaussian")
     linear_learning_rate: float = 3e-2
-    linear_batch_size: int = 1024
+    linear_batch_size: int = struct.field(pytree_node=False, default=1024)
 
 
 class TrainState(train_state.TrainState):
@@ -227,7 +236,7 @@ def fit_encoder(
       >>> r = jnp.sign(x[:, 0]) * 0.3
       >>> fit = jnp.arange(64) < 48
       >>> cfg = EncoderConfig(out_dim=2, batch_size=16, max_steps=20, eval_every=10)
-      >>> state, hist = jax.jit(fit_encoder, static_argnums=5)(
+      >>> state, hist = jax.jit(fit_encoder)(
       ...     jax.random.key(1), x, r, fit, ~fit, cfg)
       >>> hist["val_loss"].shape
       (3,)

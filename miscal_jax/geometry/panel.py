@@ -35,7 +35,7 @@ only the panel's outcomes, so no outcome of the target enters it either.
 """
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -60,8 +60,14 @@ __all__ = [
 ]
 
 
-class PanelConfig(NamedTuple):
-    """Static configuration of :func:`fit_panel` (hashable: a ``jit`` static argument).
+@struct.dataclass
+class PanelConfig:
+    """Configuration of :func:`fit_panel`: structure static, step sizes and ridge traced.
+
+    A frozen dataclass and a pytree (see
+    :class:`~miscal_jax.geometry.EncoderConfig`): ``learning_rate``,
+    ``weight_decay`` and ``ridge`` are traced leaves, the rest is static.
+    Change a field with ``config.replace(...)``.
 
     Attributes:
       outcome: ``"residual"`` (outcomes are ``correct - confidence`` in
@@ -86,16 +92,16 @@ class PanelConfig(NamedTuple):
         :func:`fit_panel`).
     """
 
-    outcome: str = "residual"
-    out_dim: int = 16
-    hidden: tuple[int, ...] = ()
+    outcome: str = struct.field(pytree_node=False, default="residual")
+    out_dim: int = struct.field(pytree_node=False, default=16)
+    hidden: tuple[int, ...] = struct.field(pytree_node=False, default=())
     learning_rate: float = 3e-3
     weight_decay: float = 1e-2
-    batch_size: int = 512
-    max_steps: int = 3000
-    eval_every: int = 50
-    patience: int = 8
-    val_fraction: float = 0.15
+    batch_size: int = struct.field(pytree_node=False, default=512)
+    max_steps: int = struct.field(pytree_node=False, default=3000)
+    eval_every: int = struct.field(pytree_node=False, default=50)
+    patience: int = struct.field(pytree_node=False, default=8)
+    val_fraction: float = struct.field(pytree_node=False, default=0.15)
     ridge: float = 0.1
 
 
@@ -347,7 +353,7 @@ def fit_panel(
       >>> y = (x[:, :1] + 0.3 * jnp.arange(6.0) > 0.5).astype(jnp.float32)
       >>> mask = jnp.ones_like(y, bool)
       >>> cfg = PanelConfig(outcome="correct", out_dim=2, max_steps=300)
-      >>> pm, hist = jax.jit(fit_panel, static_argnums=4)(jax.random.key(1), x, y, mask, cfg)
+      >>> pm, hist = jax.jit(fit_panel)(jax.random.key(1), x, y, mask, cfg)
       >>> bool(hist["best_val_loss"] < 0.5 * hist["constant_loss"])
       True
     """

@@ -381,7 +381,7 @@ def fit_geometry(
         feats = _inputs(geometry, candidates[k], x, conf)
         cfg = config
         if candidates[k] == "linear":
-            cfg = config._replace(
+            cfg = config.replace(
                 learning_rate=config.linear_learning_rate, batch_size=config.linear_batch_size
             )
         state, history = fit_encoder(key, feats, residual, fit, stop, cfg, geometry.modules[k])

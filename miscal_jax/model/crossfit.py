@@ -87,7 +87,7 @@ class CrossFitResult(NamedTuple):
     model: FieldModel
 
 
-_fit = jax.jit(fit, static_argnums=4)
+_fit = jax.jit(fit)
 
 
 @jax.jit

@@ -12,8 +12,9 @@ the fold model that never saw it. :func:`save` and :func:`load` write and read
 a versioned msgpack file.
 """
 
+import dataclasses
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,11 +50,19 @@ __all__ = [
 ]
 
 #: Version of the file layout written by :func:`save`; :func:`load` refuses others.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
-class FitConfig(NamedTuple):
-    """Static configuration of :func:`fit` (hashable: a ``jit`` static argument).
+@struct.dataclass
+class FitConfig:
+    """Configuration of :func:`fit`: a frozen dataclass, structure static, numbers traced.
+
+    Every field here is structural (static: it selects the compiled program);
+    the numeric hyperparameters live in ``encoder`` (:class:`EncoderConfig`)
+    and are traced leaves, so ``jax.jit(fit)`` needs no ``static_argnums``,
+    ``jax.eval_shape(fit, key, x, p, y, config)`` works, and a sweep over
+    learning rates compiles :func:`fit` once. Change a field with
+    ``config.replace(...)``.
 
     Attributes:
       folds: number of cross-fitting folds K (>= 2).
@@ -68,12 +77,12 @@ class FitConfig(NamedTuple):
     rows (their values saw their outcomes through the space's weights).
     """
 
-    folds: int = 5
-    candidates: tuple[str, ...] = DEFAULT_CANDIDATES
+    folds: int = struct.field(pytree_node=False, default=5)
+    candidates: tuple[str, ...] = struct.field(pytree_node=False, default=DEFAULT_CANDIDATES)
     encoder: EncoderConfig = EncoderConfig()
-    use_conf: bool = True
-    global_method: str = "isotonic"
-    final_recalibration: bool = True
+    use_conf: bool = struct.field(pytree_node=False, default=True)
+    global_method: str = struct.field(pytree_node=False, default="isotonic")
+    final_recalibration: bool = struct.field(pytree_node=False, default=True)
 
 
 @struct.dataclass
@@ -93,7 +102,7 @@ class FieldModel:
       global_map: the first, confidence-only map, ``[K, ...]`` leaves.
       params: :class:`~miscal_jax.correction.CorrectionParams`, ``[K]`` leaves.
       final_map: isotonic map applied last, ``[K, ...]`` leaves (``None`` when off).
-      config: the :class:`FitConfig` (static).
+      config: the :class:`FitConfig` (its structure static, its numbers leaves).
     """
 
     ref_x: Array
@@ -105,7 +114,7 @@ class FieldModel:
     global_map: Any
     params: CorrectionParams
     final_map: Any
-    config: FitConfig = struct.field(pytree_node=False, default=FitConfig())
+    config: FitConfig = FitConfig()
 
     @property
     def fold(self) -> Array:
@@ -210,7 +219,7 @@ def fit(
       >>> from miscal_jax.synthetic.planted import make_planted
       >>> d = make_planted(200, seed=0)
       >>> cfg = FitConfig(folds=2, candidates=("raw",))
-      >>> model, info = jax.jit(fit, static_argnums=4)(
+      >>> model, info = jax.jit(fit)(
       ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
       >>> model.train_mask.shape, info["select_error"].shape
       ((2, 200), (2, 1))
@@ -325,7 +334,7 @@ def predict(
       >>> from miscal_jax.synthetic.planted import make_planted
       >>> d = make_planted(200, seed=0)
       >>> cfg = FitConfig(folds=2, candidates=("raw",))
-      >>> model, _ = jax.jit(fit, static_argnums=4)(
+      >>> model, _ = jax.jit(fit)(
       ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
       >>> est, p = predict(model, d.embeddings[:5], d.conf[:5])
       >>> est.value.shape, p.shape
@@ -354,7 +363,7 @@ def out_of_fold(model: FieldModel) -> tuple[FieldEstimate, Array]:
       >>> from miscal_jax.synthetic.planted import make_planted
       >>> d = make_planted(200, seed=0)
       >>> cfg = FitConfig(folds=2, candidates=("raw",))
-      >>> model, _ = jax.jit(fit, static_argnums=4)(
+      >>> model, _ = jax.jit(fit)(
       ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
       >>> est, p = out_of_fold(model)
       >>> est.value.shape
@@ -382,7 +391,7 @@ def out_of_fold_global(model: FieldModel) -> FieldEstimate:
       >>> from miscal_jax.synthetic.planted import make_planted
       >>> d = make_planted(200, seed=0)
       >>> cfg = FitConfig(folds=2, candidates=("raw",))
-      >>> model, _ = jax.jit(fit, static_argnums=4)(
+      >>> model, _ = jax.jit(fit)(
       ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
       >>> jax.jit(out_of_fold_global)(model).value.shape
       (200,)
@@ -421,6 +430,15 @@ def _template(config: FitConfig, shapes: dict) -> FieldModel:
     return model
 
 
+def _plain(value):
+    """A config value as JSON-able data (tuples as lists, arrays as numbers or lists)."""
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, str | bool | int | float):
+        return value
+    return np.asarray(value).tolist()
+
+
 def save(model: FieldModel, path: str | Path) -> None:
     """Writes ``model`` to ``path`` (msgpack, versioned, bit-exact).
 
@@ -433,7 +451,7 @@ def save(model: FieldModel, path: str | Path) -> None:
       >>> from miscal_jax.synthetic.planted import make_planted
       >>> d = make_planted(200, seed=0)
       >>> cfg = FitConfig(folds=2, candidates=("raw",))
-      >>> model, _ = jax.jit(fit, static_argnums=4)(
+      >>> model, _ = jax.jit(fit)(
       ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
       >>> path = os.path.join(tempfile.mkdtemp(), "model.msgpack")
       >>> save(model, path)
@@ -447,7 +465,10 @@ def save(model: FieldModel, path: str | Path) -> None:
         "config": {
             "folds": config.folds,
             "candidates": list(config.candidates),
-            "encoder": dict(config.encoder._asdict(), hidden=list(config.encoder.hidden)),
+            "encoder": {
+                f.name: _plain(getattr(config.encoder, f.name))
+                for f in dataclasses.fields(config.encoder)
+            },
             "use_conf": config.use_conf,
             "global_method": config.global_method,
             "final_recalibration": config.final_recalibration,
@@ -487,6 +508,8 @@ def load(path: str | Path) -> FieldModel:
         )
     cfg = header["config"]
     enc = dict(cfg["encoder"], hidden=tuple(cfg["encoder"]["hidden"]))
+    for name in ("learning_rate", "weight_decay", "linear_learning_rate"):
+        enc[name] = np.asarray(enc[name], np.float32)
     config = FitConfig(
         folds=int(cfg["folds"]),
         candidates=tuple(cfg["candidates"]),

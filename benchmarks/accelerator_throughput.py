@@ -7,8 +7,9 @@ Rows, each at ``q = n`` and one bandwidth, measured in this process:
 
 - ``xla fwd`` / ``xla bwd``: :func:`miscal_jax.kernel_moments` (``impl="xla"``),
   the moments of a leave-one-out Nadaraya-Watson loss, and ``jax.grad`` of that
-  loss with respect to the points, the values and the bandwidth (the
-  hand-written one-recompute backward);
+  loss with respect to the points, the values and the bandwidth (the forward
+  and then the hand-written one-recompute backward; "backward alone" is the
+  difference);
 - ``pallas fwd`` / ``pallas bwd``: the same with ``impl="pallas"`` (Triton on a
   GPU, Mosaic on a TPU; skipped on CPU, where it would run in the interpreter);
 - ``autodiff bwd`` (``--backward-baseline``): the backward the library had
@@ -150,12 +151,13 @@ def main():
                 rate = n * n / wall
                 print(f"{n:>8} {d:>4} {row:<14} {first:>8.2f} {wall:>8.3f} {rate:>9.2e} "
                       f"{rate / top:>6.2f}")  # fmt: skip
-            if "xla bwd" in rows:
-                ratio = rows["xla bwd"][1] / rows["xla fwd"][1]
-                extra = ""
+            for impl in impls:  # the bwd rows time jax.grad: the forward, then the backward
+                fwd, grad = rows[f"{impl} fwd"][1], rows[f"{impl} bwd"][1]
+                line = f"{impl}: backward alone {grad - fwd:.3f} s = {(grad - fwd) / fwd:.2f}x forward"
                 if "autodiff bwd" in rows:
-                    extra = f", autodiff {rows['autodiff bwd'][1] / rows['xla fwd'][1]:.2f}x"
-                print(f"{'':>8} {'':>4} backward / forward: {ratio:.2f}x{extra}")
+                    old = rows["autodiff bwd"][1] - fwd
+                    line += f" (autodiff: {old:.3f} s = {old / fwd:.2f}x)"
+                print(f"{'':>14}{line}")
     blocks = block_sizes(512, 2048, 1 << 20, 1 << 20, 1)
     print(f"XLA blocks (bq, bn) at n = 2^20, one bandwidth: {blocks}")
 

@@ -152,8 +152,8 @@ def main():
                 print(f"{n:>8} {d:>4} {row:<14} {first:>8.2f} {wall:>8.3f} {rate:>9.2e} "
                       f"{rate / top:>6.2f}")  # fmt: skip
             for impl in impls:  # the bwd rows time jax.grad: the forward, then the backward
-                fwd, grad = rows[f"{impl} fwd"][1], rows[f"{impl} bwd"][1]
-                line = f"{impl}: backward alone {grad - fwd:.3f} s = {(grad - fwd) / fwd:.2f}x forward"
+                fwd, back = rows[f"{impl} fwd"][1], rows[f"{impl} bwd"][1] - rows[f"{impl} fwd"][1]
+                line = f"{impl}: backward alone {back:.3f} s, {back / fwd:.2f}x forward"
                 if "autodiff bwd" in rows:
                     old = rows["autodiff bwd"][1] - fwd
                     line += f" (autodiff: {old:.3f} s = {old / fwd:.2f}x)"

@@ -255,3 +255,34 @@ def test_configs_are_pytrees_jit_needs_no_static_args_and_a_sweep_compiles_once(
         np.asarray(jax.tree.leaves(many.geometry.params)[0][-1]), weights[-1], rtol=1e-4,
         atol=1e-5,
     )  # fmt: skip
+
+
+def test_a_batch_of_eight_models_is_first_class(tmp_path):
+    """vmap(fit) over 8 models: predict, out_of_fold, select_model and a bit-exact save/load."""
+    from miscal_jax.model import num_models, select_model
+
+    x, p, y = _data()
+    rng = np.random.default_rng(3)
+    confs = np.clip(p[None] + rng.normal(0, 0.05, (8, p.shape[0])), 0.01, 0.99).astype(np.float32)
+    corrects = np.stack([y] * 8)
+    cfg = FitConfig(folds=3, candidates=("raw", "std"))
+    many, _ = jax.jit(jax.vmap(fit, in_axes=(None, None, 0, 0, None)))(
+        jax.random.key(0), x, confs, corrects, cfg
+    )
+    assert num_models(many) == 8
+    est, corrected = out_of_fold(many)
+    new_est, new_p = predict(many, x[:7], np.full(7, 0.6, np.float32))
+    assert est.value.shape == (8, x.shape[0]) and new_p.shape == (8, 7)
+    for i in (0, 5):
+        one = select_model(many, i)
+        np.testing.assert_allclose(out_of_fold(one)[1], corrected[i], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            predict(one, x[:7], np.full(7, 0.6, np.float32))[1], new_p[i], rtol=1e-5, atol=1e-6
+        )
+    save(many, tmp_path / "many.msgpack")
+    back = load(tmp_path / "many.msgpack")
+    assert num_models(back) == 8
+    for a, b in zip(jax.tree.leaves(many), jax.tree.leaves(back), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="i: the batch holds 8 models"):
+        select_model(many, 8)

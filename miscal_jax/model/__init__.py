@@ -13,10 +13,12 @@ from miscal_jax.model.field_model import (
     fit,
     fold_masks,
     load,
+    num_models,
     out_of_fold,
     out_of_fold_global,
     predict,
     save,
+    select_model,
 )
 
 __all__ = (
@@ -30,8 +32,10 @@ __all__ = (
     "fit",
     "fold_masks",
     "load",
+    "num_models",
     "out_of_fold",
     "out_of_fold_global",
     "predict",
     "save",
+    "select_model",
 )

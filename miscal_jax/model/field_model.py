@@ -45,8 +45,10 @@ __all__ = [
     "load",
     "out_of_fold",
     "out_of_fold_global",
+    "num_models",
     "predict",
     "save",
+    "select_model",
 ]
 
 #: Version of the file layout written by :func:`save`; :func:`load` refuses others.
@@ -278,6 +280,38 @@ def _apply_fold(model: FieldModel, parts, x, conf):
     return field, p_local
 
 
+def num_models(model: FieldModel) -> int | None:
+    """The number of models stacked in ``model`` by ``jax.vmap(fit)``, or ``None`` for one.
+
+    A batched model's leaves carry a leading ``[m]`` axis (``train_mask`` is
+    ``[m, K, n]``); :func:`predict`, :func:`out_of_fold`, :func:`save` and
+    :func:`load` accept it as it is, :func:`select_model` takes one out.
+    """
+    return model.train_mask.shape[0] if model.train_mask.ndim == 3 else None
+
+
+def select_model(model: FieldModel, i: int) -> FieldModel:
+    """Model ``i`` of a batch from ``jax.vmap(fit)`` (an ordinary :class:`FieldModel`).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from miscal_jax.synthetic.planted import make_planted
+      >>> d = make_planted(200, seed=0)
+      >>> confs = jnp.stack([d.conf, d.conf**2])
+      >>> cfg = FitConfig(folds=2, candidates=("raw",))
+      >>> many, _ = jax.vmap(fit, in_axes=(None, None, 0, 0, None))(
+      ...     jax.random.key(0), d.embeddings, confs, jnp.stack([d.correct] * 2), cfg)
+      >>> num_models(many), num_models(select_model(many, 1))
+      (2, None)
+    """
+    m = num_models(model)
+    if m is None:
+        raise ValueError("model: not a batch (no leading model axis); it is model 0 already.")
+    if not 0 <= i < m:
+        raise ValueError(f"i: the batch holds {m} models, got index {i}.")
+    return jax.tree.map(lambda a: a[i], model)
+
+
 def _check_new(model: FieldModel, x, conf):
     x = jnp.asarray(x, jnp.float32)
     conf = jnp.asarray(conf, jnp.float32)
@@ -327,7 +361,8 @@ def predict(
       ``(field_estimate, corrected_conf)``: the fold-averaged
       :class:`~miscal_jax.FieldEstimate` of ``correct - conf`` (``se`` and
       ``n_eff`` averaged too, a conservative choice) and ``[q]`` corrected
-      confidences.
+      confidences. For a batch of ``m`` models (:func:`num_models`), ``[m, q]``
+      arrays; ``conf`` is then ``[q]`` (shared) or ``[m, q]`` (one row a model).
 
     Examples:
       >>> import jax
@@ -340,6 +375,10 @@ def predict(
       >>> est.value.shape, p.shape
       ((5,), (5,))
     """
+    if num_models(model) is not None:  # a batch: every model, one conf row each or shared
+        conf = jnp.asarray(conf)
+        axis = 0 if conf.ndim == 2 else None
+        return jax.vmap(lambda m, c: predict(m, embeddings, c), in_axes=(0, axis))(model, conf)
     x, conf = _check_new(model, embeddings, conf)
     q = x.shape[0]
     if isinstance(x, jax.core.Tracer) or isinstance(conf, jax.core.Tracer) or q == 0:
@@ -356,7 +395,8 @@ def out_of_fold(model: FieldModel) -> tuple[FieldEstimate, Array]:
     """Each fitted item's field and corrected confidence from the fold that held it out.
 
     Returns:
-      ``(field_estimate, corrected_conf)`` of ``[n]`` arrays, all out-of-fold.
+      ``(field_estimate, corrected_conf)`` of ``[n]`` arrays, all out-of-fold
+      (``[m, n]`` for a batch of ``m`` models).
 
     Examples:
       >>> import jax
@@ -369,6 +409,8 @@ def out_of_fold(model: FieldModel) -> tuple[FieldEstimate, Array]:
       >>> est.value.shape
       (200,)
     """
+    if num_models(model) is not None:
+        return jax.vmap(out_of_fold)(model)
     return _held_out_map(model, lambda parts, x, conf: _apply_fold(model, parts, x, conf))
 
 
@@ -422,12 +464,16 @@ def _held_out_map(model: FieldModel, apply):
 
 def _template(config: FitConfig, shapes: dict) -> FieldModel:
     """A :class:`FieldModel` of the right structure for ``serialization.from_state_dict``."""
-    n, d = shapes["n"], shapes["d"]
+    n, d, m = shapes["n"], shapes["d"], shapes.get("models")
     x = jnp.zeros((n, d))
-    model, _ = jax.eval_shape(
-        lambda: fit(jax.random.key(0), x, jnp.full(n, 0.5), jnp.zeros(n), config)
-    )
-    return model
+    if m is None:
+        one = lambda: fit(jax.random.key(0), x, jnp.full(n, 0.5), jnp.zeros(n), config)
+        return jax.eval_shape(one)[0]
+    config = jax.tree.map(lambda a: jnp.zeros(m) + jnp.asarray(a)[0], config)
+    many = jax.vmap(fit, in_axes=(None, None, 0, 0, 0))
+    return jax.eval_shape(
+        lambda: many(jax.random.key(0), x, jnp.full((m, n), 0.5), jnp.zeros((m, n)), config)
+    )[0]
 
 
 def _plain(value):
@@ -443,7 +489,8 @@ def save(model: FieldModel, path: str | Path) -> None:
     """Writes ``model`` to ``path`` (msgpack, versioned, bit-exact).
 
     Args:
-      model: a :class:`FieldModel` (unbatched).
+      model: a :class:`FieldModel`, or a batch from ``jax.vmap(fit)`` (the
+        number of models is recorded; :func:`load` returns the batch).
       path: output file, conventionally ``*.msgpack``.
 
     Examples:
@@ -473,7 +520,12 @@ def save(model: FieldModel, path: str | Path) -> None:
             "global_method": config.global_method,
             "final_recalibration": config.final_recalibration,
         },
-        "shapes": {"n": model.ref_x.shape[0], "d": model.ref_x.shape[1], "folds": config.folds},
+        "shapes": {
+            "n": model.ref_x.shape[-2],
+            "d": model.ref_x.shape[-1],
+            "folds": config.folds,
+            "models": num_models(model),
+        },
     }
     state = serialization.to_state_dict(model)
     payload = serialization.msgpack_serialize({"header": header, "state": state})
@@ -525,17 +577,18 @@ def load(path: str | Path) -> FieldModel:
         raise ValueError(
             f"model: {str(path)!r} is damaged ({err}); refit and save again."
         ) from None
-    held_out = ~np.asarray(model.train_mask)
-    per_item, per_fold = held_out.sum(0), held_out.sum(1)
-    bad = np.flatnonzero(per_item != 1)
-    if bad.size:
-        raise ValueError(
-            f"model: {str(path)!r}: item {bad[0]} is held out by {per_item[bad[0]]} folds "
-            "(each item must be held out by exactly one); refit and save again."
-        )
-    if per_fold.max() - per_fold.min() > 1:
-        raise ValueError(
-            f"model: {str(path)!r}: its folds hold out {per_fold.tolist()} items (the sizes "
-            "must differ by at most one); refit and save again."
-        )
+    # [models, K, n]: one leading model for an unbatched file
+    held_out = ~np.asarray(model.train_mask).reshape(-1, *model.train_mask.shape[-2:])
+    for per_item, per_fold in zip(held_out.sum(1), held_out.sum(2), strict=True):
+        bad = np.flatnonzero(per_item != 1)
+        if bad.size:
+            raise ValueError(
+                f"model: {str(path)!r}: item {bad[0]} is held out by {per_item[bad[0]]} folds "
+                "(each item must be held out by exactly one); refit and save again."
+            )
+        if per_fold.max() - per_fold.min() > 1:
+            raise ValueError(
+                f"model: {str(path)!r}: its folds hold out {per_fold.tolist()} items (the "
+                "sizes must differ by at most one); refit and save again."
+            )
     return jax.tree.map(jnp.asarray, model)

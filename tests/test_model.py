@@ -200,12 +200,14 @@ def test_predict_shares_one_compilation_across_nearby_query_sizes():
     rng = np.random.default_rng(0)
     predict(model, x[:3], p[:3])  # a different bucket, compiled before counting
     before = _predict._cache_size()
-    outs = {}
+    outs, sizes = {}, []
     for q in (1000, 1023, 1024, 1050, 1100):
         xq = rng.normal(size=(q, x.shape[1])).astype(np.float32)
         outs[q] = predict(model, xq, np.full(q, 0.7, np.float32))
         assert outs[q][0].value.shape == (q,)
-    assert _predict._cache_size() == before + 1
+        sizes.append(_predict._cache_size())
+    # at most one new program (none if another test on this worker compiled it), by the first
+    assert sizes == [sizes[0]] * 5 and sizes[0] <= before + 1, (before, sizes)
     # chunks and padding change nothing: the first rows agree with a direct call
     est, corrected = _predict(model, jnp.asarray(xq[:1024]), jnp.full(1024, 0.7))
     np.testing.assert_allclose(outs[1100][1][:1024], corrected, rtol=1e-6, atol=1e-7)
@@ -235,12 +237,13 @@ def test_configs_are_pytrees_jit_needs_no_static_args_and_a_sweep_compiles_once(
     )
     shapes = jax.eval_shape(fit, jax.random.key(0), x, p, y, cfg)
     assert shapes[0].ref_x.shape == x.shape
-    fit_jit = jax.jit(fit)
-    models = []
+    fit_jit = jax.jit(fit)  # (jit caches are shared per function: count the increase)
+    models, sizes = [], []
     for lr in (1e-3, 3e-3, 1e-2, 3e-2, 1e-1):
         sweep = cfg.replace(encoder=cfg.encoder.replace(linear_learning_rate=lr))
         models.append(fit_jit(jax.random.key(0), x, p, y, sweep)[0])
-    assert fit_jit._cache_size() == 1
+        sizes.append(fit_jit._cache_size())
+    assert sizes == [sizes[0]] * 5, sizes  # compiled by the first call only
     weights = [np.asarray(jax.tree.leaves(m.geometry.params)[0]) for m in models]
     assert not np.allclose(weights[0], weights[-1])  # the traced step size is used
     # ... and the sweep vmaps: one program over all five step sizes

@@ -100,7 +100,7 @@ def log_weights(cross, query_sq, ref_sq, mask, inv_h2, *, kernel: str) -> Array:
     if kernel == "gaussian":
         # h^-2 inside the select: no -inf * h^-2 whose derivative would be NaN
         ref_bias = jnp.where(ref_ok, -0.5 * inv_h2 * ref_sq, -jnp.inf)
-        log_w = jnp.minimum(inv_h2 * (cross - 0.5 * query_sq) + ref_bias, 0.0)
+        log_w = jnp.minimum(inv_h2 * cross + (-0.5 * inv_h2 * query_sq) + ref_bias, 0.0)
     else:
         d2 = jnp.maximum(query_sq + ref_sq - 2.0 * cross, 0.0)
         log_w = jnp.where(ref_ok, get_log_kernel(kernel)(d2 * inv_h2), -jnp.inf)

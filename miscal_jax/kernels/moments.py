@@ -90,6 +90,23 @@ def pad_rows(a: Array, rows: int, value=0) -> Array:
     return jnp.pad(a, [(0, rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1), constant_values=value)
 
 
+def pad_blocks(query, query_code, ref, ref_code, values, bq: int, bn: int):
+    """Pads queries to a multiple of ``bq`` rows and references to one of ``bn``.
+
+    Padded queries leave nothing out (code ``-1``), padded references are
+    masked (code ``-2``), so neither changes a moment. Returns the five
+    padded arrays.
+    """
+    big_q, big_n = round_up(query.shape[0], bq), round_up(ref.shape[0], bn)
+    return (
+        pad_rows(query, big_q),
+        pad_rows(query_code, big_q, -1),
+        pad_rows(ref, big_n),
+        pad_rows(ref_code, big_n, -2),
+        pad_rows(values, big_n),
+    )
+
+
 def _backend_family() -> str:
     backend = jax.default_backend()
     return "gpu" if backend in ("cuda", "rocm", "gpu") else backend
@@ -103,19 +120,9 @@ def _pallas_forward(static: Static, *args) -> KernelMoments:
     kw = dict(kernel=static.kernel, loo=static.loo)
 
     def run(module, interpret):
-        bq, bn = module.TILES[:2]
-        q, n = query.shape[0], ref.shape[0]
-        big_q, big_n = round_up(q, bq), round_up(n, bn)
-        padded = (
-            pad_rows(query, big_q),
-            pad_rows(query_code, big_q, -1),
-            pad_rows(ref, big_n),
-            pad_rows(ref_code, big_n, -2),
-            pad_rows(values, big_n),
-            inv_h2,
-        )
-        out = module.forward(*padded, interpret=interpret, **kw)
-        return KernelMoments(*(a[:, :q] for a in out))
+        padded = pad_blocks(query, query_code, ref, ref_code, values, *module.TILES[:2])
+        out = module.forward(*padded, inv_h2, interpret=interpret, **kw)
+        return KernelMoments(*(a[:, : query.shape[0]] for a in out))
 
     if static.interpret:
         return run(pallas_gpu, True)
@@ -156,15 +163,12 @@ def _triton_backward(static: Static, args, log_scale, cotangent, interpret: bool
     """The fused Triton backward on rows padded to its tiles (imported lazily)."""
     from miscal_jax.kernels import pallas_gpu
 
-    query, query_code, ref, ref_code, values, inv_h2 = args
-    bq, bn = pallas_gpu.TILES[:2]
-    q, n = query.shape[0], ref.shape[0]
-    big_q, big_n = round_up(q, bq), round_up(n, bn)
+    *points, inv_h2 = args
+    padded = pad_blocks(*points, *pallas_gpu.TILES[:2])
+    (q, n), big_q = (points[0].shape[0], points[2].shape[0]), padded[0].shape[0]
     per_query = lambda a: jnp.pad(a, [(0, 0), (0, big_q - q)] + [(0, 0)] * (a.ndim - 2))
     grads = pallas_gpu.backward(
-        pad_rows(query, big_q), pad_rows(query_code, big_q, -1), pad_rows(ref, big_n),
-        pad_rows(ref_code, big_n, -2), pad_rows(values, big_n), inv_h2, per_query(log_scale),
-        KernelMoments(*(per_query(a) for a in cotangent)),
+        *padded, inv_h2, per_query(log_scale), KernelMoments(*(per_query(a) for a in cotangent)),
         kernel=static.kernel, loo=static.loo, interpret=interpret,
     )  # fmt: skip
     d_query, d_ref, d_values, d_inv_h2 = grads
@@ -218,17 +222,9 @@ def moments(query, query_code, ref, ref_code, values, inv_h2, *, static: Static)
         return xla_path.dense(
             query, query_code, ref, ref_code, values, inv_h2, kernel=static.kernel, loo=static.loo
         )
-    q, n = query.shape[0], ref.shape[0]
-    big_q, big_n = round_up(q, static.bq), round_up(n, static.bn)
-    args = (
-        pad_rows(query, big_q),
-        pad_rows(query_code, big_q, -1),
-        pad_rows(ref, big_n),
-        pad_rows(ref_code, big_n, -2),
-        pad_rows(values, big_n),
-        inv_h2,
-    )
-    return KernelMoments(*(a[:, :q] for a in _moments(static, *args)))
+    padded = pad_blocks(query, query_code, ref, ref_code, values, static.bq, static.bn)
+    out = _moments(static, *padded, inv_h2)
+    return KernelMoments(*(a[:, : query.shape[0]] for a in out))
 
 
 def centre(query: Array, ref: Array, ref_ok: Array) -> tuple[Array, Array]:
@@ -237,12 +233,21 @@ def centre(query: Array, ref: Array, ref_ok: Array) -> tuple[Array, Array]:
     return query - centre, ref - centre
 
 
-@functools.partial(jax.jit, static_argnames=("static",))
-def _kernel_moments(query, query_code, ref, ref_ok, values, log_bandwidth, *, static):
+def centred_codes(query, query_code, ref, ref_ok, values, log_bandwidth):
+    """From validated, padded inputs to :func:`moments`' arguments (inside ``jit``).
+
+    Centres the points, turns the reference mask into codes (``-2`` masked)
+    and the log-bandwidths into ``1 / h^2``. Returns
+    ``(query, query_code, ref, ref_code, values, inv_h2)``.
+    """
     query, ref = centre(query, ref, ref_ok)
     ref_code = jnp.where(ref_ok, jnp.arange(ref.shape[0], dtype=jnp.int32), -2)
-    inv_h2 = jnp.exp(-2.0 * log_bandwidth)
-    return moments(query, query_code, ref, ref_code, values, inv_h2, static=static)
+    return query, query_code, ref, ref_code, values, jnp.exp(-2.0 * log_bandwidth)
+
+
+@functools.partial(jax.jit, static_argnames=("static",))
+def _kernel_moments(*args, static):
+    return moments(*centred_codes(*args), static=static)
 
 
 def combine(parts: KernelMoments) -> KernelMoments:
@@ -321,6 +326,55 @@ def make_static(kernel, loo, query_block, ref_block, impl, interpret, q, n, g) -
     return Static(kernel, bool(loo), bq, bn, impl, bool(interpret))
 
 
+def prepare(
+    query,
+    ref,
+    values,
+    log_bandwidth,
+    query_index,
+    ref_mask,
+    options: dict,
+    *,
+    query_shards: int = 1,
+    ref_shards: int = 1,
+):
+    """Validates, pads and configures a call of the public entry points (outside ``jit``).
+
+    Rows are padded to a multiple of ``PAD_MULTIPLE`` times the shard count
+    (nearby sizes, such as folds, share compiled code; every shard is equal),
+    and the block sizes are chosen for one shard's rows.
+
+    Args:
+      query, ref, values, log_bandwidth, query_index, ref_mask: as in
+        :func:`kernel_moments`.
+      options: ``kernel``, ``query_block``, ``ref_block``, ``impl``, ``interpret``.
+      query_shards, ref_shards: devices the queries and the references are split over.
+
+    Returns:
+      ``(args, static, log_bandwidth)``: the six padded arrays of
+      :func:`centred_codes`, the :class:`Static` and the checked log-bandwidth.
+    """
+    loo = query_index is not None
+    query, query_index, ref, ref_ok, values, log_bw = check_inputs(
+        query, ref, values, log_bandwidth, query_index, ref_mask
+    )
+    big_q = round_up(query.shape[0], PAD_MULTIPLE * query_shards)
+    big_n = round_up(ref.shape[0], PAD_MULTIPLE * ref_shards)
+    static = make_static(
+        options["kernel"], loo, options["query_block"], options["ref_block"], options["impl"],
+        options["interpret"], big_q // query_shards, big_n // ref_shards, max(log_bw.size, 1),
+    )  # fmt: skip
+    args = (
+        pad_rows(query, big_q),
+        pad_rows(query_index, big_q, -1),
+        pad_rows(ref, big_n),
+        pad_rows(ref_ok, big_n, False),
+        pad_rows(values, big_n),
+        jnp.atleast_1d(log_bw),
+    )
+    return args, static, log_bw
+
+
 def unstack(out: KernelMoments, log_bandwidth: Array) -> KernelMoments:
     """Drops the bandwidth axis when a single (scalar) bandwidth was given."""
     return KernelMoments(*(jnp.squeeze(a, 0) for a in out)) if log_bandwidth.ndim == 0 else out
@@ -374,23 +428,10 @@ def kernel_moments(
       >>> round(float(m.sum_wv[0, 0] / m.sum_w[0]), 4)  # (1 + 3 e^-0.5) / (1 + e^-0.5)
       1.7551
     """
-    loo = query_index is not None
-    query, query_index, ref, ref_ok, values, log_bw = check_inputs(
-        query, ref, values, log_bandwidth, query_index, ref_mask
-    )
-    # Rows padded to a multiple of PAD_MULTIPLE: nearby sizes (folds) share compiled code.
-    q, n = query.shape[0], ref.shape[0]
-    big_q, big_n = round_up(q, PAD_MULTIPLE), round_up(n, PAD_MULTIPLE)
-    static = make_static(
-        kernel, loo, query_block, ref_block, impl, interpret, big_q, big_n, max(log_bw.size, 1)
-    )
-    out = _kernel_moments(
-        pad_rows(query, big_q),
-        pad_rows(query_index, big_q, -1),
-        pad_rows(ref, big_n),
-        pad_rows(ref_ok, big_n, False),
-        pad_rows(values, big_n),
-        jnp.atleast_1d(log_bw),
-        static=static,
-    )
-    return unstack(KernelMoments(*(a[:, :q] for a in out)), log_bw)
+    args, static, log_bw = prepare(
+        query, ref, values, log_bandwidth, query_index, ref_mask,
+        dict(kernel=kernel, query_block=query_block, ref_block=ref_block, impl=impl,
+             interpret=interpret),
+    )  # fmt: skip
+    out = _kernel_moments(*args, static=static)
+    return unstack(KernelMoments(*(a[:, : jnp.shape(query)[0]] for a in out)), log_bw)

@@ -28,23 +28,9 @@ from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from miscal_jax.kernels.blockwise import KernelMoments, rescaled_sum
-from miscal_jax.kernels.moments import (
-    PAD_MULTIPLE,
-    centre,
-    check_inputs,
-    combine,
-    make_static,
-    moments,
-    pad_rows,
-    round_up,
-    unstack,
-)
+from miscal_jax.kernels.moments import centred_codes, combine, moments, prepare, unstack
 
 __all__ = ["kernel_moments_ring", "kernel_moments_sharded"]
-
-
-def _codes(ref_ok: jax.Array) -> jax.Array:
-    return jnp.where(ref_ok, jnp.arange(ref_ok.shape[0], dtype=jnp.int32), -2)
 
 
 def _placed(mesh: Mesh, specs, *args):
@@ -53,10 +39,7 @@ def _placed(mesh: Mesh, specs, *args):
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "axis", "static"))
-def _sharded(query, query_code, ref, ref_ok, values, log_bandwidth, *, mesh, axis, static):
-    query, ref = centre(query, ref, ref_ok)
-    inv_h2 = jnp.exp(-2.0 * log_bandwidth)
-
+def _sharded(*args, mesh, axis, static):
     def local(query, query_code, ref, ref_code, values, inv_h2):
         part = moments(query, query_code, ref, ref_code, values, inv_h2, static=static)
         top = jax.lax.pmax(part.log_scale, axis)
@@ -64,13 +47,11 @@ def _sharded(query, query_code, ref, ref_ok, values, log_bandwidth, *, mesh, axi
 
     specs = (P(), P(), P(axis), P(axis), P(axis), P())
     run = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P(), check_vma=False)
-    return run(*_placed(mesh, specs, query, query_code, ref, _codes(ref_ok), values, inv_h2))
+    return run(*_placed(mesh, specs, *centred_codes(*args)))
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "axis", "static"))
-def _ring(query, query_code, ref, ref_ok, values, log_bandwidth, *, mesh, axis, static):
-    query, ref = centre(query, ref, ref_ok)
-    inv_h2 = jnp.exp(-2.0 * log_bandwidth)
+def _ring(*args, mesh, axis, static):
     devices = mesh.shape[axis]
     shift = [(i, (i + 1) % devices) for i in range(devices)]
 
@@ -92,44 +73,17 @@ def _ring(query, query_code, ref, ref_ok, values, log_bandwidth, *, mesh, axis, 
     out = P(None, axis)
     outs = KernelMoments(out, out, out, out)
     run = jax.shard_map(local, mesh=mesh, in_specs=rows, out_specs=outs, check_vma=False)
-    return run(*_placed(mesh, rows, query, query_code, ref, _codes(ref_ok), values, inv_h2))
+    return run(*_placed(mesh, rows, *centred_codes(*args)))
 
 
-def _prepare(
-    mesh,
-    axis_name,
-    query,
-    ref,
-    values,
-    log_bandwidth,
-    query_index,
-    ref_mask,
-    static_kw,
-    shard_queries,
-):
+def _prepare(mesh, axis_name, args, options, *, shard_queries):
+    """:func:`~miscal_jax.kernels.moments.prepare` with rows split over one mesh axis."""
     axis = axis_name or mesh.axis_names[0]
     devices = mesh.shape[axis]
-    loo = query_index is not None
-    query, query_index, ref, ref_ok, values, log_bw = check_inputs(
-        query, ref, values, log_bandwidth, query_index, ref_mask
+    padded, static, log_bw = prepare(
+        *args, options, query_shards=devices if shard_queries else 1, ref_shards=devices
     )
-    q, n = query.shape[0], ref.shape[0]
-    big_q = round_up(q, PAD_MULTIPLE * (devices if shard_queries else 1))
-    big_n = round_up(n, PAD_MULTIPLE * devices)
-    static = make_static(
-        static_kw["kernel"], loo, static_kw["query_block"], static_kw["ref_block"],
-        static_kw["impl"], static_kw["interpret"],
-        big_q // devices if shard_queries else big_q, big_n // devices, max(log_bw.size, 1),
-    )  # fmt: skip
-    args = (
-        pad_rows(query, big_q),
-        pad_rows(query_index, big_q, -1),
-        pad_rows(ref, big_n),
-        pad_rows(ref_ok, big_n, False),
-        pad_rows(values, big_n),
-        jnp.atleast_1d(log_bw),
-    )
-    return args, dict(mesh=mesh, axis=axis, static=static), q, log_bw
+    return padded, dict(mesh=mesh, axis=axis, static=static), log_bw
 
 
 def kernel_moments_sharded(
@@ -170,13 +124,14 @@ def kernel_moments_sharded(
       >>> bool(np.allclose(m.sum_wv[:, 0], m.sum_w))
       True
     """
-    kw = dict(kernel=kernel, query_block=query_block, ref_block=ref_block, impl=impl,
-              interpret=interpret)  # fmt: skip
-    args, static, q, log_bw = _prepare(
-        mesh, axis_name, query, ref, values, log_bandwidth, query_index, ref_mask, kw, False
-    )
+    args, static, log_bw = _prepare(
+        mesh, axis_name, (query, ref, values, log_bandwidth, query_index, ref_mask),
+        dict(kernel=kernel, query_block=query_block, ref_block=ref_block, impl=impl,
+             interpret=interpret),
+        shard_queries=False,
+    )  # fmt: skip
     out = _sharded(*args, **static)
-    return unstack(KernelMoments(*(a[:, :q] for a in out)), log_bw)
+    return unstack(KernelMoments(*(a[:, : jnp.shape(query)[0]] for a in out)), log_bw)
 
 
 def kernel_moments_ring(
@@ -224,11 +179,13 @@ def kernel_moments_ring(
       >>> bool(np.allclose(m.sum_wv[:, 0], m.sum_w))
       True
     """
-    kw = dict(kernel=kernel, query_block=query_block, ref_block=ref_block, impl=impl,
-              interpret=interpret)  # fmt: skip
-    args, static, q, log_bw = _prepare(
-        mesh, axis_name, query, ref, values, log_bandwidth, query_index, ref_mask, kw, True
-    )
+    args, static, log_bw = _prepare(
+        mesh, axis_name, (query, ref, values, log_bandwidth, query_index, ref_mask),
+        dict(kernel=kernel, query_block=query_block, ref_block=ref_block, impl=impl,
+             interpret=interpret),
+        shard_queries=True,
+    )  # fmt: skip
+    q = jnp.shape(query)[0]
     out = _ring(*args, **static)
     if out.sum_w.shape[1] != q:  # padded rows: gather the outputs, then drop the padding
         replicated = NamedSharding(mesh, P())

@@ -58,6 +58,19 @@ def _pow2(n: int, least: int = 16) -> int:
     return max(least, 1 << (int(n) - 1).bit_length())
 
 
+def _pad_columns(query, ref, values, dk_max: int):
+    """Zero columns up to Triton's power-of-two shapes: ``d`` to a multiple of the
+    chunk ``dk`` (no distance changes), ``C`` to a power of two (no moment changes).
+
+    Returns ``(query, ref, values, dk)``.
+    """
+    d, c = query.shape[1], values.shape[1]
+    dk = min(dk_max, _pow2(d))
+    width = -(-d // dk) * dk
+    pad = lambda a, k: jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, k - a.shape[-1])])
+    return pad(query, width), pad(ref, width), pad(values, _pow2(c)), dk
+
+
 def _kernel(inv_h2_ref, q_ref, qc_ref, z_ref, zc_ref, v_ref, *out_refs, bn, dk, kernel, loo):
     bq, d = q_ref.shape
     chunks = [pl.ds(k * dk, dk) for k in range(d // dk)]
@@ -90,12 +103,9 @@ def forward(
     caller pads); columns are padded here. Returns ``[g, Q]`` and ``[g, Q, C - 1]``.
     """
     bq, bn, dk_max = tiles
-    (big_q, d), c, g = query.shape, values.shape[1], inv_h2.shape[0]
-    dk = min(dk_max, _pow2(d))
-    width, c2 = -(-d // dk) * dk, _pow2(c)
-    query = jnp.pad(query, ((0, 0), (0, width - d)))
-    ref = jnp.pad(ref, ((0, 0), (0, width - d)))
-    values = jnp.pad(values, ((0, 0), (0, c2 - c)))
+    big_q, c, g = query.shape[0], values.shape[1], inv_h2.shape[0]
+    query, ref, values, dk = _pad_columns(query, ref, values, dk_max)
+    width, c2 = query.shape[1], values.shape[1]
     row = lambda shape: pl.BlockSpec((None, *shape), lambda h, i: (h, i, 0)[: len(shape) + 1])
     whole = lambda shape: pl.BlockSpec(shape, lambda h, i: (0,) * len(shape))
     call = pl.pallas_call(
@@ -252,11 +262,10 @@ def backward(
     """
     bq, bn, dk_max = tiles
     (big_q, d), (big_n, c), g = query.shape, values.shape, inv_h2.shape[0]
-    dk = min(dk_max, _pow2(d))
-    width, c2 = -(-d // dk) * dk, _pow2(c)
-    pad_cols = lambda a, k: jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, k - a.shape[-1])])
-    q, z, v = pad_cols(query, width), pad_cols(ref, width), pad_cols(values, c2)
-    g_values = pad_cols(jnp.concatenate([cotangent.sum_w[..., None], cotangent.sum_wv], -1), c2)
+    q, z, v, dk = _pad_columns(query, ref, values, dk_max)
+    width, c2 = q.shape[1], v.shape[1]
+    g_values = jnp.concatenate([cotangent.sum_w[..., None], cotangent.sum_wv], -1)
+    g_values = jnp.pad(g_values, [(0, 0), (0, 0), (0, c2 - c)])
     g_w2 = cotangent.sum_w2
     params = pltriton.CompilerParams(num_warps=4, num_stages=2)
     scalar = pl.BlockSpec((1,), lambda h, i: (h,))

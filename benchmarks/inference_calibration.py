@@ -135,18 +135,18 @@ def run(name, sims, n, permutations, candidates=("raw", "pca")):
             candidates=("raw",) if panel else candidates,
             progress=False,
         )
-        het = heterogeneity_test(
-            res, d.embeddings, d.conf, d.correct, num_permutations=permutations, seed=seed
-        )
-        regimes, model = discover_regimes(d.embeddings, d.conf, d.correct, seed=seed)
-        row = {"p_value": het.p_value, "regimes": len(regimes)}
+        k_het, k_regimes = jax.random.split(jax.random.key(seed))
+        het = heterogeneity_test(k_het, res.model, num_permutations=permutations)
+        found = discover_regimes(k_regimes, res.model)
+        regimes = found.as_list()
+        row = {"p_value": float(het.p_value), "regimes": len(regimes)}
         if SCENARIOS[name]["amplitude"] > 0:
             lo, hi = normal_interval(res.field, res.field_se, level=0.9)
             row["coverage"] = float(np.mean((d.field >= lo) & (d.field <= hi)))
-            us = undersmoothed_field(res)
+            us = undersmoothed_field(res.model)
             lo, hi = normal_interval(us.value, us.se, level=0.9)
             row["coverage_undersmoothed"] = float(np.mean((d.field >= lo) & (d.field <= hi)))
-            assigned = assign_regimes(model, d.embeddings)
+            assigned = np.asarray(assign_regimes(found, d.embeddings))
             signs = np.zeros(n)
             for r in regimes:
                 signs[assigned == r.id] = 1 if r.sign == "under" else -1

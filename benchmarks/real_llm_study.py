@@ -219,8 +219,9 @@ def evaluate(row, permutations, use_mcgrad):
     x, p, y, g = row["x"], row["conf"], row["correct"], row["group"]
     start = time.perf_counter()
     res = crossfit(x, p, y, folds=5, seed=0, progress=False)
-    het = heterogeneity_test(res, x, p, y, num_permutations=permutations)
-    regimes, _ = discover_regimes(x, p, y)
+    k_het, k_regimes = jax.random.split(jax.random.key(0))
+    het = heterogeneity_test(k_het, res.model, num_permutations=permutations)
+    regimes = discover_regimes(k_regimes, res.model).as_list()
     seconds = time.perf_counter() - start
     preds = {k: res.predictions[k] for k in ("uncorrected", "temperature", "isotonic", "local")}
     preds.update(panel_predictions(row, res.fold))

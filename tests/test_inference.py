@@ -2,6 +2,7 @@ import jax
 import numpy as np
 import pytest
 
+from miscal_jax.model import out_of_fold
 from miscal_jax.model.crossfit import crossfit
 from miscal_jax.smoothing.nadaraya_watson import nw_field
 from miscal_jax.stats.inference import (
@@ -11,6 +12,7 @@ from miscal_jax.stats.inference import (
     normal_interval,
     smooth_many,
     undersmoothed_field,
+    within_bin_permutations,
 )
 from miscal_jax.synthetic.planted import make_planted
 
@@ -81,10 +83,10 @@ def fitted():
 
 def test_heterogeneity_test_detects_and_keeps_null(fitted):
     d, res = fitted[0.2]
-    het = heterogeneity_test(res, d.embeddings, d.conf, d.correct, num_permutations=60, batch=25)
-    assert het.p_value <= 1 / 61 + 1e-9 and het.null.shape == (60,)
-    d0, res0 = fitted[0.0]
-    het0 = heterogeneity_test(res0, d0.embeddings, d0.conf, d0.correct, num_permutations=60)
+    het = heterogeneity_test(jax.random.key(0), res.model, num_permutations=60, batch=25)
+    assert het.p_value <= 1 / 61 + 1e-6 and het.null.shape == (60,)
+    _, res0 = fitted[0.0]
+    het0 = heterogeneity_test(jax.random.key(0), res0.model, num_permutations=60)
     assert het0.p_value > 0.05
 
 
@@ -94,7 +96,7 @@ def test_heterogeneity_statistic_matches_loop(fitted):
     from miscal_jax.geometry.spaces import embed
 
     d, res = fitted[0.2]
-    het = heterogeneity_test(res, d.embeddings, d.conf, d.correct, num_permutations=1)
+    het = heterogeneity_test(jax.random.key(0), res.model, num_permutations=1)
     r = d.correct - d.conf
     bins = np.asarray(_bin_index(d.conf, 10, "mass"))
     e = r - (np.bincount(bins, weights=r) / np.bincount(bins))[bins]
@@ -104,17 +106,16 @@ def test_heterogeneity_statistic_matches_loop(fitted):
         z = embed(m.geometry, d.embeddings[te], d.conf[te])
         f = np.asarray(nw_field(z, m.ref_z, e[~te], m.geometry.log_bandwidth).value)
         total += np.sum(e[te] ** 2 - (e[te] - f) ** 2)
-    assert het.statistic == pytest.approx(total / len(r), rel=1e-3)
+    assert float(het.statistic) == pytest.approx(total / len(r), rel=1e-3)
 
 
 def test_heterogeneity_null_does_not_depend_on_batching(fitted):
     """Batches of 7 (padded) and of all 31 columns give the same statistics."""
-    d, res = fitted[0.2]
-    args = (res, d.embeddings, d.conf, d.correct)
-    small = heterogeneity_test(*args, num_permutations=30, batch=7, seed=3)
-    whole = heterogeneity_test(*args, num_permutations=30, batch=100, seed=3)
+    _, res = fitted[0.2]
+    small = heterogeneity_test(jax.random.key(3), res.model, num_permutations=30, batch=7)
+    whole = heterogeneity_test(jax.random.key(3), res.model, num_permutations=30, batch=100)
     np.testing.assert_allclose(small.null, whole.null, rtol=1e-4, atol=1e-7)
-    assert small.statistic == pytest.approx(whole.statistic, rel=1e-4)
+    assert float(small.statistic) == pytest.approx(float(whole.statistic), rel=1e-4)
 
 
 def test_undersmoothed_field_matches_per_fold_loop(fitted):
@@ -122,40 +123,83 @@ def test_undersmoothed_field_matches_per_fold_loop(fitted):
     from miscal_jax.geometry.spaces import embed
 
     d, res = fitted[0.2]
-    us = undersmoothed_field(res, factor=0.5)
+    us = undersmoothed_field(res.model, factor=0.5)
     for k, m in enumerate(res.models):
         te = res.fold == k
         z = embed(m.geometry, d.embeddings[te], d.conf[te])
         ref = nw_field(z, m.ref_z, m.ref_residual, m.geometry.log_bandwidth + np.log(0.5))
         for got, want in zip(us, ref, strict=True):
             np.testing.assert_allclose(got[te], np.asarray(want), rtol=1e-3, atol=1e-5)
-    np.testing.assert_allclose(undersmoothed_field(res, factor=1.0).value, res.field, atol=1e-5)
+    same = undersmoothed_field(res.model, factor=1.0)
+    np.testing.assert_allclose(same.value, res.field, atol=1e-5)
 
 
 def test_grouping_loss_interval_and_undersmoothing(fitted):
     d, res = fitted[0.2]
-    gl = grouping_loss_interval(d.conf, res.field, res.field_se, num_samples=200)
+    gl = grouping_loss_interval(jax.random.key(0), res.model, num_samples=200)
     assert 0 < gl.low <= gl.estimate <= gl.high
-    us = undersmoothed_field(res, factor=0.5)
+    # the out-of-fold field passed in is the one it computes otherwise
+    given = grouping_loss_interval(
+        jax.random.key(0), res.model, estimate=jax.jit(out_of_fold)(res.model)[0], num_samples=200
+    )
+    np.testing.assert_allclose(np.asarray(given), np.asarray(gl), rtol=1e-5)
+    us = undersmoothed_field(res.model, factor=0.5)
     assert np.mean(us.se) > np.mean(res.field_se)
     with pytest.raises(ValueError, match="factor"):
-        undersmoothed_field(res, factor=2.0)
+        undersmoothed_field(res.model, factor=2.0)
 
 
 @pytest.mark.slow
 def test_heterogeneity_test_size_under_null():
-    """40 null data sets (n = 600, raw geometry, 100 permutations): the
-    rejection rate at alpha = 0.05 is at most 0.125 (binomial 97.5% bound for
-    a true size of 0.05 with 40 draws). The 200-simulation study is in
-    benchmarks/inference_calibration.py."""
-    rejections = 0
-    for seed in range(40):
-        d = make_planted(600, seed=500 + seed, amplitude=0.0)
-        res = crossfit(
-            d.embeddings, d.conf, d.correct, folds=3, seed=seed, candidates=("raw",), progress=False
-        )
-        het = heterogeneity_test(
-            res, d.embeddings, d.conf, d.correct, num_permutations=100, seed=seed
-        )
-        rejections += het.p_value <= 0.05
+    """40 null data sets (n = 600, raw geometry, 100 permutations), fitted and
+    tested as one vmapped batch: the rejection rate at alpha = 0.05 is at most
+    0.125 (binomial 97.5% bound for a true size of 0.05 with 40 draws). The
+    200-simulation study is in benchmarks/inference_calibration.py."""
+    import jax.numpy as jnp
+
+    from miscal_jax.model import FitConfig, fit
+
+    data = [make_planted(600, seed=500 + s, amplitude=0.0) for s in range(40)]
+    x, p, y = (jnp.stack([getattr(d, a) for d in data]) for a in ("embeddings", "conf", "correct"))
+    keys = jax.random.split(jax.random.key(0), 40)
+    config = FitConfig(folds=3, candidates=("raw",))
+    models, _ = jax.jit(jax.vmap(fit, in_axes=(0, 0, 0, 0, None)))(keys, x, p, y, config)
+    het = heterogeneity_test(jax.random.key(1), models, num_permutations=100)
+    rejections = int(jnp.sum(het.p_value <= 0.05))
     assert rejections / 40 <= 0.125, rejections
+
+
+def test_within_bin_permutations_are_uniform_within_bins():
+    """Bins {0, 2, 4} and {1, 3}: 3! * 2! = 12 permutations, each drawn 1/12 of the time."""
+    bins = jax.numpy.array([0, 1, 0, 1, 0])
+    perms = np.asarray(within_bin_permutations(jax.random.key(0), bins, jax.numpy.arange(6000)))
+    assert np.all(np.asarray(bins)[perms] == np.asarray(bins))
+    assert np.all(np.sort(perms, axis=1) == np.arange(5))
+    _, counts = np.unique(perms, axis=0, return_counts=True)
+    assert counts.size == 12
+    # chi-square, 11 degrees of freedom: P(> 31.3) = 0.001
+    chi2 = np.sum((counts - 500) ** 2 / 500)
+    assert chi2 < 31.3, chi2
+    # a column's draw does not depend on the columns drawn beside it
+    one = within_bin_permutations(jax.random.key(0), bins, jax.numpy.array([17]))
+    np.testing.assert_array_equal(np.asarray(one)[0], perms[17])
+
+
+def test_statistics_take_a_batch_of_models(fitted):
+    """A batch of two models gives each model's own test and interval (keys split)."""
+    import jax.numpy as jnp
+
+    from miscal_jax.model import select_model
+
+    _, res = fitted[0.2]
+    _, res0 = fitted[0.0]
+    both = jax.tree.map(lambda a, b: jnp.stack([a, b]), res.model, res0.model)
+    key = jax.random.key(4)
+    het = heterogeneity_test(key, both, num_permutations=20)
+    keys = jax.random.split(key, 2)
+    for i in range(2):
+        alone = heterogeneity_test(keys[i], select_model(both, i), num_permutations=20)
+        np.testing.assert_allclose(np.asarray(het.null[i]), np.asarray(alone.null), rtol=1e-5)
+    assert het.p_value.shape == (2,) and het.p_value[0] < het.p_value[1]
+    gl = grouping_loss_interval(key, both, num_samples=50)
+    assert gl.estimate.shape == (2,)

@@ -26,11 +26,10 @@ import numpy as np
 
 from miscal_jax.app import html as H
 from miscal_jax.app.describe import count_terms, distinctive_terms
+from miscal_jax.app.report import Statistics, method_metrics, model_statistics
 from miscal_jax.calibrators.global_maps import apply_isotonic, fit_isotonic
 from miscal_jax.geometry.spaces import DEFAULT_CANDIDATES
 from miscal_jax.model.crossfit import CrossFitResult, crossfit
-from miscal_jax.stats.inference import grouping_loss_interval, heterogeneity_test
-from miscal_jax.stats.regimes import discover_regimes
 
 __all__ = [
     "Comparison",
@@ -330,9 +329,7 @@ class ModelReport(NamedTuple):
     name: str
     index: np.ndarray
     result: CrossFitResult
-    heterogeneity: object
-    grouping_loss: object
-    regimes: list
+    statistics: Statistics
     methods: dict
 
 
@@ -361,7 +358,7 @@ def _pool_regions(panel: Panel, reports, *, overlap: float = 0.5) -> list[dict]:
     """Regimes of all models, merged when their items overlap (Jaccard > ``overlap``)."""
     n = panel.embeddings.shape[0]
     regions: list[dict] = []
-    found = [(r.p_adjusted, j, r) for j, rep in enumerate(reports) for r in rep.regimes]
+    found = [(r.p_adjusted, j, r) for j, rep in enumerate(reports) for r in rep.statistics.regimes]
     for _, j, r in sorted(found, key=lambda t: (t[0], t[1])):
         mask = np.zeros(n, bool)
         mask[reports[j].index[r.members]] = True
@@ -395,7 +392,6 @@ def compare_models(
     isotonic map. Neither uses the model's labels to choose the region, so
     both are honest.
     """
-    from miscal_jax.app.report import method_metrics
 
     started = time.perf_counter()
     x = panel.embeddings
@@ -412,12 +408,10 @@ def compare_models(
     reports = []
     for j, (obs, res) in enumerate(fits):
         p, y = panel.conf[j, obs], panel.correct[j, obs]
-        het = heterogeneity_test(res, x[obs], p, y, num_permutations=permutations, seed=seed)
-        regimes, _ = discover_regimes(x[obs], p, y, seed=seed)
-        gl = grouping_loss_interval(p, res.field, res.field_se, seed=seed)
+        stats = model_statistics(res, seed=seed, permutations=permutations)
         groups = None if panel.group is None else panel.group[obs]
         methods = method_metrics(res.predictions, y, groups)
-        reports.append(ModelReport(panel.models[j], obs, res, het, gl, regimes, methods))
+        reports.append(ModelReport(panel.models[j], obs, res, stats, methods))
     regions = _pool_regions(panel, reports)
     m, r_count = len(reports), len(regions)
     cells = np.full((m, r_count), np.nan)
@@ -431,7 +425,7 @@ def compare_models(
             p,
             y,
             rep.result.predictions,
-            seed=seed,
+            evaluation=np.asarray(rep.statistics.found.evaluation),
         )
         own = iter(cards)
         for c, reg in enumerate(regions):
@@ -528,14 +522,14 @@ def _compare_summary(panel: Panel, comp: Comparison, boots: list) -> dict:
                 "accuracy": float(y.mean()),
                 "mean_confidence": float(p.mean()),
                 "heterogeneity": {
-                    "statistic": rep.heterogeneity.statistic,
-                    "p_value": rep.heterogeneity.p_value,
-                    "permutations": int(rep.heterogeneity.null.size),
+                    "statistic": rep.statistics.heterogeneity.statistic,
+                    "p_value": rep.statistics.heterogeneity.p_value,
+                    "permutations": int(rep.statistics.heterogeneity.null.size),
                 },
                 "grouping_loss": {
-                    "estimate": rep.grouping_loss.estimate,
-                    "ci_low": rep.grouping_loss.low,
-                    "ci_high": rep.grouping_loss.high,
+                    "estimate": rep.statistics.grouping_loss.estimate,
+                    "ci_low": rep.statistics.grouping_loss.low,
+                    "ci_high": rep.statistics.grouping_loss.high,
                 },
                 "geometry": [i["chosen"] for i in rep.result.info],
                 "methods": rep.methods,
@@ -552,7 +546,7 @@ def _compare_summary(panel: Panel, comp: Comparison, boots: list) -> dict:
                         "ci_high": r.ci_high,
                         "p_adjusted": r.p_adjusted,
                     }
-                    for r in rep.regimes
+                    for r in rep.statistics.regimes
                 ],
             }
         )

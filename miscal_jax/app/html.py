@@ -179,13 +179,6 @@ def bootstrap_metrics(
     return out
 
 
-def _evaluation_half(n: int, seed: int) -> np.ndarray:
-    """The evaluation half of :func:`discover_regimes` (True = evaluation)."""
-    half = np.zeros(n, bool)
-    half[np.random.default_rng(seed).permutation(n)[: n // 2]] = True
-    return ~half
-
-
 def _share(mask, groups, names, k=3) -> list:
     g = np.asarray(groups)[mask]
     g = g[g >= 0]
@@ -214,7 +207,7 @@ def regime_cards(
     texts=None,
     groups=None,
     group_names=None,
-    seed: int = 0,
+    evaluation=None,
     level: float = LEVEL,
     term_counts=None,
 ) -> list[dict]:
@@ -235,7 +228,8 @@ def regime_cards(
       predictions: out-of-fold confidences by method (``isotonic``, ``local``).
       texts: optional ``n`` item texts (for terms and examples).
       groups, group_names: optional categories (evaluation only).
-      seed: the seed passed to ``discover_regimes`` (gives its halves).
+      evaluation: ``[n]`` bools, the evaluation half of the regimes
+        (:attr:`~miscal_jax.stats.Regimes.evaluation`).
       level: interval coverage.
       term_counts: optional precomputed :func:`~miscal_jax.app.describe.count_terms`.
 
@@ -246,7 +240,7 @@ def regime_cards(
     p = np.asarray(conf, np.float64)
     y = np.asarray(correct, np.float64)
     n = y.size
-    ev = _evaluation_half(n, seed)
+    ev = np.asarray(evaluation, bool)
     q = np.asarray(apply_isotonic(fit_isotonic(p, y), p), np.float64)
     if texts is not None and term_counts is None and regimes:
         term_counts = count_terms(texts)
@@ -256,19 +250,14 @@ def regime_cards(
         members = np.zeros(n, bool)
         members[r.members] = True
         ev_members = members & ev
-        # the halves are re-derived from the seed; fall back to the regime's own
-        # numbers if they do not reproduce its evaluation count
-        reproduced = int(ev_members.sum()) == r.size
-        excess = float(np.mean((y - q)[ev_members])) if reproduced else r.excess
+        excess = float(np.mean((y - q)[ev_members]))
         half_width = (r.ci_high - r.ci_low) / 2
         sign = "under" if excess > 0 else "over"
         terms = []
         if term_counts is not None:
             terms = [t.term for t in distinctive_terms(term_counts, members, top_k=8)]
         after = {
-            m: float(
-                np.mean((y - np.asarray(predictions[m]))[ev_members if reproduced else members])
-            )
+            m: float(np.mean((y - np.asarray(predictions[m]))[ev_members]))
             for m in ("isotonic", "local")
             if m in predictions
         }
@@ -282,10 +271,8 @@ def regime_cards(
             "excess_ci": [excess - half_width, excess + half_width],
             "mean_residual": float(r.mean_residual),
             "residual_ci": [float(r.ci_low), float(r.ci_high)],
-            "accuracy": float(y[ev_members].mean()) if reproduced else float(y[members].mean()),
-            "mean_confidence": float(p[ev_members].mean())
-            if reproduced
-            else float(p[members].mean()),
+            "accuracy": float(y[ev_members].mean()),
+            "mean_confidence": float(p[ev_members].mean()),
             "p_adjusted": float(r.p_adjusted),
             "after_correction": after,
             "terms": terms,
@@ -779,6 +766,7 @@ def write_html_report(
     summary: dict,
     regimes,
     regime_of,
+    evaluation,
     *,
     seed: int = 0,
     num_samples: int = 300,
@@ -792,7 +780,8 @@ def write_html_report(
       summary: the ``summary.json`` content of :func:`~miscal_jax.app.report.run_report`.
       regimes: the reported :class:`~miscal_jax.stats.Regime` list.
       regime_of: ``[n]`` regime id per item (-1 for none).
-      seed: the seed passed to ``discover_regimes``.
+      evaluation: ``[n]`` bools, the regimes' evaluation half.
+      seed: seed of the bootstrap and the figures' resampling.
       num_samples: bootstrap resamples for the intervals.
 
     Returns:
@@ -811,7 +800,7 @@ def write_html_report(
         texts=data.text,
         groups=data.group,
         group_names=data.group_names,
-        seed=seed,
+        evaluation=evaluation,
     )
     figures = {
         c["id"]: reliability_png(

@@ -24,27 +24,72 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
 
 from miscal_jax import metrics as M
+from miscal_jax._types import FieldEstimate
 from miscal_jax.app.figures import field_map, regime_reliability, reliability_diagram
 from miscal_jax.app.html import write_html_report
 from miscal_jax.app.io import Dataset
 from miscal_jax.geometry.spaces import embed
-from miscal_jax.model.crossfit import crossfit
+from miscal_jax.model.crossfit import CrossFitResult, crossfit
 from miscal_jax.stats.inference import (
+    GroupingLossInterval,
+    HeterogeneityTest,
     grouping_loss_interval,
     heterogeneity_test,
     normal_interval,
     undersmoothed_field,
 )
-from miscal_jax.stats.regimes import assign_regimes, discover_regimes
+from miscal_jax.stats.regimes import Regimes, assign_regimes, discover_regimes
 
-__all__ = ["check_out_dir", "method_metrics", "run_report"]
+__all__ = ["Statistics", "check_out_dir", "method_metrics", "model_statistics", "run_report"]
 
 METHODS = ("uncorrected", "temperature", "platt", "isotonic", "histogram", "local")
+
+
+class Statistics(NamedTuple):
+    """The statistics of one fitted model, on the host.
+
+    Attributes:
+      heterogeneity: :class:`~miscal_jax.stats.HeterogeneityTest` of floats and a NumPy null.
+      grouping_loss: :class:`~miscal_jax.stats.GroupingLossInterval` of floats.
+      regimes: the reported :class:`~miscal_jax.stats.Regime` records.
+      found: the :class:`~miscal_jax.stats.Regimes` they came from (device arrays).
+    """
+
+    heterogeneity: HeterogeneityTest
+    grouping_loss: GroupingLossInterval
+    regimes: list
+    found: Regimes
+
+
+def model_statistics(
+    result: CrossFitResult, *, seed: int, permutations: int, log: Callable | None = None
+) -> Statistics:
+    """Heterogeneity test, regimes and grouping-loss interval of a cross-fit, from one seed.
+
+    The seed's key is split three ways, one key per statistic; each runs on
+    the device from the result's :class:`~miscal_jax.model.FieldModel`.
+    ``log`` (if given) is called with one line as each of the first two starts.
+    """
+    say = log or (lambda line: None)
+    k_het, k_regimes, k_gl = jax.random.split(jax.random.key(seed), 3)
+    say(f"heterogeneity test ({permutations} permutations)")
+    het = heterogeneity_test(k_het, result.model, num_permutations=permutations)
+    say("regime discovery")
+    found = discover_regimes(k_regimes, result.model)
+    estimate = FieldEstimate(*(jax.numpy.asarray(a) for a in result[:3]))
+    gl = grouping_loss_interval(k_gl, result.model, estimate=estimate)
+    return Statistics(
+        HeterogeneityTest(float(het.statistic), float(het.p_value), np.asarray(het.null)),
+        GroupingLossInterval(*map(float, gl)),
+        found.as_list(),
+        found,
+    )
 
 
 def method_metrics(predictions: dict, correct, groups=None) -> dict:
@@ -257,15 +302,12 @@ def run_report(
     say(f"cross-fitting {folds} folds ({x.shape[0]} items, {x.shape[1]}-d embeddings)")
     geometry = {} if candidates is None else {"candidates": tuple(candidates)}
     res = crossfit(x, p, y, folds=folds, seed=seed, progress=progress, **geometry)
-    say(f"heterogeneity test ({permutations} permutations)")
-    het = heterogeneity_test(res, x, p, y, num_permutations=permutations, seed=seed)
-    say("regime discovery")
-    regimes, regime_model = discover_regimes(x, p, y, seed=seed)
-    regime_of = assign_regimes(regime_model, x)
+    stats = model_statistics(res, seed=seed, permutations=permutations, log=say)
+    het, gl, regimes = stats.heterogeneity, stats.grouping_loss, stats.regimes
+    regime_of = np.asarray(assign_regimes(stats.found, x))
     say("intervals and metrics")
-    gl = grouping_loss_interval(p, res.field, res.field_se, seed=seed)
     # 90% intervals from the undersmoothed field (less bias, honest coverage)
-    under = undersmoothed_field(res)
+    under = undersmoothed_field(res.model)
     ci_low, ci_high = (np.asarray(a) for a in normal_interval(under.value, under.se, level=0.9))
     methods = method_metrics(res.predictions, y, data.group)
     texts = data.text
@@ -379,7 +421,9 @@ def run_report(
         if regimes:
             regime_reliability(regimes, res.predictions, y, tmp / "regimes.png")
         summary["seconds"] = round(time.perf_counter() - started, 1)
-        html = write_html_report(tmp, data, res, summary, regimes, regime_of, seed=seed)
+        html = write_html_report(
+            tmp, data, res, summary, regimes, regime_of, stats.found.evaluation, seed=seed
+        )
         summary["method_intervals"] = html["method_intervals"]
         for r, card in zip(summary["regimes"], html["regimes"], strict=True):
             r.update({k: card[k] for k in ("headline", "terms", "excess_ci", "after_correction")})

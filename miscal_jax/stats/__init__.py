@@ -9,10 +9,11 @@ from miscal_jax.stats.inference import (
     normal_interval,
     smooth_many,
     undersmoothed_field,
+    within_bin_permutations,
 )
 from miscal_jax.stats.regimes import (
     Regime,
-    RegimeModel,
+    Regimes,
     assign_regimes,
     benjamini_hochberg,
     discover_regimes,
@@ -23,7 +24,7 @@ __all__ = (
     "GroupingLossInterval",
     "HeterogeneityTest",
     "Regime",
-    "RegimeModel",
+    "Regimes",
     "assign_regimes",
     "benjamini_hochberg",
     "bootstrap_interval",
@@ -34,4 +35,5 @@ __all__ = (
     "normal_interval",
     "smooth_many",
     "undersmoothed_field",
+    "within_bin_permutations",
 )

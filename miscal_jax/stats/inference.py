@@ -11,7 +11,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
 from miscal_jax._src.binning import bin_index
@@ -19,7 +18,7 @@ from miscal_jax._types import Array, FieldEstimate, PRNGKey
 from miscal_jax.geometry.spaces import embed_folds
 from miscal_jax.kernels.moments import kernel_moments
 from miscal_jax.metrics.calibration import grouping_loss
-from miscal_jax.model.field_model import out_of_fold
+from miscal_jax.model.field_model import FieldModel, num_models, out_of_fold
 from miscal_jax.smoothing.nadaraya_watson import PRIOR_VAR, field_from_moments, residual_values
 
 __all__ = [
@@ -31,6 +30,7 @@ __all__ = [
     "normal_interval",
     "smooth_many",
     "undersmoothed_field",
+    "within_bin_permutations",
 ]
 
 
@@ -165,7 +165,7 @@ def bootstrap_interval(
 
 
 class HeterogeneityTest(NamedTuple):
-    """Result of :func:`heterogeneity_test`.
+    """Result of :func:`heterogeneity_test` (arrays; a leading ``[m]`` axis for a batch).
 
     Attributes:
       statistic: observed out-of-fold reduction in squared error of the
@@ -174,23 +174,67 @@ class HeterogeneityTest(NamedTuple):
       null: ``[B]`` statistics under within-bin permutations.
     """
 
-    statistic: float
-    p_value: float
-    null: np.ndarray
+    statistic: Array
+    p_value: Array
+    null: Array
 
 
-def _padded_rows(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of each ``[K, n]`` mask, padded to one length: ``(index, valid)``, ``[K, m]``."""
-    rows = [np.flatnonzero(m) for m in masks]
-    width = max(len(r) for r in rows)
-    index = np.zeros((len(rows), width), np.int32)
-    valid = np.zeros((len(rows), width), bool)
-    for k, r in enumerate(rows):
-        index[k, : len(r)], valid[k, : len(r)] = r, True
-    return index, valid
+def within_bin_permutations(key: PRNGKey, bins: Array, columns: Array) -> Array:
+    """``[b, n]`` permutations of ``n`` items that exchange items only within a bin.
+
+    Column ``c`` is drawn from ``fold_in(key, columns[c])``, so a column's
+    permutation does not depend on which other columns are drawn beside it
+    (batches of any width give the same test). Each is a uniform draw among
+    the permutations that keep every item in its bin: the items sorted by
+    ``(bin, uniform)`` are matched, position by position, with the items
+    sorted by bin alone.
+
+    Args:
+      key: PRNG key.
+      bins: ``[n]`` integer bin of each item.
+      columns: ``[b]`` integer column ids.
+
+    Returns:
+      ``[b, n]`` int32 indices ``perm``: item ``i`` takes the value of item
+      ``perm[i]``, which lies in the same bin.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> bins = jnp.array([0, 1, 0, 1, 0])
+      >>> perm = within_bin_permutations(jax.random.key(0), bins, jnp.arange(3))
+      >>> bool(jnp.all(bins[perm] == bins)), perm.shape
+      (True, (3, 5))
+    """
+    n = bins.shape[0]
+    iota = jnp.arange(n, dtype=jnp.int32)
+    by_bin = jax.lax.sort((bins, iota), num_keys=1, is_stable=True)[1]
+
+    def one(column):
+        u = jax.random.uniform(jax.random.fold_in(key, column), (n,))
+        shuffled = jax.lax.sort((bins, u, iota), num_keys=2)[2]
+        return jnp.zeros(n, jnp.int32).at[by_bin].set(shuffled)
+
+    return jax.vmap(one)(columns)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel", "chunk_size"))
+def _fold_rows(train_mask: Array):
+    """Each fold's held-out and training rows: ``(test, train)``, ``(index, valid)`` pairs.
+
+    Folds hold out ``ceil(n / K)`` or one fewer items (see
+    :class:`~miscal_jax.model.FieldModel`), which fixes the widths:
+    ``[K, ceil(n / K)]`` held-out and ``[K, n - floor(n / K)]`` training rows.
+    """
+    folds, n = train_mask.shape
+
+    def rows(mask, width):
+        index = jnp.nonzero(mask, size=width, fill_value=0)[0]
+        return index, jnp.arange(width) < jnp.sum(mask)
+
+    test = jax.vmap(lambda m: rows(~m, -(-n // folds)))(train_mask)
+    train = jax.vmap(lambda m: rows(m, n - n // folds))(train_mask)
+    return test, train
+
+
 def _fold_statistics(spaces, log_bandwidth, cols, test, train, *, kernel, chunk_size):
     """``[b]`` statistic numerators ``sum(2 e f - f^2)`` over every fold's held-out rows.
 
@@ -199,7 +243,7 @@ def _fold_statistics(spaces, log_bandwidth, cols, test, train, *, kernel, chunk_
       log_bandwidth: ``[K]`` each fold's bandwidth.
       cols: ``[n, b]`` centred residual columns.
       test, train: ``(index, valid)`` pairs of ``[K, m]`` arrays (see
-        :func:`_padded_rows`): each fold's held-out and training rows.
+        :func:`_fold_rows`): each fold's held-out and training rows.
     """
 
     def fold(args):
@@ -219,169 +263,187 @@ def _fold_statistics(spaces, log_bandwidth, cols, test, train, *, kernel, chunk_
     return jnp.sum(jax.lax.map(fold, (spaces, log_bandwidth, *test, *train)), axis=0)
 
 
+@functools.partial(jax.jit, static_argnames=("num_permutations", "num_bins", "batch", "chunk_size"))
 def heterogeneity_test(
-    result,
-    embeddings: ArrayLike,
-    conf: ArrayLike,
-    correct: ArrayLike,
+    key: PRNGKey,
+    model: FieldModel,
     *,
     num_permutations: int = 200,
     num_bins: int = 10,
-    seed: int = 0,
     batch: int = 50,
     chunk_size: int = 128,
 ) -> HeterogeneityTest:
     """Tests whether the miscalibration depends on the input beyond confidence.
 
-    Residuals ``r = correct - conf`` are centred within equal-mass confidence
-    bins (``e = r - mean_bin(r)``), which removes everything a confidence-only
-    recalibration could explain. The statistic is the out-of-fold reduction
-    in squared error when each fold's smoother, in that fold's fitted
-    geometry and bandwidth, predicts ``e`` of held-out items from the
-    training items: ``T = mean(e^2 - (e - f)^2)``.
+    Residuals ``r = correct - conf`` of the fitted items are centred within
+    equal-mass confidence bins (``e = r - mean_bin(r)``), which removes
+    everything a confidence-only recalibration could explain. The statistic
+    is the out-of-fold reduction in squared error when each fold's smoother,
+    in that fold's fitted geometry and bandwidth, predicts ``e`` of held-out
+    items from the fold's training items: ``T = mean(e^2 - (e - f)^2)``.
 
     Null: ``e`` permuted *within confidence bins* (keeping the
     confidence-only calibration curve, destroying any input dependence),
-    ``num_permutations`` times, all vectorised as matrix products over
-    permutation columns. The fold geometries and bandwidths are **not**
+    ``num_permutations`` times. The fold geometries and bandwidths are **not**
     refitted under the null: they were fitted to the observed residuals of
     the training folds, which can only make the observed ``f`` noisier under
     the null (the ``-f^2`` penalty), so the test is conservative rather than
     anti-conservative; simulations in ``benchmarks/`` report its size.
 
-    The observed residuals and the permutations go through one compiled
-    program, in equal batches of at most ``batch`` columns (the observed
-    column first, zero columns padding the last batch), every fold in one call.
+    Pure and jittable, on the device: the permutations are drawn there
+    (:func:`within_bin_permutations`) in batches of at most ``batch`` columns,
+    the observed column first, so memory stays ``O(n * batch)``. A batch of
+    models from ``jax.vmap(fit)`` is tested model by model, with split keys.
 
     Args:
-      result: a :class:`~miscal_jax.model.CrossFitResult`.
-      embeddings: ``[n, d]``, conf ``[n]``, correct ``[n]``: the data it was fitted on.
-      num_permutations: ``B``.
-      num_bins: confidence bins within which residuals are exchanged.
-      seed: permutation seed.
-      batch: columns per vectorised pass (bounds device memory; the ``[n, 1 + B]``
-        permuted columns are drawn on the host first).
+      key: PRNG key of the permutations.
+      model: a fitted :class:`~miscal_jax.model.FieldModel` (or a batch).
+      num_permutations: static ``B``.
+      num_bins: static number of confidence bins within which residuals are exchanged.
+      batch: static columns per vectorised pass.
       chunk_size: static query chunk size.
 
     Returns:
-      A :class:`HeterogeneityTest`.
+      A :class:`HeterogeneityTest` of arrays.
+
+    Examples:
+      >>> import jax
+      >>> from miscal_jax.model import FitConfig, fit
+      >>> from miscal_jax.synthetic.planted import make_planted
+      >>> d = make_planted(300, seed=0, amplitude=0.3)
+      >>> model, _ = jax.jit(fit)(jax.random.key(0), d.embeddings, d.conf, d.correct,
+      ...                         FitConfig(folds=3, candidates=("raw",)))
+      >>> het = jax.jit(heterogeneity_test)(jax.random.key(1), model)
+      >>> het.null.shape, bool(het.p_value < 0.05)
+      ((200,), True)
     """
-    x = np.asarray(embeddings, np.float32)
-    p = np.asarray(conf, np.float32)
-    r = np.asarray(correct, np.float32) - p
+    options = dict(
+        num_permutations=num_permutations, num_bins=num_bins, batch=batch, chunk_size=chunk_size
+    )
+    if num_models(model) is not None:
+        keys = jax.random.split(key, num_models(model))
+        return jax.vmap(lambda k, m: heterogeneity_test(k, m, **options))(keys, model)
+    if num_permutations < 1 or batch < 1:
+        raise ValueError(
+            f"num_permutations, batch: expected at least 1, got {num_permutations}, {batch}."
+        )
+    p = model.ref_conf
+    r = model.ref_correct - p
     n = r.shape[0]
-    bins = np.asarray(bin_index(jnp.asarray(p), min(num_bins, n), "mass"))
-    means = np.bincount(bins, weights=r) / np.maximum(np.bincount(bins), 1)
-    e = (r - means[bins]).astype(np.float32)
-    rng = np.random.default_rng(seed)
-    members = [np.flatnonzero(bins == b) for b in np.unique(bins)]
-    cols = np.empty((n, 1 + num_permutations), np.float32)
-    cols[:, 0] = e
-    for c in range(num_permutations):
-        perm = np.arange(n)
-        for idx in members:
-            perm[idx] = rng.permutation(idx)
-        cols[:, 1 + c] = e[perm]
-    train_mask = np.asarray(result.model.train_mask)
-    test, train = _padded_rows(~train_mask), _padded_rows(train_mask)
-    # equal batches of at most `batch` columns, the last one padded with zeros
-    width = -(-cols.shape[1] // -(-cols.shape[1] // batch))
-    cols = np.pad(cols, [(0, 0), (0, -cols.shape[1] % width)])
-    geometry = result.model.geometry
-    spaces = jax.jit(embed_folds)(geometry, x, p)
-    totals = [
-        _fold_statistics(
+    bins = bin_index(p, min(num_bins, n), "mass")
+    count = jax.ops.segment_sum(jnp.ones_like(r), bins, n)
+    e = r - (jax.ops.segment_sum(r, bins, n) / jnp.maximum(count, 1.0))[bins]
+    test, train = _fold_rows(model.train_mask)
+    geometry = model.geometry
+    spaces = embed_folds(geometry, model.ref_x, p)
+    # equal batches of at most `batch` columns; column 0 is the observed one
+    total = 1 + num_permutations
+    width = -(-total // -(-total // batch))
+
+    def one_batch(step):
+        columns = step * width + jnp.arange(width)
+        perm = within_bin_permutations(key, bins, columns)
+        cols = jnp.where(columns[:, None] == 0, e[None, :], e[perm]).T  # [n, width]
+        return _fold_statistics(
             spaces,
             geometry.log_bandwidth,
-            cols[:, s : s + width],
+            cols,
             test,
             train,
             kernel=geometry.kernel,
             chunk_size=chunk_size,
         )
-        for s in range(0, cols.shape[1], width)
-    ]
-    stats = np.concatenate([np.asarray(t) for t in totals])[: 1 + num_permutations] / n
-    observed, null = float(stats[0]), stats[1:]
-    p_value = (1.0 + np.sum(null >= observed)) / (1.0 + null.size)
-    return HeterogeneityTest(observed, float(p_value), null)
+
+    steps = jnp.arange(-(-total // width))
+    stats = jax.lax.map(one_batch, steps).reshape(-1)[:total] / n
+    observed, null = stats[0], stats[1:]
+    p_value = (1.0 + jnp.sum(null >= observed)) / (1.0 + num_permutations)
+    return HeterogeneityTest(observed, p_value, null)
 
 
 class GroupingLossInterval(NamedTuple):
-    """Bias-corrected grouping loss with a bootstrap percentile interval."""
+    """Bias-corrected grouping loss with a bootstrap percentile interval (arrays)."""
 
-    estimate: float
-    low: float
-    high: float
+    estimate: Array
+    low: Array
+    high: Array
 
 
+@functools.partial(jax.jit, static_argnames=("level", "num_samples", "num_bins"))
 def grouping_loss_interval(
-    conf: ArrayLike,
-    field: ArrayLike,
-    field_se: ArrayLike,
+    key: PRNGKey,
+    model: FieldModel,
     *,
+    estimate: FieldEstimate | None = None,
     level: float = 0.9,
     num_samples: int = 500,
     num_bins: int = 15,
-    seed: int = 0,
 ) -> GroupingLossInterval:
-    """Grouping loss ``E[Var(delta | P)]`` (see :func:`~miscal_jax.metrics.grouping_loss`)
-    with an item-bootstrap interval (vmapped over replicates, multinomial weights).
+    """Grouping loss ``E[Var(delta | P)]`` of the model's out-of-fold field, with an interval.
+
+    The estimate is :func:`~miscal_jax.metrics.grouping_loss` of the fitted
+    items' out-of-fold field; the interval is the percentile interval of an
+    item bootstrap (multinomial weights, ``num_samples`` replicates in
+    batches of 50). Pure and jittable; a batch of models gets one interval
+    per model.
+
+    Args:
+      key: PRNG key of the bootstrap.
+      model: a fitted :class:`~miscal_jax.model.FieldModel` (or a batch).
+      estimate: its :func:`~miscal_jax.model.out_of_fold` field when already
+        computed (saves one smoothing pass); ``None`` computes it.
+      level: static coverage.
+      num_samples: static bootstrap replicates.
+      num_bins: static equal-mass confidence bins.
 
     Returns:
-      A :class:`GroupingLossInterval`; the estimate is clipped at 0.
+      A :class:`GroupingLossInterval`; estimate and bounds clipped at 0.
     """
     _z(level)
-    boots, est = _grouping_loss_draws(
-        jax.random.key(seed),
-        jnp.asarray(conf, jnp.float32),
-        jnp.asarray(field, jnp.float32),
-        jnp.asarray(field_se, jnp.float32),
-        num_bins=num_bins,
-        num_samples=num_samples,
-    )
-    alpha = (1 - level) / 2
-    low, high = np.quantile(np.asarray(boots), [alpha, 1 - alpha])
-    return GroupingLossInterval(float(est), max(float(low), 0.0), max(float(high), 0.0))
-
-
-@functools.partial(jax.jit, static_argnames=("num_bins", "num_samples"))
-def _grouping_loss_draws(key, conf, field, se, *, num_bins, num_samples):
-    """``([num_samples] bootstrap estimates, the estimate)`` of the grouping loss."""
+    options = dict(level=level, num_samples=num_samples, num_bins=num_bins)
+    if num_models(model) is not None:
+        keys = jax.random.split(key, num_models(model))
+        run = lambda k, m, e: grouping_loss_interval(k, m, estimate=e, **options)
+        return jax.vmap(run)(keys, model, estimate)
+    if estimate is None:
+        estimate = out_of_fold(model)[0]
+    conf, field, se = model.ref_conf, estimate.value, estimate.se
     n = conf.shape[0]
     idx = bin_index(conf, num_bins, "mass")
 
     def weighted(w):
         counts = jax.ops.segment_sum(w, idx, num_segments=num_bins)
-        safe = jnp.maximum(counts, 1e-12)
-        mean = jax.ops.segment_sum(w * field, idx, num_segments=num_bins) / safe
+        mean = jax.ops.segment_sum(w * field, idx, num_segments=num_bins)
+        mean = mean / jnp.maximum(counts, 1e-12)
         raw = jnp.sum(w * (field - mean[idx]) ** 2) / jnp.sum(w)
         return raw - jnp.sum(w * se**2) / jnp.sum(w)
 
     keys = jax.random.split(key, num_samples)
-    draw = lambda k: jnp.bincount(jax.random.randint(k, (n,), 0, n), length=n).astype(jnp.float32)
+    draw = lambda k: jnp.bincount(jax.random.randint(k, (n,), 0, n), length=n).astype(field.dtype)
     boots = jax.lax.map(lambda k: weighted(draw(k)), keys, batch_size=50)
-    return boots, grouping_loss(conf, field, se, num_bins=num_bins).estimate
+    alpha = (1 - level) / 2
+    low, high = jnp.quantile(boots, jnp.array([alpha, 1 - alpha]))
+    point = grouping_loss(conf, field, se, num_bins=num_bins).estimate
+    return GroupingLossInterval(*(jnp.maximum(v, 0.0) for v in (point, low, high)))
 
 
-def undersmoothed_field(result, *, factor: float = 0.5) -> FieldEstimate:
+def undersmoothed_field(model: FieldModel, *, factor: ArrayLike = 0.5) -> FieldEstimate:
     """Out-of-fold field at ``factor`` times each fold's bandwidth, for intervals.
 
     The cross-validated bandwidth balances bias and variance for estimation, so
     intervals built on it are centred on a smoothed (biased) field and
     under-cover; shrinking the bandwidth trades a wider interval for less bias
-    (undersmoothing). Pass the result to :func:`normal_interval`.
+    (undersmoothing). Pass the result to :func:`normal_interval`. Pure and
+    jittable (``factor`` may be traced).
 
     Args:
-      result: a :class:`~miscal_jax.model.CrossFitResult`.
+      model: a fitted :class:`~miscal_jax.model.FieldModel` (or a batch).
       factor: bandwidth multiplier in ``(0, 1]``.
 
     Returns:
       A :class:`~miscal_jax.FieldEstimate` of ``[n]`` arrays, out-of-fold.
     """
-    if not 0 < factor <= 1:
+    if isinstance(factor, (int, float)) and not 0 < factor <= 1:
         raise ValueError(f"factor: must be in (0, 1], got {factor}.")
-    model = result.model
-    geometry = model.geometry.replace(log_bandwidth=model.geometry.log_bandwidth + np.log(factor))
-    est, _ = jax.jit(out_of_fold)(model.replace(geometry=geometry))
-    return FieldEstimate(*(np.asarray(a) for a in est))
+    geometry = model.geometry.replace(log_bandwidth=model.geometry.log_bandwidth + jnp.log(factor))
+    return out_of_fold(model.replace(geometry=geometry))[0]

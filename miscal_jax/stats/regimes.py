@@ -24,14 +24,16 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 from jax.typing import ArrayLike
 
-from miscal_jax._types import Array
+from miscal_jax._types import Array, PRNGKey
 from miscal_jax.calibrators.global_maps import apply_isotonic, fit_isotonic
+from miscal_jax.model.field_model import FieldModel, num_models
 
 __all__ = [
     "Regime",
-    "RegimeModel",
+    "Regimes",
     "assign_regimes",
     "benjamini_hochberg",
     "discover_regimes",
@@ -75,8 +77,8 @@ def _kmeans(rng, x, k, *, max_k, iters):
     """:func:`kmeans` with ``max_k`` centroid slots, the first traced ``k`` of them in use."""
     n = x.shape[0]
     used = jnp.arange(max_k) < k
-    # squared distances to the centroids in use; inf to the others
-    sq = lambda c: jnp.where(used, jnp.sum((x[:, None, :] - c[None, :, :]) ** 2, axis=-1), jnp.inf)
+    # squared distances (by matmul) to the centroids in use; inf to the others
+    sq = lambda c: jnp.where(used, _sq_distances(x, c), jnp.inf)
 
     def seed_step(carry, key):
         centroids, count = carry
@@ -117,7 +119,7 @@ def benjamini_hochberg(p_values: ArrayLike) -> np.ndarray:
 
 
 class Regime(NamedTuple):
-    """One reported region, with statistics from the evaluation half.
+    """One reported region, on the host, with statistics from the evaluation half.
 
     Attributes:
       id: rank (0 = strongest evidence).
@@ -146,170 +148,384 @@ class Regime(NamedTuple):
     candidate: tuple
 
 
-class RegimeModel(NamedTuple):
-    """What :func:`assign_regimes` needs: the PCA map and the regimes' centroids.
+@struct.dataclass
+class Regimes:
+    """What :func:`discover_regimes` found: ``R = max_regimes`` slots, the first ``count`` used.
+
+    A pytree of arrays (jittable, vmappable; a batch of models adds a leading
+    ``[m]`` axis). Unused slots hold zeros (``examples`` -1).
 
     Attributes:
-      mean: ``[d]``; projection: ``[d, m]``; scale: scalar.
-      centroids: tuple over reported regimes of ``[k, m]`` candidate centroid sets.
-      clusters: tuple of the cluster index of each regime in its set.
+      valid: ``[R]`` bools, ``True`` for a reported regime, in rank order.
+      size: ``[R]`` evaluation-half members; ``size_all``: all members.
+      mean_residual, ci_low, ci_high: ``[R]`` mean ``correct - conf`` on the
+        evaluation half and its interval.
+      excess: ``[R]`` mean ``correct - p_global`` there (> 0: underconfident).
+      p_value, p_adjusted: ``[R]`` Monte Carlo and Benjamini-Hochberg p-values.
+      members: ``[R, n]`` bools, each regime's items (both halves).
+      examples: ``[R, 5]`` members nearest the regime's centre (-1 pads).
+      candidate: ``[R, 2]`` ``(k, cluster)`` of the clustering it came from.
+      evaluation: ``[n]`` bools, the evaluation half.
+      mean, projection, scale: ``[d]``, ``[d, m]``, scalar: the PCA map.
+      centroids: ``[R, max_k, m]`` each regime's clustering (first ``k`` used).
     """
 
-    mean: np.ndarray
-    projection: np.ndarray
-    scale: float
-    centroids: tuple
-    clusters: tuple
+    valid: Array
+    size: Array
+    size_all: Array
+    mean_residual: Array
+    ci_low: Array
+    ci_high: Array
+    excess: Array
+    p_value: Array
+    p_adjusted: Array
+    members: Array
+    examples: Array
+    candidate: Array
+    evaluation: Array
+    mean: Array
+    projection: Array
+    scale: Array
+    centroids: Array
+
+    @property
+    def count(self) -> Array:
+        """Number of reported regimes (``[m]`` for a batch)."""
+        return jnp.sum(self.valid, axis=-1)
+
+    def as_list(self) -> list[Regime]:
+        """The reported regimes as host :class:`Regime` records (one model's)."""
+        if self.valid.ndim != 1:
+            raise ValueError("as_list: a batch of models; pick one with jax.tree.map(a[i]) first.")
+        h = jax.tree.map(np.asarray, self)
+        return [
+            Regime(
+                id=i,
+                size=int(h.size[i]),
+                size_all=int(h.size_all[i]),
+                sign="under" if h.excess[i] > 0 else "over",
+                mean_residual=float(h.mean_residual[i]),
+                ci_low=float(h.ci_low[i]),
+                ci_high=float(h.ci_high[i]),
+                excess=float(h.excess[i]),
+                p_value=float(h.p_value[i]),
+                p_adjusted=float(h.p_adjusted[i]),
+                members=np.flatnonzero(h.members[i]),
+                examples=h.examples[i][h.examples[i] >= 0],
+                candidate=(int(h.candidate[i, 0]), int(h.candidate[i, 1])),
+            )
+            for i in range(int(h.valid.sum()))
+        ]
 
 
-def _project(model: RegimeModel, x: np.ndarray) -> np.ndarray:
-    return (np.asarray(x, np.float32) - model.mean) @ model.projection / model.scale
+@jax.jit
+def assign_regimes(regimes: Regimes, embeddings: ArrayLike) -> Array:
+    """``[q]`` regime id of each item (the first reported regime whose cluster
+    holds it), or -1 for none. Pure and jittable.
+
+    Args:
+      regimes: what :func:`discover_regimes` returned (one model's).
+      embeddings: ``[q, d]`` items, fitted or new.
+    """
+    z = (jnp.asarray(embeddings, jnp.float32) - regimes.mean) @ regimes.projection / regimes.scale
+    used = jnp.arange(regimes.centroids.shape[1])[None, :] < regimes.candidate[:, :1]  # [R, k]
+
+    def holds(args):
+        cents, used_r, cluster, valid = args
+        d2 = _sq_distances(z, cents)
+        return valid & (jnp.argmin(jnp.where(used_r, d2, jnp.inf), axis=1) == cluster)
+
+    inside = jax.lax.map(
+        holds, (regimes.centroids, used, regimes.candidate[:, 1], regimes.valid)
+    )  # [R, q]
+    return jnp.where(jnp.any(inside, axis=0), jnp.argmax(inside, axis=0), -1)
 
 
-def assign_regimes(model: RegimeModel, embeddings: ArrayLike) -> np.ndarray:
-    """``[n]`` regime id of each item (the first reported regime whose cluster
-    holds it), or -1 for none."""
-    z = _project(model, embeddings)
-    out = np.full(z.shape[0], -1, np.int64)
-    for rid, (cents, c) in enumerate(zip(model.centroids, model.clusters, strict=True)):
-        labels = np.argmin(((z[:, None, :] - cents[None]) ** 2).sum(-1), axis=1)
-        out[(labels == c) & (out < 0)] = rid
-    return out
+def _sq_distances(z: Array, centres: Array) -> Array:
+    """``[q, c]`` squared distances of ``[q, m]`` points to ``[c, m]`` centres (by matmul)."""
+    cross = jnp.matmul(z, centres.T, precision=jax.lax.Precision.HIGHEST)
+    return jnp.maximum(jnp.sum(z**2, 1)[:, None] - 2 * cross + jnp.sum(centres**2, 1)[None], 0.0)
 
 
 def discover_regimes(
-    embeddings: ArrayLike,
-    conf: ArrayLike,
-    correct: ArrayLike,
+    key: PRNGKey,
+    model: FieldModel,
     *,
     num_clusters: tuple[int, ...] = (6, 12, 24),
     pca_dim: int = 16,
-    fdr: float = 0.1,
-    screen: float = 0.2,
+    fdr: ArrayLike = 0.1,
+    screen: ArrayLike = 0.2,
     max_regimes: int = 8,
     min_size: int = 20,
     num_simulations: int = 4000,
-    overlap: float = 0.5,
+    overlap: ArrayLike = 0.5,
     level: float = 0.9,
-    seed: int = 0,
-) -> tuple[list[Regime], RegimeModel]:
+) -> Regimes:
     """Finds regions whose miscalibration goes beyond confidence, with FDR control.
 
+    The model's fitted items are split in two random halves. Candidates are
+    the k-means clusters (each ``k`` of ``num_clusters``) of the items'
+    principal components. On the *discovery* half a candidate is screened by
+    a Monte Carlo test of its outcomes against Bernoulli(``p_global``), the
+    confidence-only isotonic map of all items; on the *evaluation* half each
+    screened candidate gets the same test, its size, and its mean residual
+    with an interval. Benjamini-Hochberg over the tested candidates at
+    ``fdr``; then, strongest first, a candidate is reported unless more than
+    ``overlap`` of its members are in regimes already reported.
+
+    Pure and jittable, on the device; memory is ``O(n (R + k))`` and the Monte
+    Carlo runs in blocks of at most 2^22 draws. A batch of models from
+    ``jax.vmap(fit)`` gets one :class:`Regimes` each, with split keys.
+
     Args:
-      embeddings: ``[n, d]`` inputs; conf ``[n]``; correct ``[n]``.
-      num_clusters: k values of the candidate clusterings.
-      pca_dim: principal components used for clustering.
+      key: PRNG key (halves, k-means seeding, Monte Carlo).
+      model: a fitted :class:`~miscal_jax.model.FieldModel` (or a batch); its
+        ``ref_x``, ``ref_conf`` and ``ref_correct`` are used.
+      num_clusters: static k values of the candidate clusterings.
+      pca_dim: static number of principal components clustered.
       fdr: Benjamini-Hochberg level over the tested candidates.
       screen: a candidate is tested on the evaluation half only if its
-        discovery-half z-test has p below this.
-      max_regimes: at most this many regimes are reported.
-      min_size: candidates with fewer discovery or evaluation items are skipped.
-      num_simulations: Monte Carlo draws of each region's test.
-      overlap: a significant candidate is not reported when more than this
-        fraction of its members belong to regimes already reported.
-      level: coverage of the ``mean_residual`` interval.
-      seed: seed of the halves and of k-means.
+        discovery-half p-value is below this.
+      max_regimes: static ``R``, at most this many regimes are reported.
+      min_size: static; candidates with fewer discovery or evaluation items are skipped.
+      num_simulations: static Monte Carlo draws per test.
+      overlap: see above.
+      level: static coverage of the ``mean_residual`` interval.
 
     Returns:
-      ``(regimes, model)``: reported regimes sorted by adjusted p-value then
-      size, and a :class:`RegimeModel` for :func:`assign_regimes`.
+      :class:`Regimes`, sorted by adjusted p-value then evaluation size;
+      :meth:`Regimes.as_list` gives host records, :func:`assign_regimes`
+      places new items.
+
+    Examples:
+      >>> import jax
+      >>> from miscal_jax.model import FitConfig, fit
+      >>> from miscal_jax.synthetic.planted import make_planted
+      >>> d = make_planted(2000, seed=0, amplitude=0.2)
+      >>> model, _ = jax.jit(fit)(jax.random.key(0), d.embeddings, d.conf, d.correct,
+      ...                         FitConfig(folds=2, candidates=("raw",)))
+      >>> regimes = jax.jit(discover_regimes)(jax.random.key(1), model)
+      >>> int(regimes.count) > 0, regimes.members.shape
+      (True, (8, 2000))
     """
-    x = np.asarray(embeddings, np.float32)
-    p = np.asarray(conf, np.float64)
-    y = np.asarray(correct, np.float64)
-    n = x.shape[0]
-    rng = np.random.default_rng(seed)
-    half = np.zeros(n, bool)
-    half[rng.permutation(n)[: n // 2]] = True  # True = discovery
-    mean = x.mean(0)
-    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    proj = vt[: min(pca_dim, vt.shape[0])].T
-    scale = float(s[0] / np.sqrt(max(n - 1, 1))) or 1.0
-    z = (x - mean) @ proj / scale
+    options = dict(
+        num_clusters=tuple(int(k) for k in num_clusters),
+        pca_dim=int(pca_dim),
+        fdr=fdr,
+        screen=screen,
+        max_regimes=int(max_regimes),
+        min_size=int(min_size),
+        num_simulations=int(num_simulations),
+        overlap=overlap,
+        level=float(level),
+    )
+    if not options["num_clusters"] or min(options["num_clusters"]) < 1:
+        raise ValueError(f"num_clusters: expected positive k values, got {num_clusters}.")
+    if not 0 < level < 1:
+        raise ValueError(f"level: must be in (0, 1), got {level}.")
+    if num_models(model) is not None:
+        keys = jax.random.split(key, num_models(model))
+        return jax.vmap(lambda k, m: discover_regimes(k, m, **options))(keys, model)
+    return _discover(key, model.ref_x, model.ref_conf, model.ref_correct, **options)
+
+
+#: Largest ``[draws, n]`` block of Monte Carlo outcomes held at once.
+SIMULATION_BLOCK = 2**22
+
+
+def _candidate_tests(key, labels, discovery, y, q_null, *, max_k, num_simulations):
+    """Monte Carlo tests of every cluster of one clustering, on both halves.
+
+    Cluster ``c``'s half ``h`` (1 = discovery) is segment ``2 c + h``. The
+    outcome sums of all segments come from one ``[draws, n] @ [n, 2 max_k]``
+    product per block of simulated outcomes (exact: 0/1 sums at full precision).
+
+    Returns:
+      ``(size, p_value)``, each ``[2 max_k]``: the segment sizes and the
+      two-sided p-values of their sum of ``y`` against Bernoulli(``q_null``).
+    """
+    n = y.shape[0]
+    onehot = jax.nn.one_hot(2 * labels + discovery, 2 * max_k, dtype=jnp.float32)  # [n, 2k]
+    size = jnp.sum(onehot, axis=0)
+    observed = jnp.matmul(y, onehot, precision=jax.lax.Precision.HIGHEST)
+    block = max(1, min(num_simulations, SIMULATION_BLOCK // n))
+    steps = -(-num_simulations // block)
+
+    def count(carry, step):
+        outcomes = jax.random.uniform(jax.random.fold_in(key, step), (block, n)) < q_null
+        sums = jnp.matmul(outcomes.astype(jnp.float32), onehot, precision=jax.lax.Precision.HIGHEST)
+        real = (step * block + jnp.arange(block) < num_simulations)[:, None]
+        above = jnp.sum(real & (sums >= observed), axis=0)
+        below = jnp.sum(real & (sums <= observed), axis=0)
+        return (carry[0] + above, carry[1] + below), None
+
+    zeros = jnp.zeros(2 * max_k, jnp.int32)
+    (above, below), _ = jax.lax.scan(count, (zeros, zeros), jnp.arange(steps))
+    tail = jnp.minimum(1 + above, 1 + below) / (1 + num_simulations)
+    return size, jnp.minimum(1.0, 2 * tail)
+
+
+def _benjamini_hochberg_masked(p_values: Array, tested: Array) -> Array:
+    """:func:`benjamini_hochberg` over the ``tested`` entries (others get 1), traceable."""
+    p = jnp.where(tested, p_values, jnp.inf)
+    order = jnp.argsort(p)
+    m = jnp.maximum(jnp.sum(tested), 1)
+    scaled = p[order] * m / jnp.arange(1, p.shape[0] + 1)
+    adjusted = jnp.minimum(jax.lax.cummin(scaled, reverse=True), 1.0)
+    return jnp.where(tested, jnp.zeros_like(p).at[order].set(adjusted), 1.0)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "num_clusters",
+        "pca_dim",
+        "max_regimes",
+        "min_size",
+        "num_simulations",
+        "level",
+    ),
+)
+def _discover(
+    key,
+    x,
+    p,
+    y,
+    *,
+    num_clusters,
+    pca_dim,
+    fdr,
+    screen,
+    max_regimes,
+    min_size,
+    num_simulations,
+    overlap,
+    level,
+):
+    """:func:`discover_regimes` on arrays (``x [n, d]``, ``p [n]``, ``y [n]``)."""
+    x, p, y = (jnp.asarray(a, jnp.float32) for a in (x, p, y))
+    n, d = x.shape
+    k_half, k_means, k_sim = jax.random.split(key, 3)
+    discovery = jnp.zeros(n, bool).at[jax.random.permutation(k_half, n)[: n // 2]].set(True)
+    # principal components from the d x d scatter matrix (cheap for large n)
+    mean = jnp.mean(x, axis=0)
+    xc = x - mean
+    scatter = jnp.matmul(xc.T, xc, precision=jax.lax.Precision.HIGHEST)
+    variances, directions = jnp.linalg.eigh(scatter)
+    projection = directions[:, ::-1][:, : min(pca_dim, d)]
+    scale = jnp.sqrt(jnp.maximum(variances[-1], 0.0) / max(n - 1, 1))
+    scale = jnp.where(scale > 0, scale, 1.0)
+    z = xc @ projection / scale
     # The reference curve is a confidence-only isotonic map over all items: it
     # carries no information about location, and a region's own items in it
     # can only shrink that region's excess (conservative). A map fitted on
     # half the items is noisier, and its noise, shared by a whole region,
     # made the tests anti-conservative (12.5% false alarms at FDR 0.1 under
     # the null in 200 simulations, against 4.5% with this map).
-    iso = fit_isotonic(p, y)
-    excess = y - np.asarray(apply_isotonic(iso, p), np.float64)
-    residual = y - p
-    zcrit = NormalDist().inv_cdf(0.5 + level / 2)
-    # outcome probabilities under "no miscalibration beyond confidence"
-    q_null = np.clip(np.asarray(apply_isotonic(iso, p), np.float64), 1e-3, 1 - 1e-3)
-    sim_rng = np.random.default_rng(seed + 1)
-
-    def test(mask):
-        """Two-sided Monte Carlo test of sum(correct) against Bernoulli(q_null).
-
-        Exact in the tails where a normal approximation is not (confidences
-        near 0 or 1, small regions, all-right or all-wrong neighbourhoods).
-        """
-        q = q_null[mask]
-        observed = y[mask].sum()
-        sims = (sim_rng.random((num_simulations, q.size)) < q).sum(axis=1)
-        upper = (1 + np.sum(sims >= observed)) / (1 + num_simulations)
-        lower = (1 + np.sum(sims <= observed)) / (1 + num_simulations)
-        return float(np.mean(excess[mask])), min(1.0, 2 * min(upper, lower))
-
-    tested = []
-    key = jax.random.key(seed)
-    for k in num_clusters:
-        if k >= n // (2 * min_size):
-            continue
-        key, sub = jax.random.split(key)
-        cents, labels = kmeans(sub, z, k=int(k), max_k=max(num_clusters))
-        cents, labels = np.asarray(cents), np.asarray(labels)
-        for c in range(k):
-            disc, ev = (labels == c) & half, (labels == c) & ~half
-            if disc.sum() < min_size or ev.sum() < min_size:
-                continue
-            if test(disc)[1] >= screen:
-                continue
-            m, pv = test(ev)
-            tested.append(dict(k=k, c=c, cents=cents, labels=labels, ev=ev, excess=m, p=pv))
-    if not tested:
-        return [], RegimeModel(mean, proj, scale, (), ())
-    adjusted = benjamini_hochberg([t["p"] for t in tested])
-    for t, a in zip(tested, adjusted, strict=True):
-        t["p_adj"] = a
-    keep = sorted(
-        (t for t in tested if t["p_adj"] <= fdr), key=lambda t: (t["p_adj"], -t["ev"].sum())
-    )
-    regimes, cents_out, clusters_out = [], [], []
-    taken = np.zeros(n, bool)
-    for t in keep:
-        if len(regimes) == max_regimes:
-            break
-        members = np.flatnonzero(t["labels"] == t["c"])
-        if taken[members].mean() > overlap:  # mostly a region already reported
-            continue
-        taken[members] = True
-        r_ev = residual[t["ev"]]
-        q = q_null[t["ev"]]
-        # empirical spread, floored by the Bernoulli spread so that an
-        # all-right region does not get a zero-width interval
-        sd = max(r_ev.std(ddof=1) if r_ev.size > 1 else 0.0, float(np.sqrt(np.mean(q * (1 - q)))))
-        m, se = float(r_ev.mean()), sd / np.sqrt(r_ev.size)
-        dist = ((z[members] - t["cents"][t["c"]]) ** 2).sum(1)
-        regimes.append(
-            Regime(
-                id=len(regimes),
-                size=int(t["ev"].sum()),
-                size_all=int(members.size),
-                sign="under" if t["excess"] > 0 else "over",
-                mean_residual=float(m),
-                ci_low=float(m - zcrit * se),
-                ci_high=float(m + zcrit * se),
-                excess=float(t["excess"]),
-                p_value=float(t["p"]),
-                p_adjusted=float(t["p_adj"]),
-                members=members,
-                examples=members[np.argsort(dist)[:5]],
-                candidate=(int(t["k"]), int(t["c"])),
-            )
+    p_iso = apply_isotonic(fit_isotonic(p, y), p)
+    excess, residual = y - p_iso, y - p
+    q_null = jnp.clip(p_iso, 1e-3, 1 - 1e-3)
+    max_k = max(num_clusters)
+    ks = [k for k in num_clusters if k < n // (2 * min_size)]
+    m = projection.shape[1]
+    slots = jnp.arange(max_regimes)
+    if not ks:  # too few items for any clustering: nothing to report
+        zeros = jnp.zeros(max_regimes)
+        return Regimes(
+            slots < 0,
+            *(zeros.astype(jnp.int32),) * 2,
+            *(zeros,) * 6,
+            jnp.zeros((max_regimes, n), bool),
+            jnp.full((max_regimes, 5), -1),
+            jnp.zeros((max_regimes, 2), jnp.int32),
+            ~discovery,
+            mean,
+            projection,
+            scale,
+            jnp.zeros((max_regimes, max_k, m)),
         )
-        cents_out.append(t["cents"])
-        clusters_out.append(int(t["c"]))
-    return regimes, RegimeModel(mean, proj, scale, tuple(cents_out), tuple(clusters_out))
+    centroids, labels, sizes, p_values, excess_sum = [], [], [], [], []
+    for i, k in enumerate(ks):
+        cents, lab = _kmeans(jax.random.fold_in(k_means, i), z, jnp.int32(k), max_k=max_k, iters=50)
+        size, pv = _candidate_tests(
+            jax.random.fold_in(k_sim, i),
+            lab,
+            discovery,
+            y,
+            q_null,
+            max_k=max_k,
+            num_simulations=num_simulations,
+        )
+        seg = jax.nn.one_hot(2 * lab + discovery, 2 * max_k, dtype=jnp.float32)
+        centroids.append(cents)
+        labels.append(lab)
+        sizes.append(size.reshape(max_k, 2))
+        p_values.append(pv.reshape(max_k, 2))
+        excess_sum.append(
+            jnp.matmul(excess, seg, precision=jax.lax.Precision.HIGHEST).reshape(max_k, 2)
+        )
+    labels = jnp.stack(labels)  # [L, n]
+    sizes, p_values, excess_sum = (
+        jnp.stack(a).reshape(-1, 2) for a in (sizes, p_values, excess_sum)
+    )
+    k_of = jnp.repeat(jnp.array(ks), max_k)  # [C]: candidates (clustering, cluster), flattened
+    cluster = jnp.tile(jnp.arange(max_k), len(ks))
+    # column 0: evaluation half, 1: discovery half
+    eligible = (cluster < k_of) & jnp.all(sizes >= min_size, axis=1)
+    tested = eligible & (p_values[:, 1] < screen)
+    adjusted = _benjamini_hochberg_masked(p_values[:, 0], tested)
+    keep = tested & (adjusted <= fdr)
+    size_ev = sizes[:, 0]
+    excess_ev = excess_sum[:, 0] / jnp.maximum(size_ev, 1.0)
+    order = jax.lax.sort(
+        (jnp.where(keep, adjusted, jnp.inf), -size_ev, jnp.arange(k_of.shape[0])), num_keys=2
+    )[2]
+
+    def greedy(carry, c):
+        taken, count, chosen = carry
+        members = labels[c // max_k] == cluster[c]
+        shared = jnp.sum(taken & members) / jnp.maximum(jnp.sum(members), 1)
+        accept = keep[c] & (count < max_regimes) & (shared <= overlap)
+        chosen = chosen.at[count].set(jnp.where(accept, c, chosen[count]), mode="drop")
+        return (taken | (members & accept), count + accept, chosen), None
+
+    start = (jnp.zeros(n, bool), jnp.int32(0), jnp.zeros(max_regimes, jnp.int32))
+    (_, count, chosen), _ = jax.lax.scan(greedy, start, order)
+    valid = slots < count
+    members = valid[:, None] & (labels[chosen // max_k] == cluster[chosen][:, None])  # [R, n]
+    ev = members & ~discovery
+    size = jnp.sum(ev, axis=1)
+    denominator = jnp.maximum(size, 1)
+    mean_residual = jnp.sum(jnp.where(ev, residual, 0.0), axis=1) / denominator
+    spread = jnp.sum(jnp.where(ev, (residual - mean_residual[:, None]) ** 2, 0.0), axis=1)
+    sd = jnp.sqrt(spread / jnp.maximum(size - 1, 1))
+    # floored by the Bernoulli spread, so an all-right region gets a real interval
+    bernoulli = jnp.sum(jnp.where(ev, q_null * (1 - q_null), 0.0), axis=1) / denominator
+    se = jnp.maximum(sd, jnp.sqrt(bernoulli)) / jnp.sqrt(denominator)
+    zcrit = NormalDist().inv_cdf(0.5 + level / 2)
+    centres = jnp.stack(centroids)[chosen // max_k]  # [R, max_k, m]
+    own = jnp.take_along_axis(centres, cluster[chosen][:, None, None], axis=1)[:, 0]  # [R, m]
+    dist = jax.vmap(lambda c, mem: jnp.where(mem, -_sq_distances(z, c[None])[:, 0], -jnp.inf))(
+        own, members
+    )
+    nearest, examples = jax.lax.top_k(dist, min(5, n))
+    where_valid = lambda a: jnp.where(valid.reshape(-1, *(1,) * (a.ndim - 1)), a, 0)
+    return Regimes(
+        valid=valid,
+        size=where_valid(size.astype(jnp.int32)),
+        size_all=jnp.sum(members, axis=1).astype(jnp.int32),
+        mean_residual=where_valid(mean_residual),
+        ci_low=where_valid(mean_residual - zcrit * se),
+        ci_high=where_valid(mean_residual + zcrit * se),
+        excess=where_valid(excess_ev[chosen]),
+        p_value=where_valid(p_values[chosen, 0]),
+        p_adjusted=where_valid(adjusted[chosen]),
+        members=members,
+        examples=jnp.where(nearest > -jnp.inf, examples, -1),
+        candidate=where_valid(jnp.stack([k_of[chosen], cluster[chosen]], axis=1)),
+        evaluation=~discovery,
+        mean=mean,
+        projection=projection,
+        scale=scale,
+        centroids=jnp.where(valid[:, None, None], centres, 0.0),
+    )

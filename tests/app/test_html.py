@@ -105,14 +105,14 @@ def test_card_is_worded_relative_to_the_global_recalibration():
     truth = np.where(region, p - 0.08, p - 0.3)
     y = (rng.random(n) < truth).astype(float)
     members = np.flatnonzero(region)
-    ev = H._evaluation_half(n, 0)
+    ev = np.random.default_rng(1).random(n) < 0.5
     regime = _regime(
         members, excess=0.0, mean_residual=float(np.mean((y - p)[region & ev])), size=0
     )
     regime = regime._replace(size=int((region & ev).sum()))
     texts = ["cell gene protein"] * 600 + ["force mass energy"] * (n - 600)
     cards = H.regime_cards(
-        [regime], p, y, {"isotonic": p, "local": p}, texts=texts, seed=0, level=0.9
+        [regime], p, y, {"isotonic": p, "local": p}, texts=texts, evaluation=ev, level=0.9
     )
     card = cards[0]
     assert card["sign"] == "under" and card["excess"] > 0.1

@@ -25,7 +25,8 @@ from typing import NamedTuple
 import numpy as np
 
 from miscal_jax.app import html as H
-from miscal_jax.app.describe import count_terms, distinctive_terms
+from miscal_jax.app.describe import count_terms, distinctive_terms, snippet
+from miscal_jax.app.figures import LEVEL, png
 from miscal_jax.app.report import Statistics, method_metrics, model_statistics
 from miscal_jax.calibrators.global_maps import apply_isotonic, fit_isotonic
 from miscal_jax.geometry.spaces import DEFAULT_CANDIDATES
@@ -456,7 +457,7 @@ def compare_models(
 # ----------------------------------------------------------------------------- report
 
 
-def heatmap_png(comparison: Comparison, models, *, level: float = H.LEVEL) -> bytes:
+def heatmap_png(comparison: Comparison, models, *, level: float = LEVEL) -> bytes:
     """Model-by-region heat map of ``correct - p_global`` (red: overconfident).
 
     A cell with a thick frame is a region the model reported itself; a dot
@@ -503,7 +504,7 @@ def heatmap_png(comparison: Comparison, models, *, level: float = H.LEVEL) -> by
     cb.ax.tick_params(labelsize=7)
     ax.set_title("Regions x models (frame: reported for that model; •: CI excludes 0)", fontsize=9)
     fig.tight_layout()
-    return H._png(fig)
+    return png(fig)
 
 
 def _short(name: str, limit: int = 28) -> str:
@@ -583,7 +584,7 @@ def _compare_summary(panel: Panel, comp: Comparison, boots: list) -> dict:
 
 
 def _region_cards(panel: Panel, comp: Comparison) -> str:
-    z = NormalDist().inv_cdf(0.5 + H.LEVEL / 2)
+    z = NormalDist().inv_cdf(0.5 + LEVEL / 2)
     out = ['<div class="cards">']
     for c, reg in enumerate(comp.regions):
         vals = comp.cells[:, c]
@@ -616,13 +617,14 @@ def _region_cards(panel: Panel, comp: Comparison) -> str:
                     f'<span class="ci">[{v - half:+.2f}, {v + half:+.2f}]</span></td>'
                 )
             mark = " ●" if j in reg["found_by"] else ""
-            rows.append(f"<tr><td>{H._e(_short(rep.name, 24))}{mark}</td>{cell}</tr>")
+            rows.append(f"<tr><td>{H.escape(_short(rep.name, 24))}{mark}</td>{cell}</tr>")
         rows = "".join(rows)
         cats = ""
         if panel.group is not None:
-            share = H._share(reg["members"], panel.group, panel.group_names)
+            share = H.category_shares(reg["members"], panel.group, panel.group_names)
             cats = ", ".join(
-                f"{H._e(g['name'])} {g['share']:.0%} ({g['overall']:.0%} overall)" for g in share
+                f"{H.escape(g['name'])} {g['share']:.0%} ({g['overall']:.0%} overall)"
+                for g in share
             )
             cats = f'<p class="small">Categories (not used to find it): {cats}.</p>'
         examples = ""
@@ -631,11 +633,11 @@ def _region_cards(panel: Panel, comp: Comparison) -> str:
             ex = comp.models[found[0]].index[found[1].examples[:2]]
             examples = (
                 "<ul>"
-                + "".join(f"<li>{H._e(H._snippet(panel.text[i]))}</li>" for i in ex)
+                + "".join(f"<li>{H.escape(snippet(panel.text[i]))}</li>" for i in ex)
                 + "</ul>"
             )
         out.append(
-            f'<div class="card {sign}"><h3>C{c}: {H._e(words)}</h3>'
+            f'<div class="card {sign}"><h3>C{c}: {H.escape(words)}</h3>'
             f'<p class="words">{kind}; {reg["members"].size} items</p><p class="small">'
             "Accuracy minus each model's recalibrated confidence here (●: reported for that "
             "model):</p>"
@@ -661,12 +663,12 @@ def write_compare_report(out_dir, panel: Panel, comp: Comparison, *, seed: int =
         het, gl, m = s["heterogeneity"], s["grouping_loss"], s["methods"]
         n_over = sum(r["sign"] == "over" for r in s["regimes"])
         d = (s.get("local_minus_isotonic") or {}).get("brier")
-        diff = f"<br>{H._ci(d[1], d[2], 4)}" if d else ""
+        diff = f"<br>{H.ci_span(d[1], d[2], 4)}" if d else ""
         rows.append(
-            f"<tr><td>{H._e(_short(s['name'], 40))}</td><td>{s['n']}</td>"
+            f"<tr><td>{H.escape(_short(s['name'], 40))}</td><td>{s['n']}</td>"
             f"<td>{s['accuracy']:.3f}</td><td>{s['mean_confidence']:.3f}</td>"
             f"<td>{het['p_value']:.3g}</td>"
-            f"<td>{gl['estimate']:.4f}<br>{H._ci(gl['ci_low'], gl['ci_high'], 4)}</td>"
+            f"<td>{gl['estimate']:.4f}<br>{H.ci_span(gl['ci_low'], gl['ci_high'], 4)}</td>"
             f"<td>{len(s['regimes'])} ({n_over} over)</td>"
             f"<td>{m['isotonic']['brier']:.3f} → {m['local']['brier']:.3f}{diff}</td></tr>"
         )
@@ -681,8 +683,8 @@ def write_compare_report(out_dir, panel: Panel, comp: Comparison, *, seed: int =
     )
     body = [
         f"<h1>Where are {len(panel.models)} models' confidences wrong?</h1>",
-        f'<p class="sub">{H._e(panel.meta.get("source", ""))}; confidence '
-        f"<code>{H._e(panel.meta.get('confidence', ''))}</code>; "
+        f'<p class="sub">{H.escape(panel.meta.get("source", ""))}; confidence '
+        f"<code>{H.escape(panel.meta.get('confidence', ''))}</code>; "
         f"{panel.embeddings.shape[0]} items.</p>",
         f'<div class="verdict {"yes" if n_yes else "no"}"><p><b>{n_yes} of '
         f"{len(panel.models)} models</b> show input-dependent miscalibration (permutation test "
@@ -697,19 +699,19 @@ def write_compare_report(out_dir, panel: Panel, comp: Comparison, *, seed: int =
     ]
     if comp.regions:
         body += [
-            H._img(heatmap_png(comp, [r.name for r in comp.models]), "model by region heat map"),
+            H.img_tag(heatmap_png(comp, [r.name for r in comp.models]), "model by region heat map"),
             '<p class="small">Each cell: accuracy minus the model\'s own globally recalibrated '
             "confidence on the region's items (red: overconfident there, blue: under). Framed: "
             "the region was reported for that model, and the cell is its held-out half; other "
             "cells use all the region's items that model answered. •: the "
-            f"{H.LEVEL:.0%} interval excludes zero.</p>",
+            f"{LEVEL:.0%} interval excludes zero.</p>",
             _region_cards(panel, comp),
         ]
     else:
         body.append("<p>No model has a regime that passed the false-discovery-rate threshold.</p>")
     body.append("<h2>Held-out metrics by method, per model</h2>")
     for s in summary["models"]:
-        body.append(f"<h3>{H._e(s['name'])}</h3>")
+        body.append(f"<h3>{H.escape(s['name'])}</h3>")
         body.append(H.render_method_table(s["methods"], s["method_intervals"]))
     notes = [
         "Each model is cross-fitted on the items it answered, with the same folds seed; "
@@ -719,7 +721,7 @@ def write_compare_report(out_dir, panel: Panel, comp: Comparison, *, seed: int =
         "an informative Dirichlet prior, Monroe et al. 2008).",
         "All numbers are relative to each model's own global (isotonic) recalibration, so a "
         "model that is overconfident everywhere is not red everywhere.",
-        f"Intervals: {H.LEVEL:.0%}; metrics by item bootstrap of out-of-fold predictions.",
+        f"Intervals: {LEVEL:.0%}; metrics by item bootstrap of out-of-fold predictions.",
     ]
     note = H.text_embedding_note(panel.meta)
     if note:

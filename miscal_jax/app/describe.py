@@ -36,6 +36,7 @@ __all__ = [
     "describe_groups",
     "distinctive_terms",
     "phrase",
+    "snippet",
     "tokenize",
 ]
 
@@ -249,3 +250,14 @@ def describe_groups(texts, groups, *, top_k: int = 8, min_df: int = 3, **kwargs)
 def phrase(terms, k: int = 4) -> str:
     """The first ``k`` terms as a comma-separated phrase ("physics, kinetic energy, mev")."""
     return ", ".join(t.term for t in terms[:k])
+
+
+def snippet(text: str, limit: int = 220) -> str:
+    """``text`` on one line (whitespace collapsed), cut to ``limit`` characters with an ellipsis.
+
+    Examples:
+      >>> snippet("a  question\nover two lines", limit=12)
+      'a question …'
+    """
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

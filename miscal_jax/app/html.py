@@ -17,33 +17,30 @@ come from the evaluation half of :func:`~miscal_jax.stats.discover_regimes`.
 
 import base64
 import html
-import io
 from pathlib import Path
 from statistics import NormalDist
 
-import matplotlib
+import jax
+import numpy as np
 
-matplotlib.use("Agg")
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from miscal_jax.app.describe import count_terms, distinctive_terms  # noqa: E402
-from miscal_jax.calibrators.global_maps import apply_isotonic, fit_isotonic  # noqa: E402
-from miscal_jax.model.field_model import out_of_fold_global  # noqa: E402
+from miscal_jax.app.describe import count_terms, distinctive_terms, snippet
+from miscal_jax.app.figures import LEVEL, field_map_png, reliability_png
+from miscal_jax.calibrators.global_maps import apply_isotonic, fit_isotonic
+from miscal_jax.model.field_model import out_of_fold_global
 
 __all__ = [
     "bootstrap_metrics",
-    "field_map_png",
+    "category_shares",
+    "ci_span",
+    "escape",
+    "img_tag",
     "page",
     "regime_cards",
-    "reliability_png",
     "render_cards",
     "render_method_table",
     "write_html_report",
 ]
 
-LEVEL = 0.9
 _METHODS = ("uncorrected", "temperature", "platt", "isotonic", "histogram", "local")
 _METRICS = (
     ("ece", "ECE"),
@@ -55,7 +52,6 @@ _METRICS = (
     ("auroc", "AUROC"),
     ("regional_error", "regional error"),
 )
-_COLORS = {"uncorrected": "#777777", "isotonic": "#1f77b4", "local": "#d62728"}
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -179,7 +175,8 @@ def bootstrap_metrics(
     return out
 
 
-def _share(mask, groups, names, k=3) -> list:
+def category_shares(mask, groups, names, k=3) -> list:
+    """The ``k`` categories most frequent among ``mask``'s items, with their overall share."""
     g = np.asarray(groups)[mask]
     g = g[g >= 0]
     if g.size == 0:
@@ -279,188 +276,12 @@ def regime_cards(
             "description": ", ".join(terms[:4]),
             "headline": f"{sign}confident by {abs(excess):.2f} after global recalibration",
             "examples": [int(i) for i in r.examples[:3]],
-            "categories": _share(members, groups, group_names) if groups is not None else [],
+            "categories": [] if groups is None else category_shares(members, groups, group_names),
             "members": r.members,
             "z": zcrit,
         }
         cards.append(card)
     return cards
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def _png(fig: Figure, dpi: int = 110) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
-
-
-def _bins(conf: np.ndarray, num_bins: int) -> np.ndarray:
-    """Bin id per item: one bin per distinct confidence when there are few
-    (verbalised confidences, small bins merged into their neighbour), else
-    equal-mass bins."""
-    values, inverse = np.unique(conf, return_inverse=True)
-    if values.size <= num_bins:
-        counts = np.bincount(inverse)
-        ids, cur, acc = np.zeros(values.size, np.int64), 0, 0
-        for i, c in enumerate(counts):  # merge runs until a bin has >= 10 items
-            ids[i] = cur
-            acc += c
-            if acc >= 10:
-                cur, acc = cur + 1, 0
-        if acc and cur > 0:
-            ids[ids == cur] = cur - 1
-        return ids[inverse]
-    ranks = np.argsort(np.argsort(conf, kind="stable"), kind="stable")
-    return ranks * num_bins // conf.size
-
-
-def reliability_png(
-    predictions: dict,
-    correct,
-    members=None,
-    *,
-    title: str = "",
-    num_bins: int = 6,
-    num_samples: int = 200,
-    level: float = LEVEL,
-    seed: int = 0,
-    size=(3.3, 3.0),
-) -> bytes:
-    """A small reliability plot (uncorrected, isotonic, local) with bootstrap bands.
-
-    Bins are fixed on the shown items; the band is the item-bootstrap
-    percentile interval of each bin's accuracy (for uncorrected and local).
-    """
-    y = np.asarray(correct, np.float64)
-    idx = np.arange(y.size) if members is None else np.asarray(members)
-    rng = np.random.default_rng(seed)
-    boot = rng.integers(0, idx.size, size=(num_samples, idx.size))
-    alpha = (1 - level) / 2
-    fig = Figure(figsize=size)
-    ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], ":", color="black", lw=0.8)
-    bins_per = max(2, min(num_bins, idx.size // 15))
-    for name in ("uncorrected", "isotonic", "local"):
-        if name not in predictions:
-            continue
-        p = np.asarray(predictions[name], np.float64)[idx]
-        yy = y[idx]
-        b = _bins(p, bins_per)
-        nb = int(b.max()) + 1
-        cnt = np.bincount(b, minlength=nb)
-        ok = cnt >= 5
-        xs = np.bincount(b, weights=p, minlength=nb)[ok] / cnt[ok]
-        acc = np.bincount(b, weights=yy, minlength=nb)[ok] / cnt[ok]
-        color = _COLORS[name]
-        if name != "isotonic":
-            flat = (b[boot] + nb * np.arange(num_samples)[:, None]).ravel()
-            s = np.bincount(flat, weights=yy[boot].ravel(), minlength=num_samples * nb)
-            c = np.bincount(flat, minlength=num_samples * nb)
-            accs = (s / np.maximum(c, 1)).reshape(num_samples, nb)[:, ok]
-            lo, hi = np.quantile(accs, [alpha, 1 - alpha], axis=0)
-            ax.fill_between(xs, lo, hi, color=color, alpha=0.18, lw=0)
-        ax.plot(xs, acc, "o-", ms=3, lw=1.3, color=color, label=name)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
-    ax.set_title(title, fontsize=9)
-    ax.tick_params(labelsize=7)
-    ax.xaxis.label.set_size(8)
-    ax.yaxis.label.set_size(8)
-    ax.legend(fontsize=7, frameon=False, loc="upper left")
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _pca2(x: np.ndarray) -> np.ndarray:
-    """First two principal components (eigenvectors of the ``[d, d]`` covariance)."""
-    x = np.asarray(x, np.float64)
-    x = x - x.mean(0)
-    _, vecs = np.linalg.eigh(x.T @ x)
-    top = vecs[:, ::-1][:, :2]
-    # deterministic signs: largest loading positive
-    top = top * np.sign(top[np.argmax(np.abs(top), axis=0), [0, 1]])
-    return x @ top
-
-
-def _outline(ax, pts: np.ndarray, extent, color, label, mass: float = 0.6):
-    """Contour of a Gaussian KDE of ``pts`` holding about ``mass`` of them."""
-    (x0, x1), (y0, y1) = extent
-    gx, gy = np.linspace(x0, x1, 120), np.linspace(y0, y1, 120)
-    sd = pts.std(0) * max(pts.shape[0], 2) ** (-1 / 6) + 1e-9  # Scott's rule
-    dens = np.zeros((gy.size, gx.size))
-    for chunk in np.array_split(pts, max(1, pts.shape[0] // 500)):
-        kx = np.exp(-0.5 * ((gx[None, :] - chunk[:, :1]) / sd[0]) ** 2)
-        ky = np.exp(-0.5 * ((gy[None, :] - chunk[:, 1:]) / sd[1]) ** 2)
-        dens += ky.T @ kx
-    at_pts = np.sort(
-        dens[
-            np.clip(np.searchsorted(gy, pts[:, 1]), 0, gy.size - 1),
-            np.clip(np.searchsorted(gx, pts[:, 0]), 0, gx.size - 1),
-        ]
-    )
-    level = at_pts[int((1 - mass) * (at_pts.size - 1))]
-    if not level < dens.max():
-        return
-    ax.contour(gx, gy, dens, levels=[level], colors=[color], linewidths=1.6)
-    cx, cy = np.median(pts, axis=0)
-    ax.annotate(
-        label,
-        (cx, cy),
-        fontsize=10,
-        weight="bold",
-        ha="center",
-        va="center",
-        color=color,
-        bbox=dict(boxstyle="round,pad=0.2", fc="white", ec=color, alpha=0.85),
-    )
-
-
-def field_map_png(
-    embeddings, field_rel: np.ndarray, regime_of=None, *, title: str = "", size=(6.4, 5.0)
-) -> bytes:
-    """2-D PCA map coloured by the field relative to the global map, regimes outlined.
-
-    Red: accuracy below the globally recalibrated confidence (overconfident
-    there beyond the model's average); blue: above. Colour limits are
-    symmetric at the 98th percentile of ``|field|``.
-    """
-    xy = _pca2(embeddings)
-    fig = Figure(figsize=size)
-    ax = fig.subplots()
-    lim = float(np.quantile(np.abs(field_rel), 0.98)) or 1e-3
-    order = np.argsort(np.abs(field_rel))  # strongest on top
-    sc = ax.scatter(
-        xy[order, 0],
-        xy[order, 1],
-        c=field_rel[order],
-        cmap="RdBu",
-        vmin=-lim,
-        vmax=lim,
-        s=6,
-        linewidths=0,
-    )
-    pad = 0.05 * (xy.max(0) - xy.min(0))
-    extent = (
-        (xy[:, 0].min() - pad[0], xy[:, 0].max() + pad[0]),
-        (xy[:, 1].min() - pad[1], xy[:, 1].max() + pad[1]),
-    )
-    if regime_of is not None:
-        for rid in np.unique(regime_of[regime_of >= 0]):
-            pts = xy[regime_of == rid]
-            if pts.shape[0] >= 10:
-                _outline(ax, pts, extent, "#222222", f"R{rid}")
-    ax.set(xlim=extent[0], ylim=extent[1], xticks=[], yticks=[])
-    ax.set_xlabel("principal component 1", fontsize=8)
-    ax.set_ylabel("principal component 2", fontsize=8)
-    ax.set_title(title, fontsize=10)
-    cb = fig.colorbar(sc, ax=ax, shrink=0.85)
-    cb.set_label(
-        "accuracy − recalibrated confidence\n(red: overconfident, blue: under)", fontsize=8
-    )
-    cb.ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    return _png(fig)
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -506,22 +327,20 @@ th,td{padding:4px 5px}}
 """
 
 
-def _e(text) -> str:
+def escape(text) -> str:
+    """``text`` escaped for HTML text and attribute values."""
     return html.escape(str(text), quote=True)
 
 
-def _img(png: bytes, alt: str) -> str:
+def img_tag(png: bytes, alt: str) -> str:
+    """An ``<img>`` holding the PNG bytes inline (base64)."""
     data = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _ci(low, high, digits=3) -> str:
+def ci_span(low, high, digits=3) -> str:
+    """An interval ``[low, high]`` as a muted HTML span."""
     return f' <span class="ci">[{low:.{digits}f}, {high:.{digits}f}]</span>'
-
-
-def _snippet(text: str, limit: int = 220) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def page(title: str, body: str) -> str:
@@ -530,7 +349,7 @@ def page(title: str, body: str) -> str:
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         '<link rel="icon" href="data:,">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>"
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
         f"<body><main>{body}</main></body></html>\n"
     )
 
@@ -551,12 +370,12 @@ def render_cards(cards: list[dict], texts=None, figures: dict | None = None) -> 
         raw = c["mean_residual"]
         parts = [
             f'<div class="card {c["sign"]}">',
-            f"<h3>R{c['id']}: {_e(words)}</h3>",
+            f"<h3>R{c['id']}: {escape(words)}</h3>",
             f'<p class="words">{_sign_words(c["sign"], c["excess"])} '
             f'<span class="ci">({LEVEL:.0%} CI {lo:.2f} to {hi:.2f})</span></p>',
         ]
         if len(c["terms"]) > 4:
-            parts.append(f'<p class="terms">Also: {_e(", ".join(c["terms"][4:]))}</p>')
+            parts.append(f'<p class="terms">Also: {escape(", ".join(c["terms"][4:]))}</p>')
         raw_sign = "over" if raw < 0 else "under"
         relation = ""
         if raw_sign != c["sign"]:
@@ -569,7 +388,7 @@ def render_cards(cards: list[dict], texts=None, figures: dict | None = None) -> 
             f"<p>{c['size']} items ({c['share_of_items']:.0%}), {c['size_evaluated']} of them "
             f"held out to measure it (adjusted p = {c['p_adjusted']:.2g}). Raw mean residual "
             f"(correct − confidence, before any recalibration): {raw:+.3f}"
-            f"{_ci(*c['residual_ci'])}; accuracy {c['accuracy']:.2f} at mean confidence "
+            f"{ci_span(*c['residual_ci'])}; accuracy {c['accuracy']:.2f} at mean confidence "
             f"{c['mean_confidence']:.2f}.{relation}</p>"
         )
         after = c.get("after_correction", {})
@@ -581,15 +400,15 @@ def render_cards(cards: list[dict], texts=None, figures: dict | None = None) -> 
             )
         if c["categories"]:
             cats = ", ".join(
-                f"{_e(g['name'])} {g['share']:.0%} ({g['overall']:.0%} overall)"
+                f"{escape(g['name'])} {g['share']:.0%} ({g['overall']:.0%} overall)"
                 for g in c["categories"]
             )
             parts.append(f'<p class="small">Categories (not used to find it): {cats}.</p>')
         if figures and c["id"] in figures:
-            parts.append(_img(figures[c["id"]], f"reliability of regime R{c['id']}"))
+            parts.append(img_tag(figures[c["id"]], f"reliability of regime R{c['id']}"))
         if texts is not None and c["examples"]:
             parts.append('<p class="small">Examples nearest its centre:</p><ul>')
-            parts += [f"<li>{_e(_snippet(texts[i]))}</li>" for i in c["examples"]]
+            parts += [f"<li>{escape(snippet(texts[i]))}</li>" for i in c["examples"]]
             parts.append("</ul>")
         parts.append("</div>")
         out.append("".join(parts))
@@ -602,7 +421,7 @@ def render_method_table(methods: dict, intervals: dict | None = None, highlight=
     cols = [
         (k, label) for k, label in _METRICS if any(m.get(k) is not None for m in methods.values())
     ]
-    head = "".join(f"<th>{_e(label)}</th>" for _, label in cols)
+    head = "".join(f"<th>{escape(label)}</th>" for _, label in cols)
     rows = []
     for name, m in methods.items():
         cells = []
@@ -616,7 +435,7 @@ def render_method_table(methods: dict, intervals: dict | None = None, highlight=
             cells.append(f"<td>{v:.3f}{ci}</td>")
         cls = ' class="hl"' if name == highlight else ""
         label = "local (miscal_jax)" if name == "local" else name
-        rows.append(f"<tr{cls}><td>{_e(label)}</td>{''.join(cells)}</tr>")
+        rows.append(f"<tr{cls}><td>{escape(label)}</td>{''.join(cells)}</tr>")
     return (
         f'<div class="tablewrap"><table><thead><tr><th>method</th>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
@@ -640,12 +459,12 @@ def _verdict(summary: dict, boot: dict) -> str:
     )
     parts = [
         f'<div class="verdict {"yes" if yes else "no"}"><h2 style="border:0;margin:0">'
-        f"{_e(head)}</h2>",
+        f"{escape(head)}</h2>",
         f"<p>Within-confidence-bin permutation test: <b>p = {het['p_value']:.3g}</b> "
         f"({het['permutations']} permutations; the smallest attainable p is {floor:.3g}).",
         f" Grouping loss, the part of the Brier score that no confidence-only "
         f"recalibration can remove: <b>{gl['estimate']:.4f}</b>"
-        f"{_ci(gl['ci_low'], gl['ci_high'], 4)}, {share:.0%} of the uncorrected Brier score "
+        f"{ci_span(gl['ci_low'], gl['ci_high'], 4)}, {share:.0%} of the uncorrected Brier score "
         f"{brier:.3f}.</p>",
     ]
     if regs:
@@ -662,7 +481,7 @@ def _verdict(summary: dict, boot: dict) -> str:
         parts.append(
             f"<p>Held-out Brier: uncorrected {brier:.3f}, isotonic "
             f"{m['isotonic']['brier']:.3f}, local correction {m['local']['brier']:.3f} "
-            f"(local − isotonic {d:+.4f}{_ci(lo, hi, 4)}).</p>"
+            f"(local − isotonic {d:+.4f}{ci_span(lo, hi, 4)}).</p>"
         )
     parts.append("</div>")
     return "".join(parts)
@@ -671,7 +490,7 @@ def _verdict(summary: dict, boot: dict) -> str:
 def _tiles(items) -> str:
     return (
         '<div class="tiles">'
-        + "".join(f'<div class="tile"><b>{v}</b><span>{_e(k)}</span></div>' for k, v in items)
+        + "".join(f'<div class="tile"><b>{v}</b><span>{escape(k)}</span></div>' for k, v in items)
         + "</div>"
     )
 
@@ -690,7 +509,7 @@ def _notes(summary: dict, boot: dict, text_note: str | None) -> str:
         "spaces by leave-one-out smoother error at each space's best bandwidth (fixed spaces "
         "over all training items, trained ones over the items their weights never saw; a "
         "space replaces a simpler one only if better by one paired standard error): "
-        f"{_e(geo or 'n/a')}.",
+        f"{escape(geo or 'n/a')}.",
         "<b>Relative to the global recalibration.</b> A model that is overconfident "
         "everywhere would show red everywhere in raw residuals. The regime cards and the field "
         "map therefore measure accuracy minus the confidence after a global, confidence-only "
@@ -729,7 +548,7 @@ def _notes(summary: dict, boot: dict, text_note: str | None) -> str:
 
 def _group_table(summary: dict) -> str:
     rows = "".join(
-        f"<tr><td>{_e(g['name'])}</td><td>{g['size']}</td>"
+        f"<tr><td>{escape(g['name'])}</td><td>{g['size']}</td>"
         + "".join(
             f"<td>{g['mean_residual'][m]:+.3f}</td>" for m in ("uncorrected", "isotonic", "local")
         )
@@ -812,9 +631,9 @@ def write_html_report(
     meta = summary.get("source", {})
     who = meta.get("model") or "the model"
     body = [
-        f"<h1>Where is {_e(who)}'s confidence wrong?</h1>",
-        f'<p class="sub">{_e(meta.get("source", ""))}; confidence '
-        f"<code>{_e(meta.get('confidence', ''))}</code>; {summary['n']} items"
+        f"<h1>Where is {escape(who)}'s confidence wrong?</h1>",
+        f'<p class="sub">{escape(meta.get("source", ""))}; confidence '
+        f"<code>{escape(meta.get('confidence', ''))}</code>; {summary['n']} items"
         + (f" ({meta['dropped']} without a confidence dropped)" if meta.get("dropped") else "")
         + "</p>",
         _verdict(summary, boot),
@@ -846,11 +665,11 @@ def write_html_report(
         "others are confidence-only maps fitted under the same folds.</p>",
         "<h2>The miscalibration field</h2>",
         '<div class="figs">',
-        _img(
+        img_tag(
             field_map_png(x, field_rel, regime_of, title="Field relative to the global map"),
             "field map",
         ),
-        _img(
+        img_tag(
             reliability_png(preds, y, title="Global reliability (held-out)", size=(4.4, 4.0)),
             "global reliability",
         ),

@@ -31,7 +31,8 @@ import numpy as np
 
 from miscal_jax import metrics as M
 from miscal_jax._types import FieldEstimate
-from miscal_jax.app.figures import field_map, regime_reliability, reliability_diagram
+from miscal_jax.app.describe import snippet
+from miscal_jax.app.figures import field_map_png, regimes_png, reliability_png
 from miscal_jax.app.html import write_html_report
 from miscal_jax.app.io import Dataset
 from miscal_jax.geometry.spaces import embed
@@ -134,17 +135,6 @@ def _metric_table(preds, correct, groups, *, num_groups):
         return out
 
     return jax.vmap(row)(preds)
-
-
-def _pca2(z: np.ndarray) -> np.ndarray:
-    z = z - z.mean(0)
-    _, _, vt = np.linalg.svd(z, full_matrices=False)
-    return z @ vt[:2].T
-
-
-def _snippet(text: str, limit: int = 160) -> str:
-    text = " ".join(str(text).split()).replace("|", "/")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 #: Suffixes of the files a report folder holds; a non-empty folder with
@@ -406,20 +396,22 @@ def run_report(
                 )
 
         z = np.asarray(jax.jit(embed)(res.models[0].geometry, x, p))
-        reliability_diagram(
-            {k: res.predictions[k] for k in ("uncorrected", "isotonic", "local")},
-            y,
-            tmp / "reliability.png",
+        (tmp / "reliability.png").write_bytes(
+            reliability_png(
+                res.predictions, y, title="Global reliability (held-out)", size=(4.8, 4.4)
+            )
         )
-        field_map(
-            _pca2(z),
-            res.field,
-            tmp / "field_map.png",
-            regime=regime_of,
-            title=f"Field over the {res.models[0].geometry.kind} space (2-D PCA)",
+        (tmp / "field_map.png").write_bytes(
+            field_map_png(
+                z,
+                res.field,
+                regime_of,
+                title=f"Field over the {res.models[0].geometry.kind} space (2-D PCA)",
+                label="E[correct - conf | x]\n(red: overconfident, blue: under)",
+            )
         )
         if regimes:
-            regime_reliability(regimes, res.predictions, y, tmp / "regimes.png")
+            (tmp / "regimes.png").write_bytes(regimes_png(regimes, res.predictions, y, seed=seed))
         summary["seconds"] = round(time.perf_counter() - started, 1)
         html = write_html_report(
             tmp, data, res, summary, regimes, regime_of, stats.found.evaluation, seed=seed
@@ -532,7 +524,7 @@ def _markdown(s: dict, regimes, texts) -> str:
         if texts:
             for r in regimes:
                 lines.append(f"**R{r.id}** ({r.sign}confident) examples:")
-                lines += [f"- {_snippet(texts[i])}" for i in r.examples[:3]]
+                lines += [f"- {snippet(texts[i], 160)}" for i in r.examples[:3]]
                 lines.append("")
     if "groups" in s:
         lines += [

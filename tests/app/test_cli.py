@@ -650,13 +650,13 @@ def test_readme_bad_input_table_lists_every_tested_case():
 
 def _interrupt_while_writing(monkeypatch, action):
     """Makes the report fail after points.csv is written, inside the staging folder."""
-    original = report_module.field_map
+    original = report_module.field_map_png
 
-    def field_map(*args, **kwargs):
+    def field_map_png(*args, **kwargs):
         original(*args, **kwargs)
         action()
 
-    monkeypatch.setattr(report_module, "field_map", field_map)
+    monkeypatch.setattr(report_module, "field_map_png", field_map_png)
 
 
 @pytest.mark.parametrize(

@@ -129,19 +129,6 @@ def test_card_is_worded_relative_to_the_global_recalibration():
     assert width == pytest.approx(regime.ci_high - regime.ci_low)
 
 
-def test_figures_are_pngs():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(400, 5))
-    field = x[:, 0] * 0.1
-    regime_of = np.where(x[:, 0] > 1, 0, -1)
-    png = H.field_map_png(x, field, regime_of, title="t")
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    p = rng.uniform(0, 1, 400)
-    y = (rng.random(400) < p).astype(float)
-    png = H.reliability_png({"uncorrected": p, "isotonic": p, "local": p}, y, np.arange(100))
-    assert png[:4] == b"\x89PNG"
-
-
 # ----------------------------------------------------------------------------- end to end
 
 

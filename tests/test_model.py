@@ -289,3 +289,48 @@ def test_a_batch_of_eight_models_is_first_class(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="i: the batch holds 8 models"):
         select_model(many, 8)
+
+
+def test_fit_many_holds_the_shared_embeddings_once(tmp_path):
+    """fit_many equals vmap(fit) leaf for leaf, but keeps one [n, d] ref_x; every
+    batch consumer (out_of_fold, predict, select_model, save/load, the statistics)
+    takes it."""
+    from miscal_jax.model import fit_many, num_models, select_model
+    from miscal_jax.stats import discover_regimes, heterogeneity_test
+
+    x, p, y = _data()
+    rng = np.random.default_rng(4)
+    confs = np.clip(p[None] + rng.normal(0, 0.05, (3, p.shape[0])), 0.01, 0.99).astype(np.float32)
+    corrects = np.stack([y] * 3)
+    cfg = FitConfig(folds=3, candidates=("raw",))
+    shared, _ = jax.jit(fit_many)(jax.random.key(0), x, confs, corrects, cfg)
+    copied, _ = jax.jit(jax.vmap(fit, in_axes=(None, None, 0, 0, None)))(
+        jax.random.key(0), x, confs, corrects, cfg
+    )
+    assert shared.ref_x.shape == x.shape and copied.ref_x.shape == (3, *x.shape)
+    assert num_models(shared) == 3
+    for a, b in zip(
+        jax.tree.leaves(shared.replace(ref_x=None)),
+        jax.tree.leaves(copied.replace(ref_x=None)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out_of_fold(shared)[1], out_of_fold(copied)[1], atol=1e-6)
+    new = (x[:9], np.full(9, 0.7, np.float32))
+    np.testing.assert_allclose(predict(shared, *new)[1], predict(copied, *new)[1], atol=1e-6)
+    one = select_model(shared, 2)
+    assert num_models(one) is None and one.ref_x.shape == x.shape
+    np.testing.assert_allclose(predict(one, *new)[1], predict(copied, *new)[1][2], atol=1e-6)
+    key = jax.random.key(1)
+    np.testing.assert_allclose(
+        heterogeneity_test(key, shared, num_permutations=10).null,
+        heterogeneity_test(key, copied, num_permutations=10).null,
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    assert discover_regimes(key, shared).valid.shape == (3, 8)
+    save(shared, tmp_path / "shared.msgpack")
+    back = load(tmp_path / "shared.msgpack")
+    assert back.ref_x.shape == x.shape
+    for a, b in zip(jax.tree.leaves(shared), jax.tree.leaves(back), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -136,8 +136,14 @@ def regimes_png(regimes, predictions: dict, correct, *, seed: int = 0) -> bytes:
     for ax, reg in zip(axes.flat, regimes, strict=False):
         ax.axis("on")
         _reliability_axes(
-            ax, predictions, y, np.asarray(reg.members), num_bins=5, num_samples=200,
-            level=LEVEL, rng=rng,
+            ax,
+            predictions,
+            y,
+            np.asarray(reg.members),
+            num_bins=5,
+            num_samples=200,
+            level=LEVEL,
+            rng=rng,
         )
         ax.set_title(f"R{reg.id}: {reg.sign}confident, n = {reg.size_all}", fontsize=9)
     axes.flat[0].legend(fontsize=7, frameon=False, loc="upper left")

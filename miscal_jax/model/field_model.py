@@ -40,7 +40,9 @@ __all__ = [
     "FORMAT_VERSION",
     "FieldModel",
     "FitConfig",
+    "batch_axes",
     "fit",
+    "fit_many",
     "fold_masks",
     "load",
     "out_of_fold",
@@ -247,6 +249,62 @@ def fit(
     return model, info
 
 
+def fit_many(
+    rng: PRNGKey,
+    embeddings: ArrayLike,
+    conf: ArrayLike,
+    correct: ArrayLike,
+    config: FitConfig = FitConfig(),
+) -> tuple[FieldModel, dict]:
+    """Fits ``m`` models that answered the same items: one batch, the embeddings held once.
+
+    ``jax.vmap(fit, in_axes=(None, None, 0, 0, None))`` fits the same models
+    but returns ``m`` copies of the shared ``[n, d]`` embeddings (84 models of
+    12k items at d = 384: 1.5 GB); here the batch keeps one ``ref_x``
+    (:func:`batch_axes` says so to ``vmap``). Every model gets the same folds.
+
+    Args:
+      rng: PRNG key, shared by the models.
+      embeddings: ``[n, d]`` the items.
+      conf: ``[m, n]`` each model's confidences.
+      correct: ``[m, n]`` each model's outcomes.
+      config: a :class:`FitConfig`.
+
+    Returns:
+      ``(models, info)``: a batch :class:`FieldModel` (``ref_x`` ``[n, d]``,
+      every other leaf with a leading ``[m]`` axis) and ``info`` with a
+      leading ``[m]`` axis.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from miscal_jax.synthetic.planted import make_planted
+      >>> d = make_planted(200, seed=0)
+      >>> cfg = FitConfig(folds=2, candidates=("raw",))
+      >>> many, _ = jax.jit(fit_many)(jax.random.key(0), d.embeddings,
+      ...     jnp.stack([d.conf, d.conf**2]), jnp.stack([d.correct] * 2), cfg)
+      >>> num_models(many), many.ref_x.shape, many.ref_conf.shape
+      (2, (200, 8), (2, 200))
+    """
+    x = jnp.asarray(embeddings, jnp.float32)
+
+    def one(c, y):
+        model, info = fit(rng, x, c, y, config)
+        return model.replace(ref_x=None), info
+
+    models, info = jax.vmap(one)(jnp.asarray(conf), jnp.asarray(correct))
+    return models.replace(ref_x=x), info
+
+
+def batch_axes(model: FieldModel) -> FieldModel:
+    """``vmap`` axes of a batch of models: 0 for every leaf, ``None`` for shared embeddings.
+
+    Examples:
+      >>> # jax.vmap(lambda m: predict(m, x, p), in_axes=(batch_axes(models),))(models)
+    """
+    shared = model.ref_x.ndim == 2
+    return jax.tree.map(lambda _: 0, model).replace(ref_x=None if shared else 0)
+
+
 def _fold_model(model: FieldModel, k) -> tuple:
     take = lambda tree: jax.tree.map(lambda a: a[k], tree)
     parts = (model.geometry, model.global_map, model.params, model.final_map)
@@ -309,7 +367,9 @@ def select_model(model: FieldModel, i: int) -> FieldModel:
         raise ValueError("model: not a batch (no leading model axis); it is model 0 already.")
     if not 0 <= i < m:
         raise ValueError(f"i: the batch holds {m} models, got index {i}.")
-    return jax.tree.map(lambda a: a[i], model)
+    shared = model.ref_x.ndim == 2
+    one = jax.tree.map(lambda a: a[i], model.replace(ref_x=None))
+    return one.replace(ref_x=model.ref_x if shared else model.ref_x[i])
 
 
 def _check_new(model: FieldModel, x, conf):
@@ -378,7 +438,8 @@ def predict(
     if num_models(model) is not None:  # a batch: every model, one conf row each or shared
         conf = jnp.asarray(conf)
         axis = 0 if conf.ndim == 2 else None
-        return jax.vmap(lambda m, c: predict(m, embeddings, c), in_axes=(0, axis))(model, conf)
+        run = lambda m, c: predict(m, embeddings, c)
+        return jax.vmap(run, in_axes=(batch_axes(model), axis))(model, conf)
     x, conf = _check_new(model, embeddings, conf)
     q = x.shape[0]
     if isinstance(x, jax.core.Tracer) or isinstance(conf, jax.core.Tracer) or q == 0:
@@ -410,7 +471,7 @@ def out_of_fold(model: FieldModel) -> tuple[FieldEstimate, Array]:
       (200,)
     """
     if num_models(model) is not None:
-        return jax.vmap(out_of_fold)(model)
+        return jax.vmap(out_of_fold, in_axes=(batch_axes(model),))(model)
     return _held_out_map(model, lambda parts, x, conf: _apply_fold(model, parts, x, conf))
 
 
@@ -471,9 +532,12 @@ def _template(config: FitConfig, shapes: dict) -> FieldModel:
         return jax.eval_shape(one)[0]
     config = jax.tree.map(lambda a: jnp.zeros(m) + jnp.asarray(a)[0], config)
     many = jax.vmap(fit, in_axes=(None, None, 0, 0, 0))
-    return jax.eval_shape(
+    batch = jax.eval_shape(
         lambda: many(jax.random.key(0), x, jnp.full((m, n), 0.5), jnp.zeros((m, n)), config)
     )[0]
+    if shapes.get("shared_embeddings"):  # written by fit_many: one [n, d] for the batch
+        batch = batch.replace(ref_x=jax.ShapeDtypeStruct((n, d), jnp.float32))
+    return batch
 
 
 def _plain(value):
@@ -525,6 +589,7 @@ def save(model: FieldModel, path: str | Path) -> None:
             "d": model.ref_x.shape[-1],
             "folds": config.folds,
             "models": num_models(model),
+            "shared_embeddings": num_models(model) is not None and model.ref_x.ndim == 2,
         },
     }
     state = serialization.to_state_dict(model)

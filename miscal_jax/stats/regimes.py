@@ -29,7 +29,7 @@ from jax.typing import ArrayLike
 
 from miscal_jax._types import Array, PRNGKey
 from miscal_jax.calibrators.global_maps import apply_isotonic, fit_isotonic
-from miscal_jax.model.field_model import FieldModel, num_models
+from miscal_jax.model.field_model import FieldModel, batch_axes, num_models
 
 __all__ = [
     "Regime",
@@ -325,7 +325,8 @@ def discover_regimes(
         raise ValueError(f"level: must be in (0, 1), got {level}.")
     if num_models(model) is not None:
         keys = jax.random.split(key, num_models(model))
-        return jax.vmap(lambda k, m: discover_regimes(k, m, **options))(keys, model)
+        run = lambda k, m: discover_regimes(k, m, **options)
+        return jax.vmap(run, in_axes=(0, batch_axes(model)))(keys, model)
     return _discover(key, model.ref_x, model.ref_conf, model.ref_correct, **options)
 
 

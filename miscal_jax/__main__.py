@@ -1,5 +1,3 @@
-import sys
+from miscal_jax.app.cli import console
 
-from miscal_jax.app.cli import main
-
-sys.exit(main())
+console()

@@ -25,6 +25,12 @@ def test_no_module_imports_another_modules_private_names():
         ):
             names = re.findall(r"\b(\w+)\b(?:\s+as\s+\w+)?", block.split(" import ", 1)[1])
             offenders += [f"{path.relative_to(PACKAGE)}: {n}" for n in names if n.startswith("_")]
+        # nor reaches them through a module alias (``from miscal_jax.app import html as H``)
+        aliases = re.findall(r"^\s*from miscal_jax[\w.]* import \w+ as (\w+)", text, re.M)
+        aliases += re.findall(r"^\s*import miscal_jax[\w.]* as (\w+)", text, re.M)
+        for alias in aliases:
+            used = re.findall(rf"\b{alias}\.(_[a-z]\w*)", text)
+            offenders += [f"{path.relative_to(PACKAGE)}: {alias}.{n}" for n in used]
     assert not offenders, offenders
 
 

@@ -24,6 +24,7 @@ shape and may be deleted at any time.
 
 import argparse
 import contextlib
+import contextvars
 import os
 import signal
 import sys
@@ -32,9 +33,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from miscal_jax.app.stopping import CURRENT_STOP, Stop, Stopped
 from miscal_jax.geometry.spaces import DEFAULT_CANDIDATES, GEOMETRIES
 
-__all__ = ["main"]
+__all__ = ["console", "main"]
 
 #: Seeds go to ``numpy.random.default_rng`` and ``jax.random.key``.
 MAX_SEED = 2**32 - 1
@@ -320,7 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code.
 
     0: report written; 2: bad input (one line on stderr, nothing written);
-    130: interrupted by Ctrl-C; 143: terminated by SIGTERM.
+    130: interrupted by Ctrl-C; 143: terminated by SIGTERM. The work runs in a
+    worker thread (see :mod:`miscal_jax.app.stopping`), so a signal stops the
+    command within a fraction of a second even in the middle of a compiled
+    stage; the abandoned worker can write nothing more.
     """
     try:
         args = _parser().parse_args(argv)
@@ -332,19 +337,85 @@ def main(argv: list[str] | None = None) -> int:
     on_main = threading.current_thread() is threading.main_thread()
     _TERMINATED.clear()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if on_main else None
+    stop = Stop()
     try:
         with _matrix_threads_pinned(), _compilation_cached():
             run = {"compare": _run_compare, "fit": _run_fit, "apply": _run_apply}
-            return run.get(args.command, _run)(args)
+            return _in_worker(run.get(args.command, _run), args, stop)
     except KeyboardInterrupt:
-        print("miscal-jax: interrupted (Ctrl-C); no report written.", file=sys.stderr)
+        print(f"miscal-jax: interrupted (Ctrl-C){_outcome(stop)}", file=sys.stderr)
         return 130
-    except _Terminated:
-        print("miscal-jax: terminated (SIGTERM); no report written.", file=sys.stderr)
+    except (_Terminated, Stopped):
+        print(f"miscal-jax: terminated (SIGTERM){_outcome(stop)}", file=sys.stderr)
         return 143
     finally:
         if on_main:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _outcome(stop: Stop) -> str:
+    """The end of the interruption line: whether the output had already been moved into place."""
+    if stop.committed:
+        return "; the output was complete and is in place."
+    return "; no report written."
+
+
+#: Name of the worker thread that runs a command's work.
+WORKER = "miscal-jax-work"
+
+#: Set while a worker stopped by a signal may still be running (inside XLA).
+_ABANDONED = threading.Event()
+
+
+def _in_worker(run, args, stop: Stop) -> int:
+    """``run(args)`` in a worker thread, waited for in short slices (signals get through).
+
+    Whatever interrupts the wait (a signal's exception) first stops the run
+    (:meth:`~miscal_jax.app.stopping.Stop.request`), then propagates; the
+    worker's own exception is re-raised here. The wait is on an event the
+    worker sets, not ``Thread.join``: a join interrupted by an exception can
+    leave the thread marked finished while it still runs (CPython 3.11).
+    """
+    outcome = {}
+    finished = threading.Event()
+
+    def work():
+        try:
+            outcome["code"] = run(args)
+        except BaseException as err:  # handed to the main thread
+            outcome["error"] = err
+        finally:
+            finished.set()
+
+    context = contextvars.copy_context()
+    context.run(CURRENT_STOP.set, stop)
+    threading.Thread(target=context.run, args=(work,), name=WORKER, daemon=True).start()
+    try:
+        while not finished.wait(0.05):
+            pass
+    except BaseException:
+        stop.request()
+        if not finished.is_set():
+            _ABANDONED.set()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["code"]
+
+
+def console() -> None:
+    """The ``miscal-jax`` executable: :func:`main`, then exit.
+
+    A worker stopped in the middle of a compiled stage is still inside XLA,
+    and interpreter shutdown would tear it down mid-call (an abort); the
+    process then exits at once instead (``os._exit`` after flushing).
+    """
+    code = main()
+    if _ABANDONED.is_set():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _run(args) -> int:

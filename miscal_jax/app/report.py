@@ -35,6 +35,7 @@ from miscal_jax.app.describe import snippet
 from miscal_jax.app.figures import field_map_png, regimes_png, reliability_png
 from miscal_jax.app.html import write_html_report
 from miscal_jax.app.io import Dataset
+from miscal_jax.app.stopping import CURRENT_STOP
 from miscal_jax.geometry.spaces import embed
 from miscal_jax.model.crossfit import CrossFitResult, crossfit
 from miscal_jax.stats.inference import (
@@ -47,7 +48,14 @@ from miscal_jax.stats.inference import (
 )
 from miscal_jax.stats.regimes import Regimes, assign_regimes, discover_regimes
 
-__all__ = ["Statistics", "check_out_dir", "method_metrics", "model_statistics", "run_report"]
+__all__ = [
+    "Statistics",
+    "check_out_dir",
+    "method_metrics",
+    "model_statistics",
+    "run_report",
+    "staged",
+]
 
 METHODS = ("uncorrected", "temperature", "platt", "isotonic", "histogram", "local")
 
@@ -218,9 +226,11 @@ def staged(out: Path) -> Iterator[Path]:
     """Yields a temporary folder beside ``out``; moves it to ``out`` on success.
 
     Folders created above ``out`` and the temporary folder are removed if the
-    block fails or is interrupted (any exception, ``KeyboardInterrupt`` too).
+    block fails or is interrupted (any exception, ``KeyboardInterrupt`` too),
+    or at once when the context's :class:`Stop` is requested.
     """
     out = out.absolute()
+    stop = CURRENT_STOP.get()
     created = []
     parent = out.parent
     while not parent.exists():
@@ -231,12 +241,15 @@ def staged(out: Path) -> Iterator[Path]:
         for folder in reversed(created):
             folder.mkdir()
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        if stop is not None:
+            stop.track(tmp, created)
         yield tmp
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a report is not
         check_out_dir(out)  # nothing unexpected appeared there meanwhile
-        with _signals_deferred():
+        commit = contextlib.nullcontext() if stop is None else stop.committing()
+        with commit, _signals_deferred():
             if out.exists():
                 old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
                 os.rename(out, old)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from miscal_jax._src.dtypes import as_float
 from miscal_jax._src.fitting import FIT_PAD, bce, minimise, pad_fit_inputs
 from miscal_jax._types import Array
 
@@ -63,7 +64,7 @@ def logit(p: ArrayLike) -> Array:
     """``log(p / (1 - p))`` with ``p`` clipped away from 0 and 1 (finite everywhere).
 
     Args:
-      p: ``[...]`` probabilities; computed in float32.
+      p: ``[...]`` probabilities; computed in the library's float dtype.
 
     Returns:
       ``[...]`` logits, finite for every ``p`` in ``[0, 1]``.
@@ -73,7 +74,7 @@ def logit(p: ArrayLike) -> Array:
       >>> [round(float(v), 2) for v in logit(np.array([0.5, 0.0, 1.0]))]
       [0.0, -9.21, 9.21]
     """
-    p = jnp.clip(jnp.asarray(p, jnp.float32), LOGIT_EPS, 1.0 - LOGIT_EPS)
+    p = jnp.clip(as_float(p), LOGIT_EPS, 1.0 - LOGIT_EPS)
     return jnp.log(p) - jnp.log1p(-p)
 
 

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from miscal_jax._src.dtypes import as_float
 from miscal_jax._src.fitting import bce, minimise, pad_fit_inputs
 from miscal_jax._types import Array
 from miscal_jax.calibrators.global_maps import (
@@ -154,11 +155,11 @@ def local_confidence(
       >>> [round(float(v), 3) for v in out]  # no support: unchanged; full: p + field
       [0.6, 0.8]
     """
-    p_global = jnp.asarray(p_global, jnp.float32)
+    p_global = as_float(p_global)
     base = logit(p_global)
-    target = jnp.clip(p_global + jnp.asarray(field, jnp.float32), LOGIT_EPS, 1 - LOGIT_EPS)
+    target = jnp.clip(p_global + as_float(field), LOGIT_EPS, 1 - LOGIT_EPS)
     shift = logit(target) - base
-    n_eff = jnp.asarray(n_eff, jnp.float32)
+    n_eff = as_float(n_eff)
     weight = n_eff / (n_eff + jnp.exp(params.log_shrinkage))
     return jax.nn.sigmoid(base + jnp.exp(params.log_strength) * weight * shift)
 

@@ -23,6 +23,7 @@ from flax import struct
 from flax.training import train_state
 from jax.typing import ArrayLike
 
+from miscal_jax._src.dtypes import as_float
 from miscal_jax._types import Array, PRNGKey
 from miscal_jax.smoothing.nadaraya_watson import bandwidth_grid, loo_field, nw_field
 
@@ -163,7 +164,7 @@ def init_train_state(
     """
     if module is None:
         module = Encoder(hidden=tuple(config.hidden), out_dim=config.out_dim)
-    x = jnp.asarray(x, jnp.float32)
+    x = as_float(x)
     enc_params = module.init(rng, x[:1])["params"]
     z0 = module.apply({"params": enc_params}, x)
     log_bw = bandwidth_grid(z0, num=24, ref_mask=mask)[-7]
@@ -241,8 +242,8 @@ def fit_encoder(
       >>> hist["val_loss"].shape
       (3,)
     """
-    x = jnp.asarray(x, jnp.float32)
-    residual = jnp.asarray(residual, jnp.float32)
+    x = as_float(x)
+    residual = as_float(residual)
     fit_mask = jnp.asarray(fit_mask, bool)
     val_mask = jnp.asarray(val_mask, bool)
     n = x.shape[0]

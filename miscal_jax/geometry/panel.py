@@ -45,6 +45,7 @@ import optax
 from flax import struct
 from jax.typing import ArrayLike
 
+from miscal_jax._src.dtypes import as_float
 from miscal_jax._types import Array, PRNGKey
 
 __all__ = [
@@ -180,7 +181,7 @@ def panel_embed(panel_map: PanelMap, embeddings: ArrayLike) -> Array:
       >>> panel_embed(pm, x[:3]).shape
       (3, 2)
     """
-    x = (jnp.asarray(embeddings, jnp.float32) - panel_map.mean) / panel_map.scale
+    x = (as_float(embeddings) - panel_map.mean) / panel_map.scale
     z = panel_map.net.apply({"params": panel_map.params}, x, method=PanelNet.encode)
     return z @ panel_map.rotation
 
@@ -358,9 +359,9 @@ def fit_panel(
       True
     """
     _check(embeddings, panel_outcomes, panel_mask, config)
-    x = jnp.asarray(embeddings, jnp.float32)
+    x = as_float(embeddings)
     mask = jnp.asarray(panel_mask, bool)
-    y = jnp.where(mask, jnp.asarray(panel_outcomes, jnp.float32), 0.0)
+    y = jnp.where(mask, as_float(panel_outcomes), 0.0)
     n, m = y.shape
     mean = jnp.mean(x, axis=0)
     std = jnp.std(x, axis=0)
@@ -470,7 +471,7 @@ class ProfileMap:
 def _centred(panel_outcomes: ArrayLike, panel_mask: ArrayLike, mean: Array) -> Array:
     """``[n, m]`` outcomes minus each model's mean, 0 (the mean) where not observed."""
     mask = jnp.asarray(panel_mask, bool)
-    y = jnp.asarray(panel_outcomes, jnp.float32)
+    y = as_float(panel_outcomes)
     return jnp.where(mask, y - mean, 0.0)
 
 
@@ -508,7 +509,7 @@ def fit_profile(panel_outcomes: ArrayLike, panel_mask: ArrayLike, k: int = 16) -
     """
     _check_profile(panel_outcomes, panel_mask, k)
     mask = jnp.asarray(panel_mask, bool)
-    y = jnp.where(mask, jnp.asarray(panel_outcomes, jnp.float32), 0.0)
+    y = jnp.where(mask, as_float(panel_outcomes), 0.0)
     m = y.shape[1]
     mean = jnp.sum(y, axis=0) / jnp.maximum(jnp.sum(mask, axis=0), 1)
     centred = _centred(y, mask, mean)

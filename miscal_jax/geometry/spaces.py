@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from flax import struct
 from jax.typing import ArrayLike
 
+from miscal_jax._src.dtypes import as_float
 from miscal_jax._types import Array, FieldEstimate, PRNGKey
 from miscal_jax.calibrators.global_maps import logit
 from miscal_jax.geometry.encoder import Encoder, EncoderConfig, Relevance, fit_encoder
@@ -149,8 +150,8 @@ def embed(geometry: Geometry, x: ArrayLike, conf: ArrayLike) -> Array:
       >>> embed(g, jnp.array([[1.0, 3.0]]), jnp.array([0.5]))
       Array([[0., 2.]], dtype=float32)
     """
-    x = jnp.asarray(x, jnp.float32)
-    conf = jnp.asarray(conf, jnp.float32)
+    x = as_float(x)
+    conf = as_float(conf)
     spaces = [_candidate(geometry, k, x, conf) for k in range(len(geometry.candidates))]
     if len(spaces) == 1:
         return spaces[0]
@@ -193,8 +194,8 @@ def weighted_pca(x: ArrayLike, weight: ArrayLike, k: int) -> tuple[Array, Array,
       >>> round(abs(float(dirs[0, 0])), 3)
       1.0
     """
-    x = jnp.asarray(x, jnp.float32)
-    weight = jnp.asarray(weight, jnp.float32)
+    x = as_float(x)
+    weight = as_float(weight)
     total = jnp.maximum(jnp.sum(weight), 1.0)
     mean = weight @ x / total
     centred = x - mean
@@ -343,9 +344,9 @@ def fit_geometry(
         raise ValueError(
             f"candidates: expected a non-empty subset of {GEOMETRIES}, got {candidates}."
         )
-    x = jnp.asarray(x, jnp.float32)
-    conf = jnp.asarray(conf, jnp.float32)
-    residual = jnp.asarray(residual, jnp.float32)
+    x = as_float(x)
+    conf = as_float(conf)
+    residual = as_float(residual)
     n, d = x.shape
     train = jnp.ones(n, bool) if train_mask is None else jnp.asarray(train_mask, bool)
     trained = [k for k, kind in enumerate(candidates) if kind in TRAINED]

@@ -125,7 +125,8 @@ def local_calibration_penalty(
         :func:`~miscal_jax.kernels.kernel_moments` (bounded memory).
 
     Returns:
-      Scalar penalty, in the dtype of ``conf`` and ``z`` (at least float32).
+      Scalar penalty, in the dtype of ``conf`` and ``z`` (at least float32; the penalty is
+      a loss term inside a caller's model, so it follows the caller's dtypes).
 
     Raises:
       ValueError: unknown estimator or kernel, mismatched shapes, a

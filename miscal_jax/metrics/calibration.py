@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from miscal_jax._src.binning import bin_index
+from miscal_jax._src.dtypes import as_float, float_dtype
 from miscal_jax._types import Array
 from miscal_jax.calibrators.global_maps import LOGIT_EPS
 from miscal_jax.smoothing.nadaraya_watson import loo_field
@@ -39,10 +40,6 @@ __all__ = [
 ]
 
 
-def _f32(x: ArrayLike) -> Array:
-    return jnp.asarray(x, jnp.float32)
-
-
 def ece(conf: ArrayLike, correct: ArrayLike, *, num_bins: int = 15, strategy: str = "width"):
     """Expected calibration error: bin-weighted mean of ``|accuracy - confidence|``.
 
@@ -60,7 +57,7 @@ def ece(conf: ArrayLike, correct: ArrayLike, *, num_bins: int = 15, strategy: st
       >>> round(float(ece([0.9, 0.9], [1.0, 0.0])), 6)
       0.4
     """
-    conf, correct = _f32(conf), _f32(correct)
+    conf, correct = as_float(conf), as_float(correct)
     idx = bin_index(conf, num_bins, strategy)
     gap = jax.ops.segment_sum(correct - conf, idx, num_segments=num_bins)
     return jnp.sum(jnp.abs(gap)) / conf.shape[0]
@@ -92,7 +89,7 @@ def ece_floor(conf: ArrayLike, *, num_bins: int = 15, strategy: str = "width") -
       >>> round(float(ece_floor([0.5] * 100)), 4)  # sqrt(2 / pi) * sqrt(25) / 100
       0.0399
     """
-    conf = _f32(conf)
+    conf = as_float(conf)
     idx = bin_index(conf, num_bins, strategy)
     var = jax.ops.segment_sum(conf * (1 - conf), idx, num_segments=num_bins)
     return jnp.sqrt(2 / jnp.pi) * jnp.sum(jnp.sqrt(var)) / conf.shape[0]
@@ -139,7 +136,7 @@ def _smooth_ece_from_masses(masses: Array, sigma: Array) -> Array:
     h = 1.0 / (m - 1)
     ext = jnp.concatenate([masses[:0:-1], masses, masses[-2::-1]])  # [3m - 2, 2] on [-1, 2]
     ext = ext.at[m - 1].add(masses[0]).at[2 * m - 2].add(masses[-1])
-    offsets = jnp.arange(-(m - 1), m, dtype=jnp.float32) * h
+    offsets = jnp.arange(-(m - 1), m, dtype=masses.dtype) * h
     kernel = jnp.exp(-0.5 * (offsets / sigma) ** 2)  # [2m - 1]
     conv = jax.vmap(
         lambda col: jnp.convolve(col, kernel, mode="valid", precision=jax.lax.Precision.HIGHEST),
@@ -147,10 +144,10 @@ def _smooth_ece_from_masses(masses: Array, sigma: Array) -> Array:
         out_axes=1,
     )
     smoothed = conv(ext)  # [m, 2]
-    weight = jnp.ones(m, jnp.float32).at[0].set(0.5).at[-1].set(0.5)
+    weight = jnp.ones(m, masses.dtype).at[0].set(0.5).at[-1].set(0.5)
     resid_mass = jnp.sum(weight * jnp.abs(smoothed[:, 0]))
     density_mass = jnp.sum(weight * smoothed[:, 1])
-    return resid_mass / jnp.maximum(density_mass, jnp.finfo(jnp.float32).tiny)
+    return resid_mass / jnp.maximum(density_mass, jnp.finfo(density_mass.dtype).tiny)
 
 
 def _check_grid(num_grid: int) -> None:
@@ -190,10 +187,10 @@ def smooth_ece_sigma(
       >>> round(float(smooth_ece_sigma([0.2, 0.8], [1.0, 0.0], 0.05)), 4)
       0.8
     """
-    conf, correct = _f32(conf), _f32(correct)
+    conf, correct = as_float(conf), as_float(correct)
     _check_pair(conf, correct, "smooth_ece_sigma")
     _check_grid(num_grid)
-    return _smooth_ece_from_masses(_grid_masses(conf, correct, num_grid), _f32(sigma))
+    return _smooth_ece_from_masses(_grid_masses(conf, correct, num_grid), as_float(sigma))
 
 
 def _fixed_point(masses: Array, num_bisections: int, min_sigma: float) -> Array:
@@ -205,7 +202,9 @@ def _fixed_point(masses: Array, num_bisections: int, min_sigma: float) -> Array:
         below = (mid < min_sigma) | (mid < _smooth_ece_from_masses(masses, mid))
         return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
 
-    _, hi = jax.lax.fori_loop(0, num_bisections, step, (jnp.float32(0.0), jnp.float32(1.0)))
+    _, hi = jax.lax.fori_loop(
+        0, num_bisections, step, (jnp.zeros((), masses.dtype), jnp.ones((), masses.dtype))
+    )
     return jax.lax.stop_gradient(hi)
 
 
@@ -251,7 +250,7 @@ def smooth_ece_bandwidth(
       >>> bool(abs(float(smooth_ece_sigma(conf, correct, sigma)) - float(sigma)) < 1e-3)
       True
     """
-    conf, correct = _f32(conf), _f32(correct)
+    conf, correct = as_float(conf), as_float(correct)
     _check_pair(conf, correct, "smooth_ece_bandwidth")
     _check_grid(num_grid)
     _check_search(num_bisections, min_sigma)
@@ -302,7 +301,7 @@ def smooth_ece(
       Blasiok & Nakkiran (2023), Smooth ECE: Principled Reliability Diagrams
       via Kernel Smoothing, arXiv:2309.12236.
     """
-    conf, correct = _f32(conf), _f32(correct)
+    conf, correct = as_float(conf), as_float(correct)
     _check_pair(conf, correct, "smooth_ece")
     _check_grid(num_grid)
     _check_search(num_bisections, min_sigma)
@@ -342,7 +341,7 @@ def ecce(conf: ArrayLike, correct: ArrayLike) -> Array:
       Arrieta-Ibarra, Gujral, Tannen, Tygert & Xu (2022), Metrics of
       calibration for probabilistic predictions, JMLR 23(351).
     """
-    conf, correct = _f32(conf), _f32(correct)
+    conf, correct = as_float(conf), as_float(correct)
     _check_pair(conf, correct, "ecce")
     order = jnp.argsort(conf, stable=True)
     sorted_conf = conf[order]
@@ -354,13 +353,13 @@ def ecce(conf: ArrayLike, correct: ArrayLike) -> Array:
 
 def brier(conf: ArrayLike, correct: ArrayLike) -> Array:
     """Mean squared error of the confidence: ``mean((conf - correct)^2)``."""
-    return jnp.mean((_f32(conf) - _f32(correct)) ** 2)
+    return jnp.mean((as_float(conf) - as_float(correct)) ** 2)
 
 
 def nll(conf: ArrayLike, correct: ArrayLike) -> Array:
     """Mean negative log-likelihood, confidences clipped to ``[1e-4, 1 - 1e-4]``."""
-    p = jnp.clip(_f32(conf), LOGIT_EPS, 1 - LOGIT_EPS)
-    y = _f32(correct)
+    p = jnp.clip(as_float(conf), LOGIT_EPS, 1 - LOGIT_EPS)
+    y = as_float(correct)
     return -jnp.mean(y * jnp.log(p) + (1 - y) * jnp.log1p(-p))
 
 
@@ -370,13 +369,13 @@ def auroc(conf: ArrayLike, correct: ArrayLike) -> Array:
     Computed from mid-ranks (Mann-Whitney U). Returns 0.5 when only one class
     is present, where AUROC is undefined.
     """
-    conf, y = _f32(conf), _f32(correct)
+    conf, y = as_float(conf), as_float(correct)
     order = jnp.argsort(conf)
     sorted_conf = conf[order]
     # mid-rank of each sorted value = mean of first and last position of its tie block
     first = jnp.searchsorted(sorted_conf, sorted_conf, side="left")
     last = jnp.searchsorted(sorted_conf, sorted_conf, side="right") - 1
-    ranks = jnp.zeros_like(conf).at[order].set(0.5 * (first + last).astype(jnp.float32) + 1.0)
+    ranks = jnp.zeros_like(conf).at[order].set(0.5 * (first + last).astype(conf.dtype) + 1.0)
     n_pos = jnp.sum(y)
     n_neg = y.shape[0] - n_pos
     u = jnp.sum(ranks * y) - n_pos * (n_pos + 1) / 2
@@ -413,10 +412,10 @@ def regional_error(
     if num_groups is None:
         num_groups = int(jnp.max(groups)) + 1
     keep = groups >= 0
-    residual = jnp.where(keep, _f32(correct) - _f32(conf), 0.0)
+    residual = jnp.where(keep, as_float(correct) - as_float(conf), 0.0)
     ids = jnp.where(keep, groups, 0)
     sums = jax.ops.segment_sum(residual, ids, num_segments=num_groups)
-    counts = jax.ops.segment_sum(keep.astype(jnp.float32), ids, num_segments=num_groups)
+    counts = jax.ops.segment_sum(keep.astype(float_dtype()), ids, num_segments=num_groups)
     present = counts > 0
     gap = jnp.abs(sums) / jnp.where(present, counts, 1.0)
     if weighted:
@@ -450,7 +449,11 @@ def local_calibration_error(
       Scalar error.
     """
     est = loo_field(
-        points, _f32(correct) - _f32(conf), log_bandwidth, kernel=kernel, chunk_size=chunk_size
+        points,
+        as_float(correct) - as_float(conf),
+        log_bandwidth,
+        kernel=kernel,
+        chunk_size=chunk_size,
     )
     return jnp.mean(jnp.abs(est.value))
 
@@ -491,7 +494,7 @@ def grouping_loss(
     Returns:
       A :class:`GroupingLoss`.
     """
-    conf, field, se = _f32(conf), _f32(field), _f32(field_se)
+    conf, field, se = as_float(conf), as_float(field), as_float(field_se)
     idx = bin_index(conf, num_bins, "mass")
     counts = jax.ops.segment_sum(jnp.ones_like(field), idx, num_segments=num_bins)
     safe = jnp.maximum(counts, 1.0)

@@ -22,6 +22,7 @@ import numpy as np
 from flax import serialization, struct
 from jax.typing import ArrayLike
 
+from miscal_jax._src.dtypes import as_float, float_dtype
 from miscal_jax._types import Array, FieldEstimate, PRNGKey
 from miscal_jax.calibrators.global_maps import apply_isotonic, fit_isotonic
 from miscal_jax.correction.local import (
@@ -228,9 +229,9 @@ def fit(
       >>> model.train_mask.shape, info["select_error"].shape
       ((2, 200), (2, 1))
     """
-    x = jnp.asarray(embeddings, jnp.float32)
-    conf = jnp.asarray(conf, jnp.float32)
-    correct = jnp.asarray(correct, jnp.float32)
+    x = as_float(embeddings)
+    conf = as_float(conf)
+    correct = as_float(correct)
     if x.ndim != 2 or conf.shape != (x.shape[0],) or correct.shape != conf.shape:
         raise ValueError(
             f"embeddings/conf/correct: expected [n, d], [n], [n], got {x.shape}, {conf.shape}, "
@@ -285,7 +286,7 @@ def fit_many(
       >>> num_models(many), many.ref_x.shape, many.ref_conf.shape
       (2, (200, 8), (2, 200))
     """
-    x = jnp.asarray(embeddings, jnp.float32)
+    x = as_float(embeddings)
 
     def one(c, y):
         model, info = fit(rng, x, c, y, config)
@@ -373,8 +374,8 @@ def select_model(model: FieldModel, i: int) -> FieldModel:
 
 
 def _check_new(model: FieldModel, x, conf):
-    x = jnp.asarray(x, jnp.float32)
-    conf = jnp.asarray(conf, jnp.float32)
+    x = as_float(x)
+    conf = as_float(conf)
     d = model.ref_x.shape[-1]
     if x.ndim != 2 or x.shape[1] != d:
         raise ValueError(f"embeddings: expected [q, {d}], got {x.shape}.")
@@ -536,7 +537,7 @@ def _template(config: FitConfig, shapes: dict) -> FieldModel:
         lambda: many(jax.random.key(0), x, jnp.full((m, n), 0.5), jnp.zeros((m, n)), config)
     )[0]
     if shapes.get("shared_embeddings"):  # written by fit_many: one [n, d] for the batch
-        batch = batch.replace(ref_x=jax.ShapeDtypeStruct((n, d), jnp.float32))
+        batch = batch.replace(ref_x=jax.ShapeDtypeStruct((n, d), float_dtype()))
     return batch
 
 
@@ -626,7 +627,7 @@ def load(path: str | Path) -> FieldModel:
     cfg = header["config"]
     enc = dict(cfg["encoder"], hidden=tuple(cfg["encoder"]["hidden"]))
     for name in ("learning_rate", "weight_decay", "linear_learning_rate"):
-        enc[name] = np.asarray(enc[name], np.float32)
+        enc[name] = np.asarray(enc[name], float_dtype())
     config = FitConfig(
         folds=int(cfg["folds"]),
         candidates=tuple(cfg["candidates"]),

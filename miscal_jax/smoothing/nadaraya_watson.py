@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from miscal_jax._src.dtypes import as_float
 from miscal_jax._types import Array, FieldEstimate
 from miscal_jax.kernels.moments import KernelMoments, kernel_moments
 
@@ -83,7 +84,7 @@ def field_from_moments(moments: KernelMoments) -> FieldEstimate:
 
 def residual_values(residual: ArrayLike) -> Array:
     """``[n, 2]`` value columns ``[r, r^2]`` whose moments give :func:`field_from_moments`."""
-    residual = jnp.asarray(residual)
+    residual = as_float(residual)
     return jnp.stack([residual, residual * residual], axis=-1)
 
 
@@ -140,8 +141,7 @@ def nw_field(
       >>> round(float(est.value[0]), 3)
       0.3
     """
-    query, ref = jnp.asarray(query), jnp.asarray(ref)
-    ref_residual = jnp.asarray(ref_residual)
+    query, ref, ref_residual = as_float(query), as_float(ref), as_float(ref_residual)
     _check(query, ref, ref_residual, chunk_size)
     moments = kernel_moments(
         query,
@@ -188,7 +188,7 @@ def loo_field(
       >>> [round(float(v), 3) for v in est.value]
       [-1.0, 1.0]
     """
-    ref = jnp.asarray(ref)
+    ref = as_float(ref)
     return nw_field(
         ref,
         ref,
@@ -236,7 +236,7 @@ def bandwidth_grid(
       >>> [round(float(jnp.exp(g)), 3) for g in grid]  # median distance 1
       [0.02, 0.2, 2.0]
     """
-    ref = jnp.asarray(ref, jnp.float32)
+    ref = as_float(ref)
     n = ref.shape[0]
     step = max(1, n // max_points)
     sub = ref[::step]
@@ -286,7 +286,7 @@ def loo_errors(
       >>> [round(float(e), 1) for e in errs]  # local smoothing wins
       [0.0, 1.8]
     """
-    ref_residual = jnp.asarray(ref_residual)
+    ref, ref_residual = as_float(ref), as_float(ref_residual)
     valid = jnp.ones(ref_residual.shape, bool) if ref_mask is None else jnp.asarray(ref_mask)
     est = loo_field(
         ref, ref_residual, log_bandwidths, ref_mask=valid, kernel=kernel, chunk_size=chunk_size

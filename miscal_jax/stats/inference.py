@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from miscal_jax._src.binning import bin_index
+from miscal_jax._src.dtypes import as_float
 from miscal_jax._types import Array, FieldEstimate, PRNGKey
 from miscal_jax.geometry.spaces import embed_folds
 from miscal_jax.kernels.moments import kernel_moments
@@ -93,13 +94,13 @@ def smooth_many(
       Array([[1., 0.],
              [0., 1.]], dtype=float32)
     """
-    residuals = jnp.asarray(residuals, jnp.float32)
+    residuals = as_float(residuals)
     if residuals.ndim == 1:
         residuals = residuals[:, None]
     if ref_weights is None:
         values = residuals
     else:
-        ref_weights = jnp.broadcast_to(jnp.asarray(ref_weights, jnp.float32), residuals.shape)
+        ref_weights = jnp.broadcast_to(as_float(ref_weights), residuals.shape)
         values = jnp.concatenate([ref_weights * residuals, ref_weights], axis=1)
     m = kernel_moments(
         query, ref, values, log_bandwidth, ref_mask=ref_mask, kernel=kernel, query_block=chunk_size
@@ -142,12 +143,12 @@ def bootstrap_interval(
       ``(low, high)``, each ``[q]``.
     """
     _z(level)
-    ref = jnp.asarray(ref, jnp.float32)
-    query = jnp.asarray(query, jnp.float32)
+    ref = as_float(ref)
+    query = as_float(query)
     n, q = ref.shape[0], query.shape[0]
     w_rng, s_rng = jax.random.split(rng)
     weights = jax.random.exponential(w_rng, (n, num_samples))
-    residual = jnp.asarray(ref_residual, jnp.float32)
+    residual = as_float(ref_residual)
     # one pass: sum(g w r) and sum(g w) per replicate, and the plain [r, r^2] moments
     values = jnp.concatenate([residual[:, None] * weights, weights, residual_values(residual)], 1)
     m = kernel_moments(query, ref, values, log_bandwidth, kernel=kernel, query_block=chunk_size)

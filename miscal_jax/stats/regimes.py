@@ -27,6 +27,7 @@ import numpy as np
 from flax import struct
 from jax.typing import ArrayLike
 
+from miscal_jax._src.dtypes import as_float
 from miscal_jax._types import Array, PRNGKey
 from miscal_jax.calibrators.global_maps import apply_isotonic, fit_isotonic
 from miscal_jax.model.field_model import FieldModel, batch_axes, num_models
@@ -227,7 +228,7 @@ def assign_regimes(regimes: Regimes, embeddings: ArrayLike) -> Array:
       regimes: what :func:`discover_regimes` returned (one model's).
       embeddings: ``[q, d]`` items, fitted or new.
     """
-    z = (jnp.asarray(embeddings, jnp.float32) - regimes.mean) @ regimes.projection / regimes.scale
+    z = (as_float(embeddings) - regimes.mean) @ regimes.projection / regimes.scale
     used = jnp.arange(regimes.centroids.shape[1])[None, :] < regimes.candidate[:, :1]  # [R, k]
 
     def holds(args):
@@ -346,7 +347,7 @@ def _candidate_tests(key, labels, discovery, y, q_null, *, max_k, num_simulation
       two-sided p-values of their sum of ``y`` against Bernoulli(``q_null``).
     """
     n = y.shape[0]
-    onehot = jax.nn.one_hot(2 * labels + discovery, 2 * max_k, dtype=jnp.float32)  # [n, 2k]
+    onehot = jax.nn.one_hot(2 * labels + discovery, 2 * max_k, dtype=y.dtype)  # [n, 2k]
     size = jnp.sum(onehot, axis=0)
     observed = jnp.matmul(y, onehot, precision=jax.lax.Precision.HIGHEST)
     block = max(1, min(num_simulations, SIMULATION_BLOCK // n))
@@ -354,7 +355,7 @@ def _candidate_tests(key, labels, discovery, y, q_null, *, max_k, num_simulation
 
     def count(carry, step):
         outcomes = jax.random.uniform(jax.random.fold_in(key, step), (block, n)) < q_null
-        sums = jnp.matmul(outcomes.astype(jnp.float32), onehot, precision=jax.lax.Precision.HIGHEST)
+        sums = jnp.matmul(outcomes.astype(y.dtype), onehot, precision=jax.lax.Precision.HIGHEST)
         real = (step * block + jnp.arange(block) < num_simulations)[:, None]
         above = jnp.sum(real & (sums >= observed), axis=0)
         below = jnp.sum(real & (sums <= observed), axis=0)
@@ -404,7 +405,7 @@ def _discover(
     level,
 ):
     """:func:`discover_regimes` on arrays (``x [n, d]``, ``p [n]``, ``y [n]``)."""
-    x, p, y = (jnp.asarray(a, jnp.float32) for a in (x, p, y))
+    x, p, y = (as_float(a) for a in (x, p, y))
     n, d = x.shape
     k_half, k_means, k_sim = jax.random.split(key, 3)
     discovery = jnp.zeros(n, bool).at[jax.random.permutation(k_half, n)[: n // 2]].set(True)
@@ -457,7 +458,7 @@ def _discover(
             max_k=max_k,
             num_simulations=num_simulations,
         )
-        seg = jax.nn.one_hot(2 * lab + discovery, 2 * max_k, dtype=jnp.float32)
+        seg = jax.nn.one_hot(2 * lab + discovery, 2 * max_k, dtype=y.dtype)
         centroids.append(cents)
         labels.append(lab)
         sizes.append(size.reshape(max_k, 2))

@@ -748,6 +748,40 @@ def test_killed_midway_leaves_no_report_folder(small_npz, tmp_path, sig, code, l
     assert list(tmp_path.iterdir()) == []
 
 
+def test_signal_in_the_middle_of_a_long_compiled_stage_stops_within_5_s(tmp_path):
+    """A signal during the cross-fit's compilation and run (tens of seconds in XLA,
+    where Python runs no handler): the command stops within 5 s, exit 143, one
+    line, nothing left behind (the work runs in a worker thread)."""
+    d = make_planted(3000, seed=1, amplitude=0.2, nuisance_dim=24)
+    data = tmp_path / "data.npz"
+    np.savez(data, embeddings=d.embeddings, confidence=d.conf, correct=d.correct)
+    out = tmp_path / "report"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "miscal_jax", "report", "--data", str(data), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MISCAL_JAX_CACHE_DIR": ""},
+    )
+    try:
+        first = proc.stderr.readline()
+        assert "cross-fitting" in first, first
+        time.sleep(3.0)  # inside the fit's compilation or its run
+        assert proc.poll() is None, "the stage was too short to test"
+        signalled = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+        waited = time.perf_counter() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr
+    assert waited < 5.0, waited
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == "miscal-jax: terminated (SIGTERM); no report written."
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz"]
+
+
 # ---------------------------------------------------------------------------
 # Progress output
 

@@ -256,7 +256,7 @@ def snippet(text: str, limit: int = 220) -> str:
     """``text`` on one line (whitespace collapsed), cut to ``limit`` characters with an ellipsis.
 
     Examples:
-      >>> snippet("a  question\nover two lines", limit=12)
+      >>> snippet("a  question   over two  lines", limit=12)
       'a question …'
     """
     text = " ".join(str(text).split())

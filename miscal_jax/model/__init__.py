@@ -22,6 +22,7 @@ from miscal_jax.model.field_model import (
     save,
     select_model,
 )
+from miscal_jax.model.sharded import predict_sharded
 
 __all__ = (
     "CrossFitResult",
@@ -40,6 +41,7 @@ __all__ = (
     "out_of_fold",
     "out_of_fold_global",
     "predict",
+    "predict_sharded",
     "save",
     "select_model",
 )

@@ -42,6 +42,7 @@ __all__ = [
     "FieldModel",
     "FitConfig",
     "batch_axes",
+    "check_queries",
     "fit",
     "fit_many",
     "fold_masks",
@@ -50,6 +51,8 @@ __all__ = [
     "out_of_fold_global",
     "num_models",
     "predict",
+    "predict_block",
+    "query_block",
     "save",
     "select_model",
 ]
@@ -373,7 +376,8 @@ def select_model(model: FieldModel, i: int) -> FieldModel:
     return one.replace(ref_x=model.ref_x if shared else model.ref_x[i])
 
 
-def _check_new(model: FieldModel, x, conf):
+def check_queries(model: FieldModel, x, conf) -> tuple[Array, Array]:
+    """New items ``x [q, d]`` and ``conf [q]`` as float arrays, their shapes checked."""
     x = as_float(x)
     conf = as_float(conf)
     d = model.ref_x.shape[-1]
@@ -390,7 +394,8 @@ PREDICT_CHUNK = 1024
 
 
 @jax.jit
-def _predict(model: FieldModel, x: Array, conf: Array) -> tuple[FieldEstimate, Array]:
+def predict_block(model: FieldModel, x: Array, conf: Array) -> tuple[FieldEstimate, Array]:
+    """:func:`predict` of one block of queries as it is (no padding, no chunks)."""
     folds = model.train_mask.shape[0]
     per_fold = jax.lax.map(
         lambda k: _apply_fold(model, _fold_model(model, k), x, conf), jnp.arange(folds)
@@ -398,7 +403,8 @@ def _predict(model: FieldModel, x: Array, conf: Array) -> tuple[FieldEstimate, A
     return jax.tree.map(lambda a: jnp.mean(a, axis=0), per_fold)
 
 
-def _bucket(q: int) -> int:
+def query_block(q: int) -> int:
+    """Rows per compiled block for ``q`` queries: a power of two in ``[128, PREDICT_CHUNK]``."""
     return min(PREDICT_CHUNK, max(128, 1 << (q - 1).bit_length()))
 
 
@@ -441,15 +447,17 @@ def predict(
         axis = 0 if conf.ndim == 2 else None
         run = lambda m, c: predict(m, embeddings, c)
         return jax.vmap(run, in_axes=(batch_axes(model), axis))(model, conf)
-    x, conf = _check_new(model, embeddings, conf)
+    x, conf = check_queries(model, embeddings, conf)
     q = x.shape[0]
     if isinstance(x, jax.core.Tracer) or isinstance(conf, jax.core.Tracer) or q == 0:
-        return _predict(model, x, conf)
-    size = _bucket(q)
+        return predict_block(model, x, conf)
+    size = query_block(q)
     total = -(-q // size) * size
     x = jnp.pad(x, ((0, total - q), (0, 0)))
     conf = jnp.pad(conf, (0, total - q), constant_values=0.5)
-    parts = [_predict(model, x[s : s + size], conf[s : s + size]) for s in range(0, total, size)]
+    parts = [
+        predict_block(model, x[s : s + size], conf[s : s + size]) for s in range(0, total, size)
+    ]
     return jax.tree.map(lambda *a: jnp.concatenate(a)[:q], *parts)
 
 

@@ -10,13 +10,13 @@ from miscal_jax.geometry.encoder import EncoderConfig
 from miscal_jax.model.field_model import (
     FORMAT_VERSION,
     FitConfig,
-    _predict,
     fit,
     fold_masks,
     load,
     out_of_fold,
     out_of_fold_global,
     predict,
+    predict_block,
     save,
 )
 from miscal_jax.synthetic.planted import make_planted
@@ -199,17 +199,17 @@ def test_predict_shares_one_compilation_across_nearby_query_sizes():
     model, _ = jit_fit(jax.random.key(0), x, p, y, FAST)
     rng = np.random.default_rng(0)
     predict(model, x[:3], p[:3])  # a different bucket, compiled before counting
-    before = _predict._cache_size()
+    before = predict_block._cache_size()
     outs, sizes = {}, []
     for q in (1000, 1023, 1024, 1050, 1100):
         xq = rng.normal(size=(q, x.shape[1])).astype(np.float32)
         outs[q] = predict(model, xq, np.full(q, 0.7, np.float32))
         assert outs[q][0].value.shape == (q,)
-        sizes.append(_predict._cache_size())
+        sizes.append(predict_block._cache_size())
     # at most one new program (none if another test on this worker compiled it), by the first
     assert sizes == [sizes[0]] * 5 and sizes[0] <= before + 1, (before, sizes)
     # chunks and padding change nothing: the first rows agree with a direct call
-    est, corrected = _predict(model, jnp.asarray(xq[:1024]), jnp.full(1024, 0.7))
+    est, corrected = predict_block(model, jnp.asarray(xq[:1024]), jnp.full(1024, 0.7))
     np.testing.assert_allclose(outs[1100][1][:1024], corrected, rtol=1e-6, atol=1e-7)
 
 

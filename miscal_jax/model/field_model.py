@@ -49,6 +49,7 @@ __all__ = [
     "load",
     "out_of_fold",
     "out_of_fold_global",
+    "per_model",
     "num_models",
     "predict",
     "predict_block",
@@ -307,6 +308,17 @@ def batch_axes(model: FieldModel) -> FieldModel:
     """
     shared = model.ref_x.ndim == 2
     return jax.tree.map(lambda _: 0, model).replace(ref_x=None if shared else 0)
+
+
+def per_model(fn, key: PRNGKey, model: FieldModel, *args):
+    """``fn(key_i, model_i, *args_i)`` over a batch of models, one vmap, the key split per model.
+
+    The statistics take one model; this is how each of them takes a batch.
+    ``args`` carry a leading ``[m]`` axis (``None`` leaves pass through).
+    """
+    keys = jax.random.split(key, num_models(model))
+    axes = (0, batch_axes(model), *(0,) * len(args))
+    return jax.vmap(fn, in_axes=axes)(keys, model, *args)
 
 
 def _fold_model(model: FieldModel, k) -> tuple:

@@ -19,7 +19,7 @@ from miscal_jax._types import Array, FieldEstimate, PRNGKey
 from miscal_jax.geometry.spaces import embed_folds
 from miscal_jax.kernels.moments import kernel_moments
 from miscal_jax.metrics.calibration import grouping_loss
-from miscal_jax.model.field_model import FieldModel, batch_axes, num_models, out_of_fold
+from miscal_jax.model.field_model import FieldModel, num_models, out_of_fold, per_model
 from miscal_jax.smoothing.nadaraya_watson import PRIOR_VAR, field_from_moments, residual_values
 
 __all__ = [
@@ -322,9 +322,7 @@ def heterogeneity_test(
         num_permutations=num_permutations, num_bins=num_bins, batch=batch, chunk_size=chunk_size
     )
     if num_models(model) is not None:
-        keys = jax.random.split(key, num_models(model))
-        run = lambda k, m: heterogeneity_test(k, m, **options)
-        return jax.vmap(run, in_axes=(0, batch_axes(model)))(keys, model)
+        return per_model(lambda k, m: heterogeneity_test(k, m, **options), key, model)
     if num_permutations < 1 or batch < 1:
         raise ValueError(
             f"num_permutations, batch: expected at least 1, got {num_permutations}, {batch}."
@@ -404,9 +402,8 @@ def grouping_loss_interval(
     _z(level)
     options = dict(level=level, num_samples=num_samples, num_bins=num_bins)
     if num_models(model) is not None:
-        keys = jax.random.split(key, num_models(model))
         run = lambda k, m, e: grouping_loss_interval(k, m, estimate=e, **options)
-        return jax.vmap(run, in_axes=(0, batch_axes(model), 0))(keys, model, estimate)
+        return per_model(run, key, model, estimate)
     if estimate is None:
         estimate = out_of_fold(model)[0]
     conf, field, se = model.ref_conf, estimate.value, estimate.se

@@ -30,7 +30,7 @@ from jax.typing import ArrayLike
 from miscal_jax._src.dtypes import as_float
 from miscal_jax._types import Array, PRNGKey
 from miscal_jax.calibrators.global_maps import apply_isotonic, fit_isotonic
-from miscal_jax.model.field_model import FieldModel, batch_axes, num_models
+from miscal_jax.model.field_model import FieldModel, num_models, per_model
 
 __all__ = [
     "Regime",
@@ -325,9 +325,7 @@ def discover_regimes(
     if not 0 < level < 1:
         raise ValueError(f"level: must be in (0, 1), got {level}.")
     if num_models(model) is not None:
-        keys = jax.random.split(key, num_models(model))
-        run = lambda k, m: discover_regimes(k, m, **options)
-        return jax.vmap(run, in_axes=(0, batch_axes(model)))(keys, model)
+        return per_model(lambda k, m: discover_regimes(k, m, **options), key, model)
     return _discover(key, model.ref_x, model.ref_conf, model.ref_correct, **options)
 
 

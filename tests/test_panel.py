@@ -403,6 +403,7 @@ def test_cli_report_in_the_panel_geometry(tmp_path, capsys):
     assert "panel space (5-d) learned from" in (encoder / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_cli_panel_from_correctness_when_no_panel_confidence(tmp_path, capsys):
     path, _ = long_table(tmp_path / "long.csv", n=120, panel_conf=False)
     argv = ["report", "--data", str(path), "--model", "target", *CLI_FAST]

@@ -45,13 +45,17 @@ def test_one_jit_for_one_model_and_for_a_batch_of_eight(world, tmp_path):
     # the planted field is strong: every model's heterogeneity is detected
     assert np.all(np.asarray(het.p_value) <= 1 / 41 + 1e-6)
     assert np.all(np.asarray(regimes.count) >= 1)
-    # model i of the batch is the single-model program's model i
+    # model i of the batch is the single-model program's model i; the second
+    # model of the same shapes reuses the compiled program
+    sizes = []
     for i in (0, 5):
         one = run(keys[i], x, confs[i, :800], corrects[i, :800], new_x, confs[i, 800:])
+        sizes.append(run._cache_size())
         np.testing.assert_allclose(one[3], corrected[i], atol=1e-5)
         np.testing.assert_allclose(one[1].null, het.null[i], rtol=1e-4, atol=1e-7)
         assert int(one[2].count) == int(regimes.count[i])
         np.testing.assert_array_equal(one[2].members, regimes.members[i])
+    assert sizes[0] == sizes[1]
     # the batch saved and loaded predicts bit for bit the same
     mj.save(models, tmp_path / "batch.msgpack")
     loaded = mj.load(tmp_path / "batch.msgpack")
@@ -61,20 +65,3 @@ def test_one_jit_for_one_model_and_for_a_batch_of_eight(world, tmp_path):
     np.testing.assert_array_equal(
         np.asarray(again), np.asarray(mj.predict(models, new_x, confs[0, 800:])[1])
     )
-
-
-def test_statistics_compile_once_per_shape(world):
-    """A second model of the same shapes reuses the compiled test and search."""
-    x, _, confs, corrects = world
-    fitted = [
-        jax.jit(mj.fit)(jax.random.key(i), x, confs[i, :800], corrects[i, :800], CONFIG)[0]
-        for i in range(2)
-    ]
-    mj.heterogeneity_test(jax.random.key(0), fitted[0], num_permutations=20)
-    mj.discover_regimes(jax.random.key(0), fitted[0], num_simulations=200)
-    before = mj.heterogeneity_test._cache_size()
-    before_regimes = mj.stats.regimes._discover._cache_size()
-    mj.heterogeneity_test(jax.random.key(1), fitted[1], num_permutations=20)
-    mj.discover_regimes(jax.random.key(1), fitted[1], num_simulations=200)
-    assert mj.heterogeneity_test._cache_size() == before
-    assert mj.stats.regimes._discover._cache_size() == before_regimes

@@ -74,6 +74,7 @@ def test_finds_planted_regions_with_right_signs(seed):
     np.testing.assert_array_equal(assigned, first)
 
 
+@pytest.mark.slow
 def test_false_discoveries_under_the_null():
     """40 null data sets, fitted and searched as one vmapped batch: nominal FDR
     0.1 bounds the chance of any discovery by 0.1 under the global null, so at

@@ -204,7 +204,7 @@ def regime_cards(
     texts=None,
     groups=None,
     group_names=None,
-    evaluation=None,
+    evaluation,
     level: float = LEVEL,
     term_counts=None,
 ) -> list[dict]:

@@ -76,6 +76,7 @@ def _check_outputs(out, n):
     return summary
 
 
+@pytest.mark.slow
 def test_report_on_npz(planted_npz, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", "--data", str(planted_npz), "--out", str(out), *FAST]) == 0

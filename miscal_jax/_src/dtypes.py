@@ -27,5 +27,11 @@ def float_dtype() -> np.dtype:
 
 
 def as_float(x: ArrayLike) -> jax.Array:
-    """``x`` as an array of :func:`float_dtype`."""
+    """``x`` as an array of :func:`float_dtype` (any shape).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> as_float(jnp.array([1, 0], jnp.int32)).dtype, as_float(jnp.ones(2, jnp.bfloat16)).dtype
+      (dtype('float32'), dtype('float32'))
+    """
     return jnp.asarray(x, float_dtype())

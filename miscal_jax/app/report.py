@@ -91,7 +91,7 @@ def model_statistics(
     het = heterogeneity_test(k_het, result.model, num_permutations=permutations)
     say("regime discovery")
     found = discover_regimes(k_regimes, result.model)
-    estimate = FieldEstimate(*(jax.numpy.asarray(a) for a in result[:3]))
+    estimate = FieldEstimate(*map(jax.numpy.asarray, (result.field, result.field_se, result.n_eff)))
     gl = grouping_loss_interval(k_gl, result.model, estimate=estimate)
     return Statistics(
         HeterogeneityTest(float(het.statistic), float(het.p_value), np.asarray(het.null)),

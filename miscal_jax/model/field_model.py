@@ -303,8 +303,18 @@ def fit_many(
 def batch_axes(model: FieldModel) -> FieldModel:
     """``vmap`` axes of a batch of models: 0 for every leaf, ``None`` for shared embeddings.
 
+    Pass it as the model's ``in_axes`` to map a function of one model over a batch.
+
     Examples:
-      >>> # jax.vmap(lambda m: predict(m, x, p), in_axes=(batch_axes(models),))(models)
+      >>> import jax, jax.numpy as jnp
+      >>> from miscal_jax.synthetic.planted import make_planted
+      >>> d = make_planted(200, seed=0)
+      >>> cfg = FitConfig(folds=2, candidates=("raw",))
+      >>> many = jax.eval_shape(fit_many, jax.random.key(0), d.embeddings,
+      ...     jnp.stack([d.conf] * 3), jnp.stack([d.correct] * 3), cfg)[0]
+      >>> axes = batch_axes(many)
+      >>> axes.ref_x is None, axes.ref_conf
+      (True, 0)
     """
     shared = model.ref_x.ndim == 2
     return jax.tree.map(lambda _: 0, model).replace(ref_x=None if shared else 0)
@@ -315,6 +325,20 @@ def per_model(fn, key: PRNGKey, model: FieldModel, *args):
 
     The statistics take one model; this is how each of them takes a batch.
     ``args`` carry a leading ``[m]`` axis (``None`` leaves pass through).
+
+    Returns:
+      ``fn``'s outputs with a leading ``[m]`` axis.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from miscal_jax.synthetic.planted import make_planted
+      >>> d = make_planted(200, seed=0)
+      >>> cfg = FitConfig(folds=2, candidates=("raw",))
+      >>> many = jax.eval_shape(fit_many, jax.random.key(0), d.embeddings,
+      ...     jnp.stack([d.conf] * 3), jnp.stack([d.correct] * 3), cfg)[0]
+      >>> mean_conf = lambda key, one: one.ref_conf.mean()
+      >>> jax.eval_shape(lambda m: per_model(mean_conf, jax.random.key(0), m), many).shape
+      (3,)
     """
     keys = jax.random.split(key, num_models(model))
     axes = (0, batch_axes(model), *(0,) * len(args))
@@ -416,7 +440,12 @@ def predict_block(model: FieldModel, x: Array, conf: Array) -> tuple[FieldEstima
 
 
 def query_block(q: int) -> int:
-    """Rows per compiled block for ``q`` queries: a power of two in ``[128, PREDICT_CHUNK]``."""
+    """Rows per compiled block for ``q`` queries: a power of two in ``[128, PREDICT_CHUNK]``.
+
+    Examples:
+      >>> query_block(5), query_block(1000), query_block(1100), query_block(50_000)
+      (128, 1024, 1024, 1024)
+    """
     return min(PREDICT_CHUNK, max(128, 1 << (q - 1).bit_length()))
 
 

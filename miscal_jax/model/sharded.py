@@ -62,7 +62,20 @@ def predict_sharded(
       axis: the mesh axis the queries are split over (default: the first).
 
     Returns:
-      ``(field_estimate, corrected_conf)`` as :func:`~miscal_jax.model.predict`.
+      ``(field_estimate, corrected_conf)`` as :func:`~miscal_jax.model.predict`:
+      ``[q]`` arrays.
+
+    Examples:
+      >>> import jax, numpy as np
+      >>> from miscal_jax.model import FitConfig, fit, predict
+      >>> from miscal_jax.synthetic.planted import make_planted
+      >>> d = make_planted(200, seed=0)
+      >>> model, _ = jax.jit(fit)(jax.random.key(0), d.embeddings, d.conf, d.correct,
+      ...                         FitConfig(folds=2, candidates=("raw",)))
+      >>> mesh = jax.make_mesh((jax.device_count(),), ("q",))
+      >>> _, p = predict_sharded(model, d.embeddings[:9], d.conf[:9], mesh=mesh)
+      >>> p.shape, bool(np.allclose(p, predict(model, d.embeddings[:9], d.conf[:9])[1]))
+      ((9,), True)
     """
     if num_models(model) is not None:
         raise ValueError(

@@ -330,9 +330,10 @@ def heterogeneity_test(
     p = model.ref_conf
     r = model.ref_correct - p
     n = r.shape[0]
-    bins = bin_index(p, min(num_bins, n), "mass")
-    count = jax.ops.segment_sum(jnp.ones_like(r), bins, n)
-    e = r - (jax.ops.segment_sum(r, bins, n) / jnp.maximum(count, 1.0))[bins]
+    k = min(num_bins, n)
+    bins = bin_index(p, k, "mass")
+    count = jax.ops.segment_sum(jnp.ones_like(r), bins, k)
+    e = r - (jax.ops.segment_sum(r, bins, k) / jnp.maximum(count, 1.0))[bins]
     test, train = _fold_rows(model.train_mask)
     geometry = model.geometry
     spaces = embed_folds(geometry, model.ref_x, p)

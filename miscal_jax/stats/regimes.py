@@ -333,21 +333,24 @@ def discover_regimes(
 SIMULATION_BLOCK = 2**22
 
 
-def _candidate_tests(key, labels, discovery, y, q_null, *, max_k, num_simulations):
-    """Monte Carlo tests of every cluster of one clustering, on both halves.
+def _candidate_tests(key, labels, discovery, y, excess, q_null, *, max_k, num_simulations):
+    """Sizes, excess sums and Monte Carlo tests of every cluster of one clustering, both halves.
 
     Cluster ``c``'s half ``h`` (1 = discovery) is segment ``2 c + h``. The
     outcome sums of all segments come from one ``[draws, n] @ [n, 2 max_k]``
     product per block of simulated outcomes (exact: 0/1 sums at full precision).
 
     Returns:
-      ``(size, p_value)``, each ``[2 max_k]``: the segment sizes and the
-      two-sided p-values of their sum of ``y`` against Bernoulli(``q_null``).
+      ``(size, excess_sum, p_value)``, each ``[2 max_k]``: the segment sizes,
+      their sums of ``excess``, and the two-sided p-values of their sum of
+      ``y`` against Bernoulli(``q_null``).
     """
     n = y.shape[0]
     onehot = jax.nn.one_hot(2 * labels + discovery, 2 * max_k, dtype=y.dtype)  # [n, 2k]
     size = jnp.sum(onehot, axis=0)
-    observed = jnp.matmul(y, onehot, precision=jax.lax.Precision.HIGHEST)
+    observed, excess_sum = jnp.matmul(
+        jnp.stack([y, excess]), onehot, precision=jax.lax.Precision.HIGHEST
+    )
     block = max(1, min(num_simulations, SIMULATION_BLOCK // n))
     steps = -(-num_simulations // block)
 
@@ -362,7 +365,7 @@ def _candidate_tests(key, labels, discovery, y, q_null, *, max_k, num_simulation
     zeros = jnp.zeros(2 * max_k, jnp.int32)
     (above, below), _ = jax.lax.scan(count, (zeros, zeros), jnp.arange(steps))
     tail = jnp.minimum(1 + above, 1 + below) / (1 + num_simulations)
-    return size, jnp.minimum(1.0, 2 * tail)
+    return size, excess_sum, jnp.minimum(1.0, 2 * tail)
 
 
 def _benjamini_hochberg_masked(p_values: Array, tested: Array) -> Array:
@@ -447,23 +450,21 @@ def _discover(
     centroids, labels, sizes, p_values, excess_sum = [], [], [], [], []
     for i, k in enumerate(ks):
         cents, lab = _kmeans(jax.random.fold_in(k_means, i), z, jnp.int32(k), max_k=max_k, iters=50)
-        size, pv = _candidate_tests(
+        size, excess_total, pv = _candidate_tests(
             jax.random.fold_in(k_sim, i),
             lab,
             discovery,
             y,
+            excess,
             q_null,
             max_k=max_k,
             num_simulations=num_simulations,
         )
-        seg = jax.nn.one_hot(2 * lab + discovery, 2 * max_k, dtype=y.dtype)
         centroids.append(cents)
         labels.append(lab)
-        sizes.append(size.reshape(max_k, 2))
-        p_values.append(pv.reshape(max_k, 2))
-        excess_sum.append(
-            jnp.matmul(excess, seg, precision=jax.lax.Precision.HIGHEST).reshape(max_k, 2)
-        )
+        sizes.append(size)
+        p_values.append(pv)
+        excess_sum.append(excess_total)
     labels = jnp.stack(labels)  # [L, n]
     sizes, p_values, excess_sum = (
         jnp.stack(a).reshape(-1, 2) for a in (sizes, p_values, excess_sum)

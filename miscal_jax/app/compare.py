@@ -141,7 +141,7 @@ def select_models(panel: Panel, names) -> Panel:
 
 
 def load_panel(
-    path,
+    source,
     *,
     item_col: str = "item",
     model_col: str = "model",
@@ -152,13 +152,16 @@ def load_panel(
     text_embedding: str = "auto",
     group_col: str = "group",
     progress: bool = False,
+    normalisation: str = "none",
 ) -> Panel:
     """Reads a long table (one row per item and model) into a :class:`Panel`.
 
     Args:
-      path: ``.csv``, ``.csv.gz``, ``.jsonl`` or ``.parquet`` with columns
+      source: ``.csv``, ``.csv.gz``, ``.jsonl`` or ``.parquet`` with columns
         item, model, confidence, correct; optional ``text``/``text_col``,
-        ``group`` and per-item embeddings as ``emb_0..emb_{d-1}``.
+        ``group`` and per-item embeddings as ``emb_0..emb_{d-1}``; the same
+        as a pandas or polars DataFrame; or lm-eval samples / Inspect logs of
+        several models (file or folder; their question texts are embedded).
       item_col, model_col, confidence_col, correct_col, group_col: column names.
       embeddings: optional ``.npy`` of ``[n, d]``, one row per item in order
         of first appearance in the table.
@@ -167,6 +170,7 @@ def load_panel(
         cached beside ``path``).
       text_embedding: ``"auto"``, ``"minilm"`` or ``"lsa"``.
       progress: show the embedding model's progress.
+      normalisation: lm-eval multiple-choice confidences, ``"none"`` or ``"length"``.
 
     Returns:
       A :class:`Panel`; a row with an empty confidence leaves that cell NaN.
@@ -174,13 +178,13 @@ def load_panel(
     Raises:
       ValueError: one line naming the file, column or row and the fix.
     """
-    from miscal_jax.app.io import read_table, require_long_columns
+    from miscal_jax.app.io import read_source, require_long_columns, text_cache
     from miscal_jax.app.text_embed import embed_texts
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"data: no such file {path}.")
-    table = read_table(path)
+    table = read_source(source, normalisation=normalisation)
+    path = table.source
+    if table.notes is not None and text_col is None and embeddings is None:
+        text_col = "text"  # evaluation logs: embed the questions
     require_long_columns(table, path, item_col, model_col, confidence_col, correct_col)
     cols = table.columns
     item_vals = [str(v) for v in cols[item_col]]
@@ -225,6 +229,8 @@ def load_panel(
     if tcol is not None:
         text = [str(cols[tcol][r]) for r in first]
     meta = {"source": str(path), "confidence": confidence_col}
+    if table.notes is not None:
+        meta["log"] = table.notes
     emb_cols = sorted(
         (c for c in cols if c.startswith("emb_") and c[4:].isdigit()), key=lambda c: int(c[4:])
     )
@@ -241,11 +247,12 @@ def load_panel(
     elif emb_cols:
         emb = np.stack([_floats(c, [cols[c][r] for r in first], path) for c in emb_cols], 1)
     elif text_col is not None:
+        cache_dir, cache_name = text_cache(source)
         te = embed_texts(
             text,
             method=text_embedding,
-            cache_dir=path.parent,
-            cache_name=path.name,
+            cache_dir=cache_dir,
+            cache_name=cache_name,
             progress=progress,
         )
         emb = te.embeddings

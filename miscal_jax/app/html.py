@@ -17,6 +17,7 @@ come from the evaluation half of :func:`~miscal_jax.stats.discover_regimes`.
 
 import base64
 import html
+import re
 from pathlib import Path
 from statistics import NormalDist
 
@@ -207,6 +208,7 @@ def regime_cards(
     evaluation,
     level: float = LEVEL,
     term_counts=None,
+    panel=None,
 ) -> list[dict]:
     """Everything a regime card says, as JSON-able dicts (one per regime).
 
@@ -229,6 +231,12 @@ def regime_cards(
         (:attr:`~miscal_jax.stats.Regimes.evaluation`).
       level: interval coverage.
       term_counts: optional precomputed :func:`~miscal_jax.app.describe.count_terms`.
+      panel: optional ``[n, M]`` other models' outcomes on each item (NaN where
+        missing): each card then says how the panel fares on the regime.
+
+    Without texts a card is described by its most over-represented category
+    (where it is at least 1.5x as common as overall), else by the panel's
+    pattern (harder or easier for the other models), else by its number.
 
     Returns:
       A list of dicts: ``id``, ``sign``, ``headline``, ``terms``, ``excess``,
@@ -280,8 +288,41 @@ def regime_cards(
             "members": r.members,
             "z": zcrit,
         }
+        if panel is not None:
+            card["panel"] = _panel_pattern(np.asarray(panel, np.float64), members)
+        if not terms:
+            card["description"] = _fallback_description(card)
         cards.append(card)
     return cards
+
+
+def _panel_pattern(panel: np.ndarray, members: np.ndarray) -> dict:
+    """How the other models fare on a regime's items against all items."""
+    with np.errstate(invalid="ignore"):
+        here_m = np.nanmean(np.where(members[:, None], panel, np.nan), axis=0)
+        all_m = np.nanmean(panel, axis=0)
+    seen = np.isfinite(here_m) & np.isfinite(all_m)
+    return {
+        "accuracy": float(np.nanmean(panel[members])),
+        "overall": float(np.nanmean(panel)),
+        "lower_for": int(np.sum(here_m[seen] < all_m[seen])),
+        "models": int(seen.sum()),
+    }
+
+
+def _fallback_description(card: dict) -> str:
+    """Words for a regime without texts: an over-represented category, or the panel's pattern."""
+    enriched = [g for g in card["categories"] if g["share"] >= 1.5 * g["overall"]]
+    if enriched:
+        return f"mostly {enriched[0]['name']}"
+    pattern = card.get("panel")
+    if pattern is not None and abs(pattern["accuracy"] - pattern["overall"]) >= 0.05:
+        return (
+            "harder for the panel"
+            if pattern["accuracy"] < pattern["overall"]
+            else ("easier for the panel")
+        )
+    return ""
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -404,6 +445,13 @@ def render_cards(cards: list[dict], texts=None, figures: dict | None = None) -> 
                 for g in c["categories"]
             )
             parts.append(f'<p class="small">Categories (not used to find it): {cats}.</p>')
+        if "panel" in c:
+            pat = c["panel"]
+            parts.append(
+                f'<p class="small">The other models on these items: right {pat["accuracy"]:.0%} '
+                f"of the time ({pat['overall']:.0%} on all items); lower here for "
+                f"{pat['lower_for']} of {pat['models']} models.</p>"
+            )
         if figures and c["id"] in figures:
             parts.append(img_tag(figures[c["id"]], f"reliability of regime R{c['id']}"))
         if texts is not None and c["examples"]:
@@ -495,7 +543,7 @@ def _tiles(items) -> str:
     )
 
 
-def _notes(summary: dict, boot: dict, text_note: str | None) -> str:
+def _notes(summary: dict, boot: dict, extra: list[str]) -> str:
     folds = summary.get("geometry", [])
     geo = "; ".join(
         f"fold {k + 1}: {g['chosen']} (error {g['select_error'][g['chosen']]:.4f}, "
@@ -541,8 +589,7 @@ def _notes(summary: dict, boot: dict, text_note: str | None) -> str:
         "Regional error: mean over the data's categories of |mean(correct − confidence)|; "
         "categories are used for evaluation only, never for fitting.",
     ]
-    if text_note:
-        notes.append(text_note)
+    notes += extra
     return '<ul class="notes">' + "".join(f"<li>{n}</li>" for n in notes) + "</ul>"
 
 
@@ -561,6 +608,71 @@ def _group_table(summary: dict) -> str:
         "<th>uncorrected</th><th>isotonic</th><th>local</th></tr></thead>"
         f"<tbody>{rows}</tbody></table></div></details>"
     )
+
+
+def panel_note(panel: dict | None) -> str | None:
+    """The note on the panel geometry (``None`` without a panel)."""
+    if panel is None:
+        return None
+    what = {"residual": "residuals (correct - confidence)", "correct": "correctness"}
+    what = what[panel.get("outcome", "correct")]
+    if panel.get("geometry", "encoder") == "profile":
+        how = (
+            f"Geometry: the panel profile space ({panel['dims']}-d): each of {panel['items']} "
+            f"items placed by {panel['models']} other models' {what} on it, projected on their "
+            f"top principal directions ({100 * panel['explained']:.0f}% of the variation)"
+        )
+    else:
+        how = (
+            f"Geometry: the panel space ({panel['dims']}-d) learned from {panel['models']} other "
+            f"models' {what} on {panel['items']} items (held-out loss {panel['val_loss']:.4f} "
+            f"against {panel['constant_loss']:.4f} for each model's mean alone)"
+        )
+    note = how + "; no outcome of this model enters it."
+    if not panel.get("item_embeddings", True):
+        note += (
+            " The data has no item embeddings or texts, so the field map is drawn in these "
+            "profile coordinates, regimes are described by their categories and the panel's "
+            "pattern instead of words, and the encoder geometry is not available (give emb_* "
+            "columns, --embeddings or --text-col for those)."
+        )
+    return note
+
+
+def log_note(log: dict | None) -> str | None:
+    """The note on an evaluation-log source: which tool, what was left out and why."""
+    if log is None:
+        return None
+    tool = {"lm-eval": "lm-evaluation-harness samples", "inspect": "Inspect eval logs"}
+    note = (
+        f"Read from {tool.get(log.get('kind'), 'evaluation logs')}: one item per task and "
+        "document, the task as its category, the question text as its text."
+    )
+    if log.get("kind") == "lm-eval":
+        norm = "per character of the choice (acc_norm)" if log.get("norm") == "length" else "raw"
+        note += (
+            f" Confidence: the chosen answer's probability under the softmax of the choices' "
+            f"{norm} log-likelihoods."
+        )
+    if log.get("skipped"):
+        note += " Left out: " + "; ".join(log["skipped"]) + "."
+    return note
+
+
+def source_notes(meta: dict, *, markup: bool = True) -> list[str]:
+    """Notes on where the data came from: text embedding, panel geometry, evaluation logs.
+
+    Args:
+      meta: a :class:`~miscal_jax.app.io.Dataset`'s ``meta``.
+      markup: HTML (escaped, with code tags) or plain text.
+    """
+    meta = meta or {}
+    notes = [panel_note(meta.get("panel")), log_note(meta.get("log"))]
+    notes = [escape(n) if markup else n for n in notes if n]
+    text = text_embedding_note(meta)
+    if text:
+        notes.append(text if markup else re.sub(r"<[^>]+>", "", text))
+    return notes
 
 
 def text_embedding_note(meta: dict) -> str | None:
@@ -620,6 +732,7 @@ def write_html_report(
         groups=data.group,
         group_names=data.group_names,
         evaluation=evaluation,
+        panel=data.panel,
     )
     figures = {
         c["id"]: reliability_png(
@@ -675,7 +788,8 @@ def write_html_report(
         ),
         "</div>",
         '<p class="small">Each dot is an item, placed by the first two principal components of '
-        "its embedding and coloured by the out-of-fold field relative to the global "
+        "its coordinates (the embedding, or the panel's profile) and coloured by the "
+        "out-of-fold field relative to the global "
         "recalibration (red: less accurate than its recalibrated confidence says). Outlines "
         "hold about 60% of each regime's items.</p>",
     ]
@@ -683,7 +797,7 @@ def write_html_report(
         body.append(_group_table(summary))
     body += [
         "<h2>Method notes</h2>",
-        _notes(summary, boot, text_embedding_note(meta)),
+        _notes(summary, boot, source_notes(meta)),
         f'<p class="small">Run time {summary.get("seconds", "?")} s. Also written: '
         "report.md, summary.json, points.csv and the figures as PNG files.</p>",
     ]

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from miscal_jax.app.tables import Table, from_frame, is_frame
 from miscal_jax.validation import InputError, validate_inputs
 
 __all__ = ["DEFAULT_MODEL", "Dataset", "PanelData", "load_data", "load_default", "load_with_panel"]
@@ -46,6 +47,8 @@ class Dataset(NamedTuple):
       group_names: names of the group ids, or ``None``.
       meta: provenance (source, model, confidence kind, dropped rows).
       item: ``n`` item ids (a long table's item column), or ``None``.
+      panel: ``[n, M]`` the other models' outcomes on each row's item (NaN
+        where missing; names in ``meta["panel"]["names"]``), or ``None``.
     """
 
     embeddings: np.ndarray
@@ -56,6 +59,7 @@ class Dataset(NamedTuple):
     group_names: list | None
     meta: dict
     item: list | None = None
+    panel: np.ndarray | None = None
 
 
 def load_default(model: str = DEFAULT_MODEL, confidence: str = "verbal") -> Dataset:
@@ -113,15 +117,6 @@ def load_default(model: str = DEFAULT_MODEL, confidence: str = "verbal") -> Data
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _TEXT_TRUE = {"true": 1.0, "false": 0.0}
-
-
-class _Table(NamedTuple):
-    """Columns of a table and where each row came from (for messages)."""
-
-    columns: dict[str, list]
-    duplicates: set
-    place: Callable[[int], str]
-    rows: int
 
 
 def _check_file(path: Path, arg: str) -> None:
@@ -184,7 +179,7 @@ def _decode(raw: bytes, path: Path, arg: str) -> str:
     return text
 
 
-def _read_csv(text: str, path: Path) -> _Table:
+def _read_csv(text: str, path: Path) -> Table:
     reader = csv.reader(_io.StringIO(text, newline=""))
     header, rows, lines = None, [], []
     try:
@@ -215,15 +210,16 @@ def _read_csv(text: str, path: Path) -> _Table:
     columns = {}
     for j, h in enumerate(header):
         columns.setdefault(h, [r[j] for r in rows])
-    return _Table(
+    return Table(
         columns,
         {h for h, c in counts.items() if c > 1},
         lambda i: f"line {lines[i]} of {path}",
         len(rows),
+        str(path),
     )
 
 
-def _read_jsonl(text: str, path: Path) -> _Table:
+def _read_jsonl(text: str, path: Path) -> Table:
     cols: dict[str, list] = {}
     lines: list[int] = []
     for line_no, line in enumerate(text.splitlines(), 1):
@@ -247,10 +243,10 @@ def _read_jsonl(text: str, path: Path) -> _Table:
         for key in cols:
             cols[key].append(row.get(key))
         lines.append(line_no)
-    return _Table(cols, set(), lambda i: f"line {lines[i]} of {path}", len(lines))
+    return Table(cols, set(), lambda i: f"line {lines[i]} of {path}", len(lines), str(path))
 
 
-def _read_parquet(path: Path) -> _Table:
+def _read_parquet(path: Path) -> Table:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -270,15 +266,63 @@ def _read_parquet(path: Path) -> _Table:
     if table.num_rows == 0:
         raise ValueError(f"data: {path} has columns but no rows; pass the file with the results.")
     counts = Counter(names)
-    return _Table(
+    return Table(
         columns,
         {h for h, c in counts.items() if c > 1},
         lambda i: f"index {i} of {path}",
         table.num_rows,
+        str(path),
     )
 
 
-def read_table(path: Path) -> _Table:
+def read_source(source, *, normalisation: str = "none") -> Table:
+    """Any table source as a :class:`~miscal_jax.app.tables.Table`.
+
+    Args:
+      source: a pandas or polars DataFrame; a table file (``.csv``,
+        ``.csv.gz``, ``.jsonl``, ``.parquet``); lm-eval sample files or Inspect
+        logs, one file or a folder (see :mod:`miscal_jax.app.evallogs`).
+      normalisation: lm-eval multiple-choice confidences, ``"none"`` or ``"length"``.
+
+    Raises:
+      ValueError: one line naming the source and the fix.
+    """
+    from miscal_jax.app import evallogs
+
+    if is_frame(source):
+        return from_frame(source)
+    path = Path(source)
+    if path.is_dir():
+        if evallogs.is_lm_eval_samples(path):
+            return evallogs.read_lm_eval(path, normalisation=normalisation)
+        if evallogs.is_inspect_log(path):
+            return evallogs.read_inspect(path)
+        raise ValueError(
+            f"data: {path} is a folder, not a file, and holds no lm-eval sample files "
+            "(samples_*.jsonl) or Inspect logs (.eval); pass the data file itself or a folder "
+            "of evaluation logs."
+        )
+    _check_file(path, "data")
+    if evallogs.is_lm_eval_samples(path):
+        return evallogs.read_lm_eval(path, normalisation=normalisation)
+    if evallogs.is_inspect_log(path):
+        return evallogs.read_inspect(path)
+    return read_table(path)
+
+
+def text_cache(source) -> tuple[Path | None, str]:
+    """Where a source's text embeddings are cached: beside the file, in the log folder, or nowhere.
+
+    A DataFrame has no place on disk, so its texts are embedded every time.
+    """
+    if is_frame(source):
+        return None, "frame"
+    path = Path(source)
+    return (path, "eval-logs") if path.is_dir() else (path.parent, path.name)
+
+
+def read_table(path: Path) -> Table:
+    """A table file (``.csv``, ``.csv.gz``, ``.jsonl``, ``.parquet``) as a :class:`Table`."""
     name = path.name.lower()
     if name.endswith(".parquet"):
         return _read_parquet(path)
@@ -353,7 +397,7 @@ def _groups(values) -> tuple[np.ndarray, list]:
     return np.array([lookup[str(v)] for v in values], np.int64), names
 
 
-def _embedding_columns(table: _Table, path: Path) -> list[str]:
+def _embedding_columns(table: Table, path: Path) -> list[str]:
     found = {}
     for c in table.columns:
         if c.startswith("emb_") and c[4:].isdigit():
@@ -467,8 +511,21 @@ def _load_npz(path: Path) -> dict:
     return arrays
 
 
+def _one_model(table: Table) -> str:
+    """The one model of a log table; refuses several where one model's data is wanted."""
+    names = list(dict.fromkeys(table.columns["model"]))
+    if len(names) > 1:
+        shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        raise ValueError(
+            f"data: {table.source} holds runs of {len(names)} models ({shown}); pick the one "
+            "to report on with --model (the others form its panel), or compare them all "
+            "with `miscal-jax compare`."
+        )
+    return names[0]
+
+
 def load_data(
-    path: str | Path,
+    source,
     *,
     embeddings: str | Path | None = None,
     confidence_col: str = "confidence",
@@ -476,12 +533,16 @@ def load_data(
     text_col: str | None = None,
     text_embedding: str = "auto",
     outcomes_required: bool = True,
+    normalisation: str = "none",
 ) -> Dataset:
     """Loads a user's per-item results.
 
     Args:
-      path: ``.npz`` or a table (``.csv``, ``.csv.gz``, ``.jsonl``, ``.parquet``);
-        gzip-compressed text is recognised by its header.
+      source: ``.npz``, a table (``.csv``, ``.csv.gz``, ``.jsonl``,
+        ``.parquet``; gzip-compressed text is recognised by its header), a
+        pandas or polars DataFrame with the same columns, or one model's
+        lm-eval samples or Inspect logs (file or folder; their question texts
+        are embedded unless ``embeddings`` is given).
       embeddings: optional row-aligned ``.npy`` of ``[n, d]`` embeddings
         (tables only; otherwise columns ``emb_0..emb_{d-1}`` are used).
       confidence_col: name of the confidence column (or array in ``.npz``).
@@ -489,11 +550,13 @@ def load_data(
         ``true``/``false``.
       text_col: column of item texts (tables only). Without ``embeddings`` and
         ``emb_*`` columns the texts are embedded by
-        :func:`~miscal_jax.app.text_embed.embed_texts` (cached beside ``path``).
+        :func:`~miscal_jax.app.text_embed.embed_texts` (cached beside the file).
       text_embedding: ``"auto"``, ``"minilm"`` or ``"lsa"`` (see there).
       outcomes_required: with ``False`` (new items to apply a model to) a
         missing correctness column is allowed: ``correct`` is then all zeros
         and ``meta["outcomes"]`` is ``False``.
+      normalisation: lm-eval multiple-choice confidences (see
+        :func:`~miscal_jax.app.evallogs.read_lm_eval`).
 
     Returns:
       A validated :class:`Dataset`.
@@ -502,8 +565,10 @@ def load_data(
       ValueError: one line naming the argument, the file and row or column,
         and the fix.
     """
-    path = Path(path)
-    _check_file(path, "data")
+    npz = not is_frame(source) and Path(source).suffix.lower() == ".npz"
+    if npz:
+        path = Path(source)
+        _check_file(path, "data")
     if confidence_col == correct_col:
         raise ValueError(
             f"correct_col: same column as confidence_col ({correct_col!r}); name the "
@@ -511,7 +576,7 @@ def load_data(
         )
     text = group = group_names = None
     extra_meta = {}
-    if path.suffix.lower() == ".npz":
+    if npz:
         if embeddings is not None:
             raise ValueError(
                 f"embeddings: only for tables; {path} is an .npz and carries its own "
@@ -554,7 +619,13 @@ def load_data(
             return f"{where}, array {key!r}" + (f" column {column}" if column is not None else "")
 
     else:
-        table = read_table(path)
+        table = read_source(source, normalisation=normalisation)
+        path = table.source
+        if table.notes is not None:  # evaluation logs: one model, its questions as texts
+            extra_meta["log"] = table.notes
+            extra_meta["model"] = _one_model(table)
+            if text_col is None and embeddings is None:
+                text_col = "text"
         used = [confidence_col, correct_col, "text", "group"]
         has_outcomes = correct_col in table.columns
         for col, flag in ((confidence_col, "--confidence-col"), (correct_col, "--correct-col")):
@@ -599,8 +670,9 @@ def load_data(
             from miscal_jax.app.text_embed import embed_texts
 
             texts = ["" if t is None else str(t) for t in table.columns[text_col]]
+            cache_dir, cache_name = text_cache(source)
             made = embed_texts(
-                texts, method=text_embedding, cache_dir=path.parent, cache_name=path.name
+                texts, method=text_embedding, cache_dir=cache_dir, cache_name=cache_name
             )
             emb, extra_meta["text_embedding"] = made.embeddings, made.method
         else:
@@ -646,7 +718,8 @@ class PanelData(NamedTuple):
     Attributes:
       target: :class:`Dataset` of the target's rows (each row's embedding is
         its item's; ``item`` holds the item ids).
-      item_embeddings: ``[N, d]`` float32, one row per item of the table.
+      item_embeddings: ``[N, d]`` float32, one row per item of the table, or
+        ``None`` where the table has neither embeddings nor texts.
       panel_correct: ``[N, M]`` float32 outcomes of the other models (0 where missing).
       panel_mask: ``[N, M]`` bools, ``True`` where an outcome was given.
       panel_conf: ``[N, M]`` float32 confidences of the other models (NaN
@@ -720,7 +793,7 @@ def _pick_model(model: str, names: list[str], path: Path) -> str:
     return hits[0]
 
 
-def _item_embeddings_npy(emb_path: Path, items: list[str], first: np.ndarray, table: _Table):
+def _item_embeddings_npy(emb_path: Path, items: list[str], first: np.ndarray, table: Table):
     """Rows of a ``.npy`` by integer item id (row ``k`` belongs to item ``k``)."""
     ids = []
     for k, item in enumerate(items):
@@ -758,7 +831,7 @@ def _item_embeddings_npy(emb_path: Path, items: list[str], first: np.ndarray, ta
     return emb
 
 
-def _item_embeddings_columns(table: _Table, path: Path, row_item: np.ndarray, first: np.ndarray):
+def _item_embeddings_columns(table: Table, path: Path, row_item: np.ndarray, first: np.ndarray):
     """``emb_*`` columns, one embedding per item; every row of an item must agree."""
     cols = _embedding_columns(table, path)
     dup = sorted(set(cols) & table.duplicates)
@@ -787,7 +860,7 @@ def _item_embeddings_columns(table: _Table, path: Path, row_item: np.ndarray, fi
 
 
 def require_long_columns(
-    table: _Table, path: Path, item_col: str, model_col: str, confidence_col: str, correct_col: str
+    table: Table, path: Path, item_col: str, model_col: str, confidence_col: str, correct_col: str
 ) -> tuple[tuple[str, str], ...]:
     """Checks a long table has its four columns; returns ``(column, flag)`` pairs."""
     need = (
@@ -806,7 +879,7 @@ def require_long_columns(
 
 
 def load_with_panel(
-    path: str | Path,
+    source,
     *,
     model: str,
     item_col: str = "item",
@@ -814,6 +887,9 @@ def load_with_panel(
     confidence_col: str = "confidence",
     correct_col: str = "correct",
     embeddings: str | Path | None = None,
+    text_col: str | None = None,
+    text_embedding: str = "auto",
+    normalisation: str = "none",
 ) -> PanelData:
     """Loads a long table (one row per item and model): one target model and its panel.
 
@@ -823,14 +899,23 @@ def load_with_panel(
     counted in ``meta["dropped"]``.
 
     Args:
-      path: ``.csv``, ``.csv.gz``, ``.jsonl`` or ``.parquet`` with item, model,
-        confidence and correct columns, and optional ``group`` (evaluation
-        only) and ``text`` columns.
+      source: ``.csv``, ``.csv.gz``, ``.jsonl`` or ``.parquet`` with item,
+        model, confidence and correct columns, and optional ``group``
+        (evaluation only) and ``text`` columns; the same as a pandas or polars
+        DataFrame; or lm-eval samples / Inspect logs of several models (file
+        or folder, see :mod:`miscal_jax.app.evallogs`).
       model: the target model: its name, or an unambiguous part of it.
       item_col, model_col, confidence_col, correct_col: column names.
       embeddings: ``.npy`` of ``[rows, d]`` whose row ``k`` belongs to integer
         item id ``k``; without it the table's ``emb_0..emb_{d-1}`` columns
-        (the same on every row of an item) are used.
+        (the same on every row of an item) are used, else the items' texts
+        in ``text_col`` are embedded, else there are no item embeddings
+        (``item_embeddings`` is ``None``: the profile geometry needs none).
+      text_col: column of item texts (one per item: its first row's); for
+        evaluation logs their question texts.
+      text_embedding: ``"auto"``, ``"minilm"`` or ``"lsa"``.
+      normalisation: lm-eval multiple-choice confidences (see
+        :func:`~miscal_jax.app.evallogs.read_lm_eval`).
 
     Returns:
       A :class:`PanelData`.
@@ -850,19 +935,25 @@ def load_with_panel(
       >>> d.target.embeddings.shape, d.panel_correct.shape, d.panel_models
       ((30, 1), (30, 2), ['b', 'c'])
     """
-    path = Path(path)
-    _check_file(path, "data")
-    if path.suffix.lower() == ".npz":
+    if not is_frame(source) and Path(source).suffix.lower() == ".npz":
         raise ValueError(
             f"data: with --model the data is a long table (.csv, .csv.gz, .jsonl, .parquet: "
-            f"one row per item and model); {path} is an .npz."
+            f"one row per item and model); {source} is an .npz."
         )
     if confidence_col == correct_col:
         raise ValueError(
             f"correct_col: same column as confidence_col ({correct_col!r}); name the "
             "correctness column with --correct-col."
         )
-    table = read_table(path)
+    table = read_source(source, normalisation=normalisation)
+    path = table.source
+    if table.notes is not None and text_col is None and embeddings is None:
+        text_col = "text"  # evaluation logs: embed the questions
+    if text_col is not None and text_col not in table.columns:
+        raise ValueError(
+            f"--text-col: {path} has no column {text_col!r} "
+            f"(columns: {sorted(table.columns)[:12]})."
+        )
     need = require_long_columns(table, path, item_col, model_col, confidence_col, correct_col)
     dup = sorted({c for c, _ in need} & table.duplicates)
     if dup:
@@ -938,10 +1029,24 @@ def load_with_panel(
             "geometry needs other models' outcomes on the same items."
         )
 
+    extra_meta = {} if table.notes is None else {"log": table.notes}
+    has_columns = any(c.startswith("emb_") and c[4:].isdigit() for c in table.columns)
     if embeddings is not None:
         emb = _item_embeddings_npy(Path(embeddings), items, first, table)
-    else:
+    elif has_columns:
         emb = _item_embeddings_columns(table, path, row_item, first)
+    elif text_col is not None:
+        from miscal_jax.app.text_embed import embed_texts
+
+        texts = table.columns[text_col]
+        item_texts = ["" if texts[r] is None else str(texts[r]) for r in first]
+        cache_dir, cache_name = text_cache(source)
+        made = embed_texts(
+            item_texts, method=text_embedding, cache_dir=cache_dir, cache_name=cache_name
+        )
+        emb, extra_meta["text_embedding"] = made.embeddings, made.method
+    else:
+        emb = None  # a leaderboard table alone: the profile geometry needs no embeddings
 
     is_target = row_model < 0
     rows = np.flatnonzero(is_target & conf_given)
@@ -950,15 +1055,18 @@ def load_with_panel(
     conf = _numeric(confidence_col, [conf_vals[i] for i in rows], place, kind="conf")
     correct = _numeric(correct_col, [correct_vals[i] for i in rows], place, kind="correct")
     target_item = row_item[rows]
+    target_emb = np.zeros((rows.size, 1)) if emb is None else emb[target_item]
     try:
-        data = validate_inputs(emb[target_item], conf, correct)
+        data = validate_inputs(target_emb, conf, correct)
     except InputError as err:
         where = place(err.row) if err.row is not None else str(path)
         column = {"conf": confidence_col, "correct": correct_col}.get(err.argument, "emb")
         raise ValueError(f"{err} ({where}, column {column!r}, model {target!r})") from None
+    if emb is None:  # no embeddings: [n, 0] until the panel geometry places the items
+        data = (data[0][:, :0], *data[1:])
     text = group = group_names = None
-    if "text" in table.columns:
-        text = [str(table.columns["text"][i]) for i in rows]
+    if (text_col or "text") in table.columns:
+        text = [str(table.columns[text_col or "text"][i]) for i in rows]
     if "group" in table.columns:
         group, group_names = _groups([table.columns["group"][i] for i in rows])
     meta = {
@@ -967,10 +1075,11 @@ def load_with_panel(
         "confidence": confidence_col,
         "dropped": int(dropped),
         "outcomes": True,
+        **extra_meta,
     }
     return PanelData(
         Dataset(*data, text, group, group_names, meta, item=[items[k] for k in target_item]),
-        np.asarray(emb, np.float32),
+        None if emb is None else np.asarray(emb, np.float32),
         panel_correct[:, answered],
         panel_mask[:, answered],
         panel_conf[:, answered],

@@ -33,7 +33,7 @@ from miscal_jax import metrics as M
 from miscal_jax._types import FieldEstimate
 from miscal_jax.app.describe import snippet
 from miscal_jax.app.figures import field_map_png, regimes_png, reliability_png
-from miscal_jax.app.html import write_html_report
+from miscal_jax.app.html import source_notes, write_html_report
 from miscal_jax.app.io import Dataset
 from miscal_jax.app.stopping import CURRENT_STOP
 from miscal_jax.geometry.spaces import embed
@@ -431,32 +431,12 @@ def run_report(
         )
         summary["method_intervals"] = html["method_intervals"]
         for r, card in zip(summary["regimes"], html["regimes"], strict=True):
-            r.update({k: card[k] for k in ("headline", "terms", "excess_ci", "after_correction")})
+            keys = ("headline", "description", "terms", "excess_ci", "after_correction", "panel")
+            r.update({k: card[k] for k in keys if k in card})
         with open(tmp / "summary.json", "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
         (tmp / "report.md").write_text(_markdown(summary, regimes, texts), encoding="utf-8")
     return summary
-
-
-def _panel_note(panel: dict | None) -> list[str]:
-    """The report line on the panel geometry (none without a panel)."""
-    if panel is None:
-        return []
-    what = {"residual": "residuals (correct - confidence)", "correct": "correctness"}
-    what = what[panel.get("outcome", "correct")]
-    if panel.get("geometry", "encoder") == "profile":
-        how = (
-            f"Geometry: the panel profile space ({panel['dims']}-d): each of {panel['items']} "
-            f"items placed by {panel['models']} other models' {what} on it, projected on their "
-            f"top principal directions ({100 * panel['explained']:.0f}% of the variation)"
-        )
-    else:
-        how = (
-            f"Geometry: the panel space ({panel['dims']}-d) learned from {panel['models']} other "
-            f"models' {what} on {panel['items']} items (held-out loss {panel['val_loss']:.4f} "
-            f"against {panel['constant_loss']:.4f} for each model's mean alone)"
-        )
-    return ["", how + "; no outcome of this model enters it."]
 
 
 def _opt(value) -> str:
@@ -467,6 +447,7 @@ def _opt(value) -> str:
 def _markdown(s: dict, regimes, texts) -> str:
     het = s["heterogeneity"]
     src = s["source"]
+    notes = source_notes(src, markup=False)
     lines = [
         "# miscal_jax report",
         "",
@@ -475,7 +456,7 @@ def _markdown(s: dict, regimes, texts) -> str:
         + f", confidence `{src.get('confidence')}`; n = {s['n']}"
         + (f" ({src['dropped']} rows without a confidence dropped)" if src.get("dropped") else "")
         + f"; accuracy {s['accuracy']:.3f}, mean confidence {s['mean_confidence']:.3f}.",
-        *_panel_note(src.get("panel")),
+        *(["", *notes] if notes else []),
         "",
         "## Does miscalibration depend on the input?",
         "",

@@ -140,3 +140,28 @@ def test_choose_judges_trained_spaces_on_held_items_only():
     assert int(_choose(errors, train, jnp.asarray(held), ("raw", "learned"))) == 0
     errors = jnp.asarray(np.stack([base, base - 0.1]))
     assert int(_choose(errors, train, jnp.asarray(held), ("raw", "learned"))) == 1
+
+
+def test_embed_computes_only_the_chosen_space():
+    """A conditional on the choice (not every candidate stacked), equal to each candidate alone."""
+    from miscal_jax.geometry.spaces import embed_folds
+
+    d = make_planted(300, seed=3)
+    r = d.correct - d.conf
+    g, _, _ = fit_geometry(
+        jax.random.key(0), d.embeddings, d.conf, r, candidates=("raw", "std", "pca"), config=CFG
+    )
+    x, p = d.embeddings, d.conf
+    jaxpr = str(jax.make_jaxpr(embed)(g, x, p))
+    assert "cond[" in jaxpr and "concatenate" not in jaxpr
+    for k in range(3):
+        gk = g.replace(choice=jnp.asarray(k))
+        alone = embed(gk.replace(candidates=(g.candidates[k],), choice=jnp.asarray(0)), x, p)
+        np.testing.assert_allclose(embed(gk, x, p)[:, : alone.shape[1]], alone, rtol=1e-6)
+    # folds: one chosen space each, sequentially, equal to embedding fold by fold
+    folds = jax.tree.map(
+        lambda *a: jnp.stack(a), *(g.replace(choice=jnp.asarray(k)) for k in (2, 0))
+    )
+    z = embed_folds(folds, x, p)
+    np.testing.assert_allclose(z[0], embed(g.replace(choice=jnp.asarray(2)), x, p), rtol=1e-6)
+    np.testing.assert_allclose(z[1], embed(g.replace(choice=jnp.asarray(0)), x, p), rtol=1e-6)

@@ -32,6 +32,8 @@ fitted under ``jit``, for every fold at once, and for many models with
 distance passes are shared too (only the residual columns are batched).
 """
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -152,10 +154,14 @@ def embed(geometry: Geometry, x: ArrayLike, conf: ArrayLike) -> Array:
     """
     x = as_float(x)
     conf = as_float(conf)
-    spaces = [_candidate(geometry, k, x, conf) for k in range(len(geometry.candidates))]
-    if len(spaces) == 1:
-        return spaces[0]
-    return jnp.take(jnp.stack(spaces), geometry.choice, axis=0)
+    if len(geometry.candidates) == 1:
+        return _candidate(geometry, 0, x, conf)
+    # only the chosen space is computed (a conditional, not all candidates stacked);
+    # under vmap over a batched choice JAX turns it into a select of every branch
+    branches = [
+        functools.partial(_candidate, geometry, k) for k in range(len(geometry.candidates))
+    ]
+    return jax.lax.switch(geometry.choice, branches, x, conf)
 
 
 def embed_folds(geometry: Geometry, x: ArrayLike, conf: ArrayLike) -> Array:
@@ -173,7 +179,7 @@ def embed_folds(geometry: Geometry, x: ArrayLike, conf: ArrayLike) -> Array:
       Array([[ 0.,  2.],
              [-1.,  1.]], dtype=float32)
     """
-    return jax.vmap(lambda g: embed(g, x, conf))(geometry)
+    return jax.lax.map(lambda g: embed(g, x, conf), geometry)  # one space per fold at a time
 
 
 def weighted_pca(x: ArrayLike, weight: ArrayLike, k: int) -> tuple[Array, Array, Array]:

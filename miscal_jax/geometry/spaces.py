@@ -158,9 +158,7 @@ def embed(geometry: Geometry, x: ArrayLike, conf: ArrayLike) -> Array:
         return _candidate(geometry, 0, x, conf)
     # only the chosen space is computed (a conditional, not all candidates stacked);
     # under vmap over a batched choice JAX turns it into a select of every branch
-    branches = [
-        functools.partial(_candidate, geometry, k) for k in range(len(geometry.candidates))
-    ]
+    branches = [functools.partial(_candidate, geometry, k) for k in range(len(geometry.candidates))]
     return jax.lax.switch(geometry.choice, branches, x, conf)
 
 

@@ -45,6 +45,7 @@ References:
   normaliser calculation for softmax.
 """
 
+import contextvars
 import functools
 from typing import NamedTuple
 
@@ -65,6 +66,12 @@ __all__ = [
 ]
 
 IMPLEMENTATIONS = ("xla", "pallas", "dense")
+
+#: ``(mesh, axis)`` while a function is traced for a mesh
+#: (:func:`~miscal_jax.kernels.sharded.ring_while_tracing`): every
+#: :func:`kernel_moments` traced then runs as
+#: :func:`~miscal_jax.kernels.sharded.kernel_moments_ring` over that axis.
+RING: contextvars.ContextVar = contextvars.ContextVar("miscal_jax_ring", default=None)
 #: Row counts are padded up to a multiple of this before compiling.
 PAD_MULTIPLE = 128
 
@@ -428,6 +435,15 @@ def kernel_moments(
       >>> round(float(m.sum_wv[0, 0] / m.sum_w[0]), 4)  # (1 + 3 e^-0.5) / (1 + e^-0.5)
       1.7551
     """
+    ring = RING.get()
+    if ring is not None:  # traced for a mesh: the same sums with rows split over its axis
+        from miscal_jax.kernels.sharded import kernel_moments_ring
+
+        return kernel_moments_ring(
+            query, ref, values, log_bandwidth, mesh=ring[0], axis_name=ring[1], kernel=kernel,
+            query_index=query_index, ref_mask=ref_mask, query_block=query_block,
+            ref_block=ref_block, impl=impl, interpret=interpret,
+        )  # fmt: skip
     args, static, log_bw = prepare(
         query, ref, values, log_bandwidth, query_index, ref_mask,
         dict(kernel=kernel, query_block=query_block, ref_block=ref_block, impl=impl,

@@ -19,7 +19,9 @@ computation, padding and centring included, is one ``jax.jit`` whose static
 arguments are the mesh and the configuration.
 """
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -28,14 +30,56 @@ from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from miscal_jax.kernels.blockwise import KernelMoments, rescaled_sum
-from miscal_jax.kernels.moments import centred_codes, combine, moments, prepare, unstack
+from miscal_jax.kernels.moments import (
+    RING,
+    centred_codes,
+    combine,
+    moments,
+    prepare,
+    unstack,
+)
 
-__all__ = ["kernel_moments_ring", "kernel_moments_sharded"]
+__all__ = ["kernel_moments_ring", "kernel_moments_sharded", "ring_while_tracing"]
+
+
+@contextlib.contextmanager
+def ring_while_tracing(mesh: Mesh, axis: str) -> Iterator[None]:
+    """Every :func:`~miscal_jax.kernels.kernel_moments` traced inside runs on the ring.
+
+    Inside the context, :func:`~miscal_jax.kernels.kernel_moments` calls
+    :func:`kernel_moments_ring` over ``axis`` of ``mesh``.
+
+    The choice is made when a function is *traced*, so use it inside a
+    ``jax.jit`` whose static arguments include the mesh (as
+    :func:`~miscal_jax.model.fit_sharded` does): a program traced without it
+    and cached keeps running on one device.
+
+    Examples:
+      >>> import jax, numpy as np
+      >>> mesh = jax.make_mesh((jax.device_count(),), ("items",))
+      >>> z = np.linspace(0, 1, 10)[:, None]
+      >>> with ring_while_tracing(mesh, "items"):
+      ...     m = kernel_moments(z, z, np.ones((10, 1)), -1.0)
+      >>> bool(np.allclose(m.sum_wv[:, 0], m.sum_w))
+      True
+    """
+    token = RING.set((mesh, axis))
+    try:
+        yield
+    finally:
+        RING.reset(token)
 
 
 def _placed(mesh: Mesh, specs, *args):
-    """``args`` laid out as ``specs`` on ``mesh`` (inside ``jit``: a resharding, no host copy)."""
-    return [jax.reshard(a, NamedSharding(mesh, spec)) for a, spec in zip(args, specs, strict=True)]
+    """``args`` laid out as ``specs`` on ``mesh`` (inside ``jit``: a resharding, no host copy).
+
+    Explicit mesh axes are resharded; automatic ones (XLA's SPMD partitioner
+    lays out the rest of the program, as in :func:`~miscal_jax.model.fit_sharded`)
+    get a sharding constraint.
+    """
+    explicit = all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+    place = jax.reshard if explicit else jax.lax.with_sharding_constraint
+    return [place(a, NamedSharding(mesh, spec)) for a, spec in zip(args, specs, strict=True)]
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "axis", "static"))

@@ -22,7 +22,7 @@ from miscal_jax.model.field_model import (
     save,
     select_model,
 )
-from miscal_jax.model.sharded import predict_sharded
+from miscal_jax.model.sharded import fit_sharded, out_of_fold_sharded, predict_sharded
 
 __all__ = (
     "CrossFitResult",
@@ -42,6 +42,8 @@ __all__ = (
     "out_of_fold_global",
     "predict",
     "predict_sharded",
+    "fit_sharded",
+    "out_of_fold_sharded",
     "save",
     "select_model",
 )

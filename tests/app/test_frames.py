@@ -96,6 +96,7 @@ def test_leaderboard_table_alone_reports_in_the_profile_geometry(tmp_path):
     assert "no item embeddings or texts" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_leaderboard_cli_encoder_needs_embeddings_and_text_col_embeds(tmp_path, capsys):
     path = tmp_path / "long.csv"
     df = _leaderboard(n=60, models=4)

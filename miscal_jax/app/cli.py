@@ -33,6 +33,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from miscal_jax.app.api import PANEL_GEOMETRIES
+from miscal_jax.app.evallogs import NORMALISATIONS
 from miscal_jax.app.stopping import CURRENT_STOP, Stop, Stopped
 from miscal_jax.geometry.spaces import DEFAULT_CANDIDATES, GEOMETRIES
 
@@ -90,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     rep.add_argument(
         "--panel-geometry",
-        choices=("profile", "encoder"),
+        choices=PANEL_GEOMETRIES,
         default=None,
         help="with --model: place items by the panel's own outcomes on them (their top "
         "principal directions; default) or by an encoder of the embeddings trained to "
@@ -157,7 +159,7 @@ def _log_args(parser) -> None:
     parser.add_argument(
         "--choice-norm",
         default="none",
-        choices=("none", "length"),
+        choices=NORMALISATIONS,
         help="lm-eval multiple-choice logs: confidence from the choices' log-likelihoods "
         "(none, as acc) or per character (length, as acc_norm)",
     )

@@ -200,7 +200,7 @@ def load_panel(
     if np.any(counts > 1):
         dup = int(np.flatnonzero(seen == uniq[np.argmax(counts > 1)])[1])
         raise ValueError(
-            f"data: row {dup} of {path} repeats item {item_vals[dup]!r} for model "
+            f"data: {table.place(dup)} repeats item {item_vals[dup]!r} for model "
             f"{model_vals[dup]!r}; keep one row per item and model."
         )
     conf_rows = _floats(confidence_col, cols[confidence_col], path)
@@ -208,13 +208,14 @@ def load_panel(
     bad = np.flatnonzero(np.isfinite(conf_rows) & ((conf_rows < 0) | (conf_rows > 1)))
     if bad.size:
         raise ValueError(
-            f"{confidence_col}: value {conf_rows[bad[0]]} at row {bad[0]} of {path} is outside "
+            f"{confidence_col}: value {conf_rows[bad[0]]} on {table.place(int(bad[0]))} is outside "
             "[0, 1]; clip or drop it."
         )
     bad = np.flatnonzero(np.isfinite(conf_rows) & ~np.isin(correct_rows, (0.0, 1.0)))
     if bad.size:
         raise ValueError(
-            f"{correct_col}: value {correct_rows[bad[0]]} at row {bad[0]} of {path} is not 0 or 1."
+            f"{correct_col}: value {correct_rows[bad[0]]} on {table.place(int(bad[0]))} is not "
+            "0 or 1."
         )
     conf = np.full((len(models), len(items)), np.nan)
     correct = np.zeros((len(models), len(items)))

@@ -12,19 +12,24 @@ columns ``item``, ``model``, ``confidence``, ``correct``, ``text`` and
   answer under the softmax of the choices' log-likelihoods (``"none"``,
   lm-eval's ``acc``) or of their log-likelihoods per character of the choice
   (``"length"``, the ranking behind ``acc_norm``); ``correct`` is the logged
-  ``acc`` (or ``acc_norm``). Generative tasks log no log-probabilities; they
-  are read where the sample or its document has a numeric ``confidence``
-  field, and left out otherwise (with the reason in ``meta["skipped"]``).
+  ``acc`` (or ``acc_norm``; the one matching the confidence, required).
+  Generative tasks log no log-probabilities; they are read where the sample
+  or its document has a numeric ``confidence`` field (``correct``: the
+  task's first 0/1 metric, the same for every sample, recorded in the
+  notes), and left out otherwise (with the reason in ``notes["skipped"]``).
 - **Inspect** eval logs (``.eval`` or ``.json``, one file or a folder), read
   with ``inspect_ai``'s own log reader (the ``inspect`` extra). The
   confidence is a numeric ``confidence`` in the score's or the sample's
   metadata where a scorer put one there; else, for multiple-choice samples,
-  the chosen letter's probability among the choice letters from the answer
-  token's top log-probabilities (its own token probability without them);
-  else, for generated answers, the probability of the whole completion
-  (``exp`` of the summed token log-probabilities). ``correct`` is the first
-  scorer's value (``C``/``I``, true/false or 1/0); only the first epoch of
-  each sample is read.
+  the probability of the letter the model wrote (its last ``ANSWER: X``)
+  among the choice letters in the answer token's top log-probabilities (its
+  own token probability without them); else, for generated answers, the
+  probability of the whole completion (``exp`` of the summed token
+  log-probabilities: near 0 for long answers, so only meaningful for short
+  ones). ``correct`` is the first scorer's value (``C``/``I``, true/false or
+  1/0; ``N``, no answer, counts as wrong as in Inspect's own metrics);
+  only the first epoch of each sample is read, and of several logs of one
+  model on one task the newest successful one.
 
 The item is ``<task>/<document or sample id>``, so runs of several models on
 the same tasks line up for the panel geometry. Every problem raises
@@ -43,7 +48,19 @@ __all__ = ["NORMALISATIONS", "is_inspect_log", "is_lm_eval_samples", "read_inspe
 NORMALISATIONS = ("none", "length")
 _SAMPLES = re.compile(r"^samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[\d.\-]+)\.jsonl$")
 _QUESTION_FIELDS = ("question", "query", "problem", "input", "prompt", "text", "sentence", "ctx")
-_CORRECT = {"C": 1.0, "I": 0.0, "CORRECT": 1.0, "INCORRECT": 0.0, "TRUE": 1.0, "FALSE": 0.0}
+#: Inspect's score values (``N``: no answer, scored 0 by Inspect's own metrics).
+_CORRECT = {
+    "C": 1.0,
+    "I": 0.0,
+    "N": 0.0,
+    "CORRECT": 1.0,
+    "INCORRECT": 0.0,
+    "TRUE": 1.0,
+    "FALSE": 0.0,
+}
+#: Files ``inspect eval-set`` writes beside its logs.
+_MANIFESTS = ("logs.json", "eval-set.json")
+_ANSWER = re.compile(r"ANSWER\s*:\s*([A-Z])\b")
 
 
 def is_lm_eval_samples(path: Path) -> bool:
@@ -59,14 +76,14 @@ def is_inspect_log(path: Path) -> bool:
         return any(is_inspect_log(p) for p in path.rglob("*") if p.suffix in (".eval", ".json"))
     if path.suffix == ".eval":
         return True
-    if path.suffix != ".json" or _SAMPLES.match(path.name):
+    if path.suffix != ".json" or _SAMPLES.match(path.name) or path.name in _MANIFESTS:
         return False
     try:
         with open(path, encoding="utf-8") as f:
             head = f.read(4096)
     except (OSError, UnicodeDecodeError):
         return False
-    return '"eval"' in head and '"version"' in head and '"results_' not in path.name
+    return '"eval"' in head and '"version"' in head and not path.name.startswith("results_")
 
 
 def _rows_table(rows: list[dict], places: list[str], source: str, meta: dict) -> Table:
@@ -115,12 +132,23 @@ def _lm_eval_results(run: Path) -> dict:
         ) from None
 
 
-def _model_names(runs: dict[Path, dict], root: Path) -> dict[Path, str]:
-    """One name per run: its results' model_name, made unique with the folder where needed."""
-    names = {}
-    for run in runs:
-        res = _lm_eval_results(run)
-        names[run] = str(res.get("model_name") or res.get("config", {}).get("model") or run.name)
+def _model_name(run: Path, results: dict) -> str:
+    """A run's model: its results' ``model_name``, else ``pretrained=``, else the folder's name."""
+    if results.get("model_name"):
+        return str(results["model_name"])
+    args = results.get("config", {}).get("model_args")
+    if isinstance(args, dict) and args.get("pretrained"):
+        return str(args["pretrained"])
+    if isinstance(args, str):
+        for part in args.split(","):
+            key, _, value = part.partition("=")
+            if key.strip() == "pretrained" and value.strip():
+                return value.strip()
+    return run.name
+
+
+def _unique(names: dict[Path, str], root: Path) -> dict[Path, str]:
+    """Runs sharing a model name are told apart by their folder."""
     counts: dict[str, int] = {}
     for name in names.values():
         counts[name] = counts.get(name, 0) + 1
@@ -182,11 +210,13 @@ def _question(sample: dict) -> str:
 
 
 def _softmax_max(scores: list[float]) -> float:
+    """The largest softmax probability (``-inf`` scores: probability 0)."""
     top = max(scores)
-    return 1.0 / sum(math.exp(s - top) for s in scores)
+    return 1.0 / sum(math.exp(s - top) for s in scores if s > -math.inf)
 
 
-def _choice_confidence(sample, where, normalisation, delimiter) -> float:
+def _choice_confidence(sample: dict, where: str, normalisation: str, delimiter: str) -> float:
+    """The chosen choice's softmax probability (``acc_mutual_info``: the conditional half)."""
     try:
         lls = [float(r[0]) for r in sample["filtered_resps"]]
     except (TypeError, ValueError, IndexError):
@@ -194,14 +224,19 @@ def _choice_confidence(sample, where, normalisation, delimiter) -> float:
             f"data: {where}: filtered_resps is not a list of (log-likelihood, is_greedy) "
             "pairs; pass a multiple-choice task's samples."
         ) from None
-    if not lls or not all(math.isfinite(v) for v in lls):
-        raise ValueError(f"data: {where}: the choices' log-likelihoods are missing or not finite.")
+    args = _arguments(sample)
+    if "acc_mutual_info" in (sample.get("metrics") or []) and len(lls) % 2 == 0:
+        lls, args = lls[: len(lls) // 2], args[: len(lls) // 2]
+    if len(lls) < 2 or any(math.isnan(v) or v == math.inf for v in lls) or max(lls) == -math.inf:
+        raise ValueError(
+            f"data: {where}: the choices' log-likelihoods are missing, NaN or all -inf "
+            f"({len(lls)} given); the run is damaged: re-run the task."
+        )
     if normalisation == "length":
-        args = _arguments(sample)
         if len(args) != len(lls):
             raise ValueError(
                 f"data: {where}: {len(lls)} log-likelihoods but {len(args)} logged requests; "
-                "length normalisation needs each choice's text."
+                "length normalisation needs each choice's text (use --choice-norm none)."
             )
         lengths = [max(len(str(a[1]).removeprefix(delimiter)), 1) for a in args]
         lls = [v / k for v, k in zip(lls, lengths, strict=True)]
@@ -216,16 +251,30 @@ def _generative_confidence(sample: dict):
     return None
 
 
-def _binary_metric(sample: dict, preferred: tuple[str, ...], where: str) -> float:
-    metrics = [m for m in preferred if m in sample] or list(sample.get("metrics") or [])
-    for m in metrics:
-        v = sample.get(m)
-        if isinstance(v, bool) or (isinstance(v, int | float) and v in (0, 1)):
-            return float(v)
+def _is_binary(value) -> bool:
+    return isinstance(value, bool) or (isinstance(value, int | float) and value in (0, 1))
+
+
+def _task_metric(sample: dict, where: str) -> str:
+    """A generative task's right/wrong metric: the first 0/1 one of its first sample."""
+    names = [m for m in ("exact_match", "acc") if m in sample] + list(sample.get("metrics") or [])
+    for name in names:
+        if _is_binary(sample.get(name)):
+            return name
     raise ValueError(
-        f"data: {where} has no right/wrong metric (looked for {', '.join(metrics) or 'none'}: "
-        "a 0/1 value); choose a task whose metric is accuracy or exact match."
+        f"data: {where} has no right/wrong metric (looked for {', '.join(names) or 'none'}: a "
+        "0/1 value); choose a task whose metric is accuracy or exact match."
     )
+
+
+def _metric(sample: dict, name: str, where: str) -> float:
+    value = sample.get(name)
+    if not _is_binary(value):
+        raise ValueError(
+            f"data: {where} has no 0/1 {name!r} (got {value!r}); the confidence is paired with "
+            f"that metric's answer: log the task with {name!r}, or use the other --choice-norm."
+        )
+    return float(value)
 
 
 def read_lm_eval(path: str | Path, *, normalisation: str = "none") -> Table:
@@ -248,11 +297,12 @@ def read_lm_eval(path: str | Path, *, normalisation: str = "none") -> Table:
         raise ValueError(f"normalisation: expected one of {NORMALISATIONS}, got {normalisation!r}.")
     path = Path(path)
     runs = _lm_eval_runs(path)
-    names = _model_names(runs, path)
-    metric = ("acc",) if normalisation == "none" else ("acc_norm",)
-    rows, places, skipped = [], [], []
+    results = {run: _lm_eval_results(run) for run in runs}
+    names = _unique({run: _model_name(run, results[run]) for run in runs}, path)
+    metric = "acc" if normalisation == "none" else "acc_norm"
+    rows, places, skipped, used = [], [], [], {}
     for run, tasks in runs.items():
-        configs = _lm_eval_results(run).get("configs", {})
+        configs = results[run].get("configs", {})
         for task, f in sorted(tasks.items()):
             config = configs.get(task, {})
             lines = _sample_lines(f)
@@ -263,9 +313,9 @@ def read_lm_eval(path: str | Path, *, normalisation: str = "none") -> Table:
             )
             lines = [(no, s) for no, s in lines if s.get("filter") == filt]
             kind = config.get("output_type")
-            if kind is None:  # no results file: a list of (ll, greedy) pairs is multiple choice
+            if kind is None:  # no results file: two or more (ll, greedy) pairs are multiple choice
                 first = lines[0][1]["filtered_resps"]
-                pairs = isinstance(first, list) and first and isinstance(first[0], list)
+                pairs = isinstance(first, list) and len(first) > 1 and isinstance(first[0], list)
                 kind = "multiple_choice" if pairs else "generate_until"
             if kind not in ("multiple_choice", "generate_until"):
                 skipped.append(f"{names[run]}: {task} ({kind} has no per-item answer)")
@@ -277,11 +327,14 @@ def read_lm_eval(path: str | Path, *, normalisation: str = "none") -> Table:
                 )
                 continue
             delimiter = config.get("target_delimiter", " ")
+            task_metric = metric
+            if kind == "generate_until":
+                task_metric = _task_metric(lines[0][1], f"line {lines[0][0]} of {f}")
+            used[task] = task_metric if filt in (None, "none") else f"{task_metric} ({filt})"
             for no, s in lines:
                 where = f"line {no} of {f}"
                 if kind == "multiple_choice":
                     conf = _choice_confidence(s, where, normalisation, delimiter)
-                    correct = _binary_metric(s, metric, where)
                 else:
                     conf = _generative_confidence(s)
                     if conf is None:
@@ -289,13 +342,12 @@ def read_lm_eval(path: str | Path, *, normalisation: str = "none") -> Table:
                             f"data: {where} has no numeric 'confidence' field although earlier "
                             "samples of the task do; give every sample one."
                         )
-                    correct = _binary_metric(s, ("exact_match", "acc"), where)
                 rows.append(
                     {
                         "item": f"{task}/{s['doc_id']}",
                         "model": names[run],
                         "confidence": conf,
-                        "correct": correct,
+                        "correct": _metric(s, task_metric, where),
                         "text": _question(s),
                         "group": task,
                     }
@@ -307,7 +359,10 @@ def read_lm_eval(path: str | Path, *, normalisation: str = "none") -> Table:
             "give a confidence; for a generative task add a numeric 'confidence' to its samples."
         )
     return _rows_table(
-        rows, places, str(path), {"kind": "lm-eval", "norm": normalisation, "skipped": skipped}
+        rows,
+        places,
+        str(path),
+        {"kind": "lm-eval", "normalisation": normalisation, "metrics": used, "skipped": skipped},
     )
 
 
@@ -325,15 +380,16 @@ def _inspect_reader():
     return read_eval_log
 
 
-def _score_value(score, where: str) -> float:
+def _score_value(score, scorer: str, where: str) -> float:
     v = score.value
     if isinstance(v, str) and v.strip().upper() in _CORRECT:
         return _CORRECT[v.strip().upper()]
-    if isinstance(v, bool) or (isinstance(v, int | float) and v in (0, 1)):
+    if _is_binary(v):
         return float(v)
     raise ValueError(
-        f"data: {where}: score {v!r} is not right/wrong (C/I, true/false or 1/0); calibration "
-        "needs a binary outcome: use a scorer that marks answers right or wrong."
+        f"data: {where}: scorer {scorer!r} gave {v!r}, not right/wrong (C/I/N, true/false or "
+        "1/0); calibration needs a binary outcome, and only the first scorer is read: put a "
+        "scorer that marks answers right or wrong first."
     )
 
 
@@ -345,22 +401,33 @@ def _metadata_confidence(*holders):
     return None
 
 
-def _letter_confidence(tokens, letter: str, letters: str):
-    """The chosen letter's probability among the choice letters at the answer token."""
+def _logsumexp(values: list[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def _letter_confidence(tokens, letter: str, letters: frozenset):
+    """The written letter's probability among the choice letters at its answer token.
+
+    Top log-probabilities of the same letter with and without a leading space
+    (``"A"``, ``" A"``) are one outcome: their probabilities add.
+    """
     for tok in reversed(tokens):
         if tok.token.strip() != letter:
             continue
-        tops = {
-            t.token.strip(): t.logprob for t in tok.top_logprobs or [] if t.token.strip() in letters
-        }
-        if letter in tops:
-            top = max(tops.values())
-            return math.exp(tops[letter] - top) / sum(math.exp(v - top) for v in tops.values())
-        return math.exp(tok.logprob)
+        tops: dict[str, list[float]] = {}
+        for t in tok.top_logprobs or []:
+            if t.token.strip() in letters:
+                tops.setdefault(t.token.strip(), []).append(t.logprob)
+        if letter not in tops:
+            return math.exp(tok.logprob)
+        merged = {k: _logsumexp(v) for k, v in tops.items()}
+        return math.exp(merged[letter] - _logsumexp(list(merged.values())))
     return None
 
 
 def _inspect_confidence(sample, score):
+    """The sample's confidence, or ``None`` (no metadata value, no usable log-probabilities)."""
     conf = _metadata_confidence(score.metadata, sample.metadata)
     if conf is not None:
         return conf
@@ -370,9 +437,10 @@ def _inspect_confidence(sample, score):
     if not tokens:
         return None
     if sample.choices:
-        letters = "".join(chr(ord("A") + j) for j in range(len(sample.choices)))
-        answer = (score.answer or "").strip()
-        return _letter_confidence(tokens, answer, letters) if answer in letters else None
+        letters = frozenset(chr(ord("A") + j) for j in range(len(sample.choices)))
+        written = _ANSWER.findall(output.completion or "")  # the letter the model wrote
+        letter = written[-1] if written else (score.answer or "").strip()
+        return _letter_confidence(tokens, letter, letters) if letter in letters else None
     return math.exp(sum(t.logprob for t in tokens))
 
 
@@ -396,15 +464,46 @@ def _inspect_files(path: Path) -> list[Path]:
     return files
 
 
+def _read_log(read_eval_log, f: Path):
+    try:
+        return read_eval_log(str(f))
+    except Exception as err:  # the reader raises many types for damaged logs
+        msg = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise ValueError(
+            f"data: {f} is not a readable Inspect log ({msg}); the log is damaged or "
+            "truncated: re-run the eval, or leave the file out."
+        ) from None
+
+
+def _newest_per_task(logs: list) -> tuple[list, list[str]]:
+    """Of several logs of one model on one task, the newest successful one (others noted)."""
+    best: dict[tuple, tuple] = {}
+    for f, log in logs:
+        key = (log.eval.model, log.eval.task)
+        rank = (log.status == "success", str(log.eval.created or ""), f.name)
+        if key not in best or rank > best[key][0]:
+            best[key] = (rank, f, log)
+    kept = [(f, log) for _, f, log in best.values()]
+    names = {f for f, _ in kept}
+    skipped = [
+        f"{log.eval.model}: {log.eval.task} ({f.name}: an older or failed run of the same task)"
+        for f, log in logs
+        if f not in names
+    ]
+    return sorted(kept, key=lambda item: item[0]), skipped
+
+
 def read_inspect(path: str | Path) -> Table:
     """Inspect eval logs as a long table (needs ``inspect_ai``).
 
     Args:
       path: one ``.eval`` / ``.json`` log or a folder searched for them (each
-        log: one model on one task).
+        log: one model on one task; ``inspect eval-set`` manifests are skipped).
 
     Returns:
-      A :class:`~miscal_jax.app.tables.Table` (see the module docstring).
+      A :class:`~miscal_jax.app.tables.Table` (see the module docstring);
+      ``notes["dropped"]`` counts samples without a confidence (no answer, or
+      not one letter).
 
     Raises:
       ValueError: inspect_ai missing, an unreadable log, a non-binary score,
@@ -412,16 +511,11 @@ def read_inspect(path: str | Path) -> Table:
     """
     read_eval_log = _inspect_reader()
     path = Path(path)
-    rows, places, skipped = [], [], []
-    for f in _inspect_files(path):
-        try:
-            log = read_eval_log(str(f))
-        except Exception as err:  # the reader raises many types for damaged logs
-            msg = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-            raise ValueError(
-                f"data: {f} is not a readable Inspect log ({msg}); the log is damaged or "
-                "truncated: re-run the eval, or leave the file out."
-            ) from None
+    logs, skipped = _newest_per_task(
+        [(f, _read_log(read_eval_log, f)) for f in _inspect_files(path)]
+    )
+    rows, places, dropped = [], [], {}
+    for f, log in logs:
         model, task = log.eval.model, log.eval.task
         scored = [s for s in log.samples or [] if s.scores and s.epoch == 1]
         if not scored:
@@ -430,7 +524,7 @@ def read_inspect(path: str | Path) -> Table:
         found = []
         for s in scored:
             where = f"sample {s.id!r} of {f}"
-            score = next(iter(s.scores.values()))
+            scorer, score = next(iter(s.scores.items()))
             conf = _inspect_confidence(s, score)
             if conf is None:
                 continue
@@ -439,7 +533,7 @@ def read_inspect(path: str | Path) -> Table:
                     "item": f"{task}/{s.id}",
                     "model": model,
                     "confidence": conf,
-                    "correct": _score_value(score, where),
+                    "correct": _score_value(score, scorer, where),
                     "text": _input_text(s),
                     "group": task,
                 }
@@ -448,15 +542,13 @@ def read_inspect(path: str | Path) -> Table:
         if not found:
             skipped.append(
                 f"{model}: {task} ({f.name}: no confidence: no 'confidence' in score or sample "
-                "metadata and no log-probabilities; run with --logprobs --top-logprobs 5)"
+                "metadata and no answer log-probabilities; run with --logprobs and "
+                "--top-logprobs at least the number of choices)"
             )
         elif len(found) < len(scored):
-            raise ValueError(
-                f"data: {f}: {len(scored) - len(found)} of {len(scored)} scored samples have no "
-                "confidence (no metadata 'confidence', no answer-token log-probabilities); "
-                "re-run with --logprobs --top-logprobs 5 or drop those samples."
-            )
+            dropped[f"{model}: {task}"] = len(scored) - len(found)
         rows += found
     if not rows:
         raise ValueError(f"data: no usable Inspect log in {path}: " + "; ".join(skipped) + ".")
-    return _rows_table(rows, places, str(path), {"kind": "inspect", "skipped": skipped})
+    notes = {"kind": "inspect", "skipped": skipped, "dropped": dropped}
+    return _rows_table(rows, places, str(path), notes)

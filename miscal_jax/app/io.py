@@ -291,6 +291,11 @@ def read_source(source, *, normalisation: str = "none") -> Table:
 
     if is_frame(source):
         return from_frame(source)
+    if not isinstance(source, str | os.PathLike):
+        raise ValueError(
+            f"data: expected a path, a pandas or a polars DataFrame, got {type(source).__name__}"
+            " (a Series or a lazy frame: collect it into a DataFrame first)."
+        )
     path = Path(source)
     if path.is_dir():
         if evallogs.is_lm_eval_samples(path):
@@ -518,8 +523,8 @@ def _one_model(table: Table) -> str:
         shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
         raise ValueError(
             f"data: {table.source} holds runs of {len(names)} models ({shown}); pick the one "
-            "to report on with --model (the others form its panel), or compare them all "
-            "with `miscal-jax compare`."
+            "to report on with --model (model= in Python; the others form its panel), or "
+            "compare them all with `miscal-jax compare`."
         )
     return names[0]
 
@@ -678,7 +683,7 @@ def load_data(
         else:
             emb = np.stack([_numeric(c, table.columns[c], table.place) for c in emb_cols], axis=1)
         if (text_col or "text") in table.columns:
-            text = [str(t) for t in table.columns[text_col or "text"]]
+            text = ["" if t is None else str(t) for t in table.columns[text_col or "text"]]
         if "group" in table.columns:
             group, group_names = _groups(table.columns["group"])
         names = {"conf": confidence_col, "correct": correct_col}
@@ -1066,7 +1071,8 @@ def load_with_panel(
         data = (data[0][:, :0], *data[1:])
     text = group = group_names = None
     if (text_col or "text") in table.columns:
-        text = [str(table.columns[text_col or "text"][i]) for i in rows]
+        column = table.columns[text_col or "text"]
+        text = ["" if column[i] is None else str(column[i]) for i in rows]
     if "group" in table.columns:
         group, group_names = _groups([table.columns["group"][i] for i in rows])
     meta = {

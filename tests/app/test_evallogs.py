@@ -135,7 +135,7 @@ def _inspect_reference(path: Path) -> dict:
 
 def test_inspect_logs_read_with_inspects_reader():
     table = read_source(LOGS / "inspect")
-    assert table.rows == 120 and table.notes == {"kind": "inspect", "skipped": []}
+    assert table.rows == 120 and table.notes == {"kind": "inspect", "skipped": [], "dropped": {}}
     models = sorted(set(table.columns["model"]))
     assert models == ["mockllm/model-a", "mockllm/model-b", "mockllm/model-c"]
     for f in sorted((LOGS / "inspect").glob("*.eval")):
@@ -221,3 +221,77 @@ def test_compare_reads_a_folder_of_runs(logs):
     panel = load_panel(logs / "lm_eval", text_embedding="lsa")
     assert panel.models == ["model-a", "model-b", "model-c"] and panel.conf.shape == (3, 40)
     assert panel.meta["log"]["skipped"]
+
+
+# ------------------------------------------------------------------------ formats met in the wild
+
+
+def _rewrite(path: Path, change) -> list[dict]:
+    rows = _samples(path)
+    for sample in rows:
+        change(sample)  # in place
+    path.write_text("".join(json.dumps(s) + "\n" for s in rows))
+    return rows
+
+
+def test_lm_eval_mutual_info_metric_and_bad_log_likelihoods(logs):
+    f = _mc_file(logs / "lm_eval" / "run_a")
+    before = read_source(f).columns["confidence"]
+
+    def mutual_info(s):  # lm-eval appends one unconditional request per choice
+        s["filtered_resps"] = s["filtered_resps"] + [["0.0", "False"]] * len(s["filtered_resps"])
+        s["metrics"] = s["metrics"] + ["acc_mutual_info"]
+
+    _rewrite(f, mutual_info)
+    assert read_source(f).columns["confidence"] == pytest.approx(before, rel=1e-12)
+    with pytest.raises(ValueError, match="has no 0/1 'acc_norm'"):
+        _rewrite(f, lambda s: s.pop("acc_norm"))
+        read_source(f, normalisation="length")
+    _rewrite(f, lambda s: s.__setitem__("filtered_resps", [["nan", "False"], ["-1", "False"]]))
+    with pytest.raises(ValueError, match="log-likelihoods are missing, NaN or all -inf"):
+        read_source(f)
+
+
+def test_lm_eval_model_name_from_model_args_and_bad_sources(logs):
+    run = logs / "lm_eval" / "run_b" / "model-b"
+    results = next(run.glob("results_*.json"))
+    content = json.loads(results.read_text())
+    content.pop("model_name")
+    results.write_text(json.dumps(content))
+    assert "model-b" in read_source(logs / "lm_eval").columns["model"]
+    results.write_text(json.dumps(content)[:100])
+    with pytest.raises(ValueError, match="results_.* is not readable JSON .*delete the file"):
+        read_source(logs / "lm_eval")
+    with pytest.raises(ValueError, match="expected a path, a pandas or a polars DataFrame"):
+        read_source([1, 2, 3])
+
+
+def test_inspect_answers_scores_and_reruns(logs):
+    """N scores count as wrong; the written letter is the answer; re-runs keep the newest log."""
+    from inspect_ai.log import read_eval_log, write_eval_log
+
+    f = sorted((logs / "inspect").glob("*.eval"))[0]
+    log = read_eval_log(str(f))
+    first, second = log.samples[0], log.samples[1]
+    first.scores["choice"].value = "N"
+    second.output.choices[0].logprobs = None  # no answer log-probabilities: left out, counted
+    write_eval_log(log, str(f))
+    table = read_source(f)
+    assert table.rows == 39 and table.columns["correct"][0] == 0.0
+    assert table.notes["dropped"] == {f"{log.eval.model}: mini_mc": 1}
+    # a re-run of the same model and task: the newest successful log is read
+    log.eval.created = "2099-01-01T00:00:00+00:00"
+    write_eval_log(log, str(logs / "inspect" / "rerun.eval"))
+    (logs / "inspect" / "logs.json").write_text('{"version": 1, "eval": {}}')  # eval-set manifest
+    table = read_source(logs / "inspect")
+    assert table.rows == 119 and any("older or failed run" in s for s in table.notes["skipped"])
+
+
+def test_letter_confidence_merges_spaced_tokens_and_ignores_others():
+    from types import SimpleNamespace as NS
+
+    tops = [NS(token="A", logprob=np.log(0.3)), NS(token=" A", logprob=np.log(0.2))]
+    tops += [NS(token="B", logprob=np.log(0.25)), NS(token="\n", logprob=np.log(0.25))]
+    tokens = [NS(token=" A", logprob=np.log(0.3), top_logprobs=tops)]
+    conf = evallogs._letter_confidence(tokens, "A", frozenset("AB"))
+    assert conf == pytest.approx(0.5 / 0.75)

@@ -109,17 +109,17 @@ def test_out_of_fold_global_matches_a_per_fold_loop():
 
 
 def test_training_residuals_come_from_a_global_map_that_never_saw_the_item():
-    from miscal_jax.model.field_model import _inner_global
+    from miscal_jax.model.field_model import inner_global
 
     _, p, y = _data()
     n = p.shape[0]
     train = np.asarray(fold_masks(jax.random.key(0), n, 3)[0])
     inner = fold_masks(jax.random.key(1), n, 3)
-    _, p_global, residual = _inner_global(p, y, train, inner, "isotonic")
+    _, p_global, residual = inner_global(p, y, train, inner, "isotonic")
     for i in np.flatnonzero(train)[:5]:
         flipped = y.copy()
         flipped[i] = 1 - flipped[i]
-        _, p_other, _ = _inner_global(p, flipped, train, inner, "isotonic")
+        _, p_other, _ = inner_global(p, flipped, train, inner, "isotonic")
         assert p_other[i] == p_global[i]  # its own outcome never reached its map
     np.testing.assert_allclose(residual, y - p_global)
     # held-out rows get the map fitted on every training row

@@ -659,6 +659,19 @@ def log_note(log: dict | None) -> str | None:
     return note
 
 
+def scale_note(scale: dict | None) -> str | None:
+    """The note on which fitting path ran (``None`` for the exact one)."""
+    if not scale or scale.get("path") != "subsample":
+        return None
+    return (
+        f"Large data: the geometry, bandwidth and correction were chosen on a random subsample "
+        f"of {scale['selected_on']:,} of the {scale['n']:,} items and carried to all of them "
+        "(bandwidth rescaled by (m / n)^(1 / (k + 4)) for the k-dimensional space; each "
+        "subsample item keeps the fold that held it out); the field over all items is exact "
+        "kernel sums, one pass per fold."
+    )
+
+
 def source_notes(meta: dict, *, markup: bool = True) -> list[str]:
     """Notes on where the data came from: text embedding, panel geometry, evaluation logs.
 
@@ -797,7 +810,9 @@ def write_html_report(
         body.append(_group_table(summary))
     body += [
         "<h2>Method notes</h2>",
-        _notes(summary, boot, source_notes(meta)),
+        _notes(
+            summary, boot, [*source_notes(meta), *filter(None, [scale_note(summary.get("scale"))])]
+        ),
         f'<p class="small">Run time {summary.get("seconds", "?")} s. Also written: '
         "report.md, summary.json, points.csv and the figures as PNG files.</p>",
     ]

@@ -33,11 +33,11 @@ from miscal_jax import metrics as M
 from miscal_jax._types import FieldEstimate
 from miscal_jax.app.describe import snippet
 from miscal_jax.app.figures import field_map_png, regimes_png, reliability_png
-from miscal_jax.app.html import source_notes, write_html_report
+from miscal_jax.app.html import scale_note, source_notes, write_html_report
 from miscal_jax.app.io import Dataset
 from miscal_jax.app.stopping import CURRENT_STOP
 from miscal_jax.geometry.spaces import embed
-from miscal_jax.model.crossfit import CrossFitResult, crossfit
+from miscal_jax.model.crossfit import SELECT_ON, CrossFitResult, crossfit
 from miscal_jax.stats.inference import (
     GroupingLossInterval,
     HeterogeneityTest,
@@ -87,8 +87,11 @@ def model_statistics(
     """
     say = log or (lambda line: None)
     k_het, k_regimes, k_gl = jax.random.split(jax.random.key(seed), 3)
-    say(f"heterogeneity test ({permutations} permutations)")
-    het = heterogeneity_test(k_het, result.model, num_permutations=permutations)
+    # above SELECT_ON items the test runs on the subsample's model: every permutation
+    # re-smooths all items, and the subsample alone has the power (its items' folds are honest)
+    tested = result.model if result.selection is None else result.selection
+    say(f"heterogeneity test ({permutations} permutations, {tested.ref_x.shape[0]} items)")
+    het = heterogeneity_test(k_het, tested, num_permutations=permutations)
     say("regime discovery")
     found = discover_regimes(k_regimes, result.model)
     estimate = FieldEstimate(*map(jax.numpy.asarray, (result.field, result.field_se, result.n_eff)))
@@ -302,7 +305,8 @@ def run_report(
     say = log or (lambda line: None)
     started = time.perf_counter()
     x, p, y = data.embeddings, data.conf, data.correct
-    say(f"cross-fitting {folds} folds ({x.shape[0]} items, {x.shape[1]}-d embeddings)")
+    large = f"; chosen on {SELECT_ON} of them" if x.shape[0] > SELECT_ON else ""
+    say(f"cross-fitting {folds} folds ({x.shape[0]} items, {x.shape[1]}-d embeddings{large})")
     geometry = {} if candidates is None else {"candidates": tuple(candidates)}
     res = crossfit(x, p, y, folds=folds, seed=seed, progress=progress, **geometry)
     stats = model_statistics(res, seed=seed, permutations=permutations, log=say)
@@ -318,6 +322,7 @@ def run_report(
     summary = {
         "n": int(x.shape[0]),
         "source": data.meta,
+        "scale": res.scale,
         "accuracy": float(y.mean()),
         "mean_confidence": float(p.mean()),
         "heterogeneity": {
@@ -447,7 +452,7 @@ def _opt(value) -> str:
 def _markdown(s: dict, regimes, texts) -> str:
     het = s["heterogeneity"]
     src = s["source"]
-    notes = source_notes(src, markup=False)
+    notes = [*source_notes(src, markup=False), *filter(None, [scale_note(s.get("scale"))])]
     lines = [
         "# miscal_jax report",
         "",

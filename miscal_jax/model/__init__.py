@@ -1,6 +1,8 @@
 """The fitted field (FieldModel), its checkpoints, and honest K-fold cross-fitting."""
 
+from miscal_jax.model.carry import carry, subsample
 from miscal_jax.model.crossfit import (
+    SELECT_ON,
     CrossFitResult,
     FoldModel,
     apply_crossfit,
@@ -27,12 +29,14 @@ from miscal_jax.model.sharded import fit_sharded, out_of_fold_sharded, predict_s
 __all__ = (
     "CrossFitResult",
     "FORMAT_VERSION",
+    "SELECT_ON",
     "FieldModel",
     "FitConfig",
     "FoldModel",
     "apply_crossfit",
     "crossfit",
     "batch_axes",
+    "carry",
     "fit",
     "fit_many",
     "fold_masks",
@@ -46,4 +50,5 @@ __all__ = (
     "out_of_fold_sharded",
     "save",
     "select_model",
+    "subsample",
 )

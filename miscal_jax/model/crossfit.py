@@ -31,10 +31,16 @@ from miscal_jax.calibrators.global_maps import (
 from miscal_jax.correction.local import CorrectionState
 from miscal_jax.geometry.encoder import EncoderConfig
 from miscal_jax.geometry.spaces import DEFAULT_CANDIDATES, GEOMETRIES, Geometry, embed_folds
+from miscal_jax.model.carry import carry, subsample
 from miscal_jax.model.field_model import FieldModel, FitConfig, fit, out_of_fold, predict
 from miscal_jax.validation import validate_inputs
 
-__all__ = ["CrossFitResult", "FoldModel", "apply_crossfit", "crossfit"]
+__all__ = ["SELECT_ON", "CrossFitResult", "FoldModel", "apply_crossfit", "crossfit"]
+
+#: Above this many items the geometry, bandwidth and correction are chosen on
+#: a random subsample of this size and carried to every item
+#: (:mod:`miscal_jax.model.carry`).
+SELECT_ON = 8192
 
 
 class FoldModel(NamedTuple):
@@ -74,6 +80,9 @@ class CrossFitResult(NamedTuple):
         ``constant_error`` (the training mean's error there).
       model: the :class:`~miscal_jax.model.FieldModel` (save it, or
         :func:`~miscal_jax.model.predict` with it).
+      scale: which fitting path ran (see :func:`crossfit`).
+      selection: on the subsample path, the model fitted on the subsample
+        (the heterogeneity test runs on it); ``None`` on the exact path.
     """
 
     field: np.ndarray
@@ -85,9 +94,12 @@ class CrossFitResult(NamedTuple):
     models: tuple
     info: tuple
     model: FieldModel
+    scale: dict | None = None
+    selection: FieldModel | None = None
 
 
 _fit = jax.jit(fit)
+_carry = jax.jit(carry)
 
 
 @jax.jit
@@ -154,6 +166,7 @@ def crossfit(
     global_method: str = "isotonic",
     final_recalibration: bool = True,
     progress: bool = True,
+    select_on: int | None = SELECT_ON,
 ) -> CrossFitResult:
     """Runs validate -> represent -> smooth -> correct with K-fold cross-fitting.
 
@@ -169,9 +182,15 @@ def crossfit(
       global_method: ``"isotonic"`` or ``"temperature"`` for the first map.
       final_recalibration: fit a final isotonic map on the corrected values.
       progress: print one line to stderr when the fit starts and ends.
+      select_on: with more items than this, fit on a random subsample of this
+        size and carry the model to all items (:func:`~miscal_jax.model.carry`);
+        ``None``: always fit on all items.
 
     Returns:
       A :class:`CrossFitResult`; every per-item output is out-of-fold.
+      ``scale`` says which path ran: ``{"path": "exact", "n": n}`` or
+      ``{"path": "subsample", "n": n, "selected_on": m}``; on the second,
+      ``selection`` is the model fitted on the subsample (``None`` otherwise).
 
     Examples:
       >>> from miscal_jax.synthetic.planted import make_planted
@@ -206,9 +225,20 @@ def crossfit(
     start = time.perf_counter()
     if progress:
         print(f"miscal-jax: fitting {folds} folds ({', '.join(candidates)})...", file=sys.stderr)
-    model, info = _fit(jax.random.key(seed), x, p, y, fit_config)
+    n = x.shape[0]
+    if select_on is not None and n > select_on:
+        if select_on < 2 * folds:
+            raise ValueError(f"select_on: need at least {2 * folds} items, got {select_on}.")
+        sub_key, fit_key, carry_key = jax.random.split(jax.random.key(seed), 3)
+        idx = np.asarray(subsample(sub_key, n, select_on))
+        small, info = _fit(fit_key, x[idx], p[idx], y[idx], fit_config)
+        model = _carry(small, carry_key, x, p, y, idx)
+        scale = {"path": "subsample", "n": n, "selected_on": select_on}
+    else:
+        model, info = _fit(jax.random.key(seed), x, p, y, fit_config)
+        scale, small = {"path": "exact", "n": n}, None
     est, p_local = jax.jit(out_of_fold)(model)
-    baselines = _baselines(model)
+    baselines = jax.block_until_ready(_baselines(model))  # the time below is the fit's
     if progress:
         print(f"miscal-jax: folds fitted in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     preds = {"uncorrected": p.copy()}
@@ -234,6 +264,8 @@ def crossfit(
         _fold_views(model),
         infos,
         model,
+        scale,
+        small,
     )
 
 

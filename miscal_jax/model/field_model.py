@@ -46,6 +46,7 @@ __all__ = [
     "fit",
     "fit_many",
     "fold_masks",
+    "inner_global",
     "load",
     "out_of_fold",
     "out_of_fold_global",
@@ -148,7 +149,7 @@ def fold_masks(rng: PRNGKey, n: int, folds: int) -> Array:
     return fold[None, :] != jnp.arange(folds)[:, None]
 
 
-def _inner_global(conf, correct, train, inner_masks, method):
+def inner_global(conf, correct, train, inner_masks, method):
     """The fold's global map and training residuals free of their own outcomes.
 
     The fold's map is fitted on its ``train`` rows. Each training row's
@@ -173,7 +174,7 @@ def _inner_global(conf, correct, train, inner_masks, method):
 
 def _fit_fold(rng, x, conf, correct, train, inner_masks, config: FitConfig):
     """One fold model from the ``train`` rows (every shape static)."""
-    global_map, p_global, residual = _inner_global(
+    global_map, p_global, residual = inner_global(
         conf, correct, train, inner_masks, config.global_method
     )
     geometry, loo, info = fit_geometry(

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from miscal_jax.model import FitConfig, carry, crossfit, fit, out_of_fold, subsample
 from miscal_jax.model.carry import carried_folds
@@ -36,6 +37,7 @@ def test_carry_is_out_of_fold_and_rescales_the_bandwidth():
     assert est.value.shape == (1500,) and np.isfinite(np.asarray(est.value)).all()
 
 
+@pytest.mark.slow
 def test_crossfit_large_path_agrees_with_the_exact_path():
     d = make_planted(3000, seed=2, amplitude=0.25)
     kw = dict(folds=3, candidates=("raw", "pca"), progress=False)

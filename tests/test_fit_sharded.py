@@ -86,6 +86,7 @@ def _one_device():
     return np.asarray(est.value), np.asarray(p), np.asarray(info["select_error"])
 
 
+@pytest.mark.slow
 def test_fit_over_8_devices_equals_one_device(tmp_path):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     out = tmp_path / "eight.npz"

@@ -90,7 +90,8 @@ def model_statistics(
     # above SELECT_ON items the test runs on the subsample's model: every permutation
     # re-smooths all items, and the subsample alone has the power (its items' folds are honest)
     tested = result.model if result.selection is None else result.selection
-    say(f"heterogeneity test ({permutations} permutations, {tested.ref_x.shape[0]} items)")
+    on = "" if result.selection is None else f", on the {tested.ref_x.shape[0]}-item subsample"
+    say(f"heterogeneity test ({permutations} permutations{on})")
     het = heterogeneity_test(k_het, tested, num_permutations=permutations)
     say("regime discovery")
     found = discover_regimes(k_regimes, result.model)

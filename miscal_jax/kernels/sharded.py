@@ -56,6 +56,7 @@ def ring_while_tracing(mesh: Mesh, axis: str) -> Iterator[None]:
 
     Examples:
       >>> import jax, numpy as np
+      >>> from miscal_jax.kernels import kernel_moments
       >>> mesh = jax.make_mesh((jax.device_count(),), ("items",))
       >>> z = np.linspace(0, 1, 10)[:, None]
       >>> with ring_while_tracing(mesh, "items"):

@@ -185,6 +185,7 @@ def test_inspect_log_without_confidence_is_named(logs):
 # ----------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_report_from_a_folder_of_lm_eval_runs(logs, tmp_path):
     out = tmp_path / "report"
     args = ["report", "--data", str(logs / "lm_eval"), "--model", "model-a", "--out", str(out)]

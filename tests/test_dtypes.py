@@ -38,6 +38,7 @@ def _pipeline(x, p, y):
     }
 
 
+@pytest.mark.slow
 def test_everything_is_float64_under_x64():
     d = make_planted(200, seed=0)
     with jax.enable_x64(True):

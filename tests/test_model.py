@@ -44,6 +44,7 @@ def test_jit_fit_and_predict_run_with_every_geometry():
     np.testing.assert_allclose(eager[1], corrected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_vmap_over_models_equals_a_loop():
     x, _, _ = _data()
     rng = np.random.default_rng(0)

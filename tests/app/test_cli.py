@@ -87,6 +87,7 @@ def test_report_on_npz(planted_npz, tmp_path, capsys):
     assert summary["methods"]["local"]["regional_error"] is not None
 
 
+@pytest.mark.slow
 def test_report_on_csv_with_npy(planted_npz, tmp_path):
     """The same items as test_report_on_npz (so the compiled fit is shared), as a CSV + .npy."""
     d = np.load(planted_npz)

@@ -79,6 +79,7 @@ def test_long_frame_equals_long_file(tmp_path):
     assert a.item_embeddings is None and a.target.embeddings.shape == (40, 0)
 
 
+@pytest.mark.slow
 def test_leaderboard_table_alone_reports_in_the_profile_geometry(tmp_path):
     """item, model, confidence, correct and nothing else: a report from a DataFrame, no file."""
     out = tmp_path / "report"

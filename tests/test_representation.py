@@ -165,3 +165,22 @@ def test_embed_computes_only_the_chosen_space():
     z = embed_folds(folds, x, p)
     np.testing.assert_allclose(z[0], embed(g.replace(choice=jnp.asarray(2)), x, p), rtol=1e-6)
     np.testing.assert_allclose(z[1], embed(g.replace(choice=jnp.asarray(0)), x, p), rtol=1e-6)
+
+
+def test_gathered_training_rows_equal_the_masked_smoother():
+    """train_size: the training rows alone, smoothed against each other (no masked pairs)."""
+    d = make_planted(700, seed=4, amplitude=0.3)
+    r = d.correct - d.conf
+    train = np.arange(700) % 5 != 2  # one fold held out: 560 training rows
+    kw = dict(candidates=("raw", "pca"), config=CFG)
+    key = jax.random.key(0)
+    masked, _, masked_info = fit_geometry(key, d.embeddings, d.conf, r, train, **kw)
+    for size in (560, 600):  # exactly the training rows, and padded
+        g, loo, info = fit_geometry(key, d.embeddings, d.conf, r, train, train_size=size, **kw)
+        z = embed(g, d.embeddings, d.conf)
+        ref = loo_field(z, r, g.log_bandwidth, ref_mask=train)  # all rows, masked references
+        np.testing.assert_allclose(loo.value[train], ref.value[train], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(loo.n_eff[train], ref.n_eff[train], rtol=1e-4)
+        assert not np.asarray(loo.value)[~train].any()  # held-out rows are not computed
+        assert int(g.choice) == int(masked.choice)
+        np.testing.assert_array_equal(info["honest"], masked_info["honest"])

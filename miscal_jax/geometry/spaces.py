@@ -296,6 +296,7 @@ def fit_geometry(
     config: EncoderConfig = EncoderConfig(),
     use_conf: bool = True,
     split: tuple[float, float] = (0.7, 0.15),
+    train_size: int | None = None,
 ) -> tuple[Geometry, FieldEstimate, dict]:
     """Fits candidate geometries and keeps the best by cross-validated smoother error.
 
@@ -319,11 +320,17 @@ def fit_geometry(
         is also the PCA dimension.
       use_conf: feed ``logit(conf)`` to the MLP.
       split: fractions of the training rows for *fit* and *stop*.
+      train_size: static; at least the number of training rows. The
+        training rows are then gathered (padded to this size) and smoothed
+        against each other alone, instead of smoothing all ``n`` rows
+        against the masked ``n``: at K = 5 folds about a third fewer pairs.
+        ``None``: all rows, masked.
 
     Returns:
       ``(geometry, loo, info)``. ``loo`` is the chosen space's
       :class:`~miscal_jax.FieldEstimate` at its bandwidth, ``[n]`` arrays:
-      leave-one-out at training rows, ordinary at the others.
+      leave-one-out at training rows; at the others the ordinary estimate
+      (``train_size=None``) or zero (not computed).
       ``info["select_error"]`` is ``[c]``: each candidate's mean LOO error
       over the rows it is judged on; ``info["held_error"]`` ``[c]`` the same
       over the rows no trained candidate saw; ``info["constant_error"]`` the
@@ -394,26 +401,33 @@ def fit_geometry(
         histories.append(history)
     geometry = geometry.replace(params=tuple(params))
 
+    if train_size is None:  # every row a query, the training rows the references
+        rows = jnp.arange(n)
+    else:  # the training rows alone, gathered (index n pads)
+        rows = jnp.nonzero(train, size=train_size, fill_value=n)[0]
+    take = jnp.minimum(rows, n - 1)
+    ok, held_rows, r_rows = train[take] & (rows < n), held[take] & (rows < n), residual[take]
     errors, estimates, bandwidths = [], [], []
     for k, kind in enumerate(candidates):
-        z = _candidate(geometry, k, x, conf)
-        grid = bandwidth_grid(z, ref_mask=train)
-        est = loo_field(z, residual, grid, ref_mask=train, kernel=config.kernel)  # [g, n]
-        judged = held if kind in TRAINED else train
-        best = jnp.argmin(_masked_mean((residual - est.value) ** 2, judged))
+        z = _candidate(geometry, k, x[take], conf[take])
+        grid = bandwidth_grid(z, ref_mask=ok)
+        est = loo_field(z, r_rows, grid, ref_mask=ok, kernel=config.kernel)  # [g, rows]
+        judged = held_rows if kind in TRAINED else ok
+        best = jnp.argmin(_masked_mean((r_rows - est.value) ** 2, judged))
         estimates.append(_take(est, best))
         bandwidths.append(grid[best])
-        errors.append((residual - estimates[-1].value) ** 2)
+        errors.append((r_rows - estimates[-1].value) ** 2)
     errors = jnp.stack(errors)
-    choice = _choose(errors, train, held, candidates)
+    choice = _choose(errors, ok, held_rows, candidates)
     loo = _take(jax.tree.map(lambda *a: jnp.stack(a), *estimates), choice)
+    loo = jax.tree.map(lambda a: jnp.zeros(n, a.dtype).at[rows].set(a, mode="drop"), loo)
     geometry = geometry.replace(choice=choice, log_bandwidth=jnp.stack(bandwidths)[choice])
-    judged = jnp.stack([held if kind in TRAINED else train for kind in candidates])
+    judged = jnp.stack([held_rows if kind in TRAINED else ok for kind in candidates])
     info = {
         "select_error": jnp.sum(errors * judged, 1) / jnp.maximum(jnp.sum(judged, 1), 1),
-        "held_error": _masked_mean(errors, held),
-        "constant_error": _masked_mean((residual - _masked_mean(residual, train)) ** 2, held),
-        "honest": judged[choice],
+        "held_error": _masked_mean(errors, held_rows),
+        "constant_error": _masked_mean((r_rows - _masked_mean(r_rows, ok)) ** 2, held_rows),
+        "honest": jnp.stack([held if kind in TRAINED else train for kind in candidates])[choice],
     }
     if histories:
         info["encoder"] = tuple(histories)

@@ -186,6 +186,7 @@ def _fit_fold(rng, x, conf, correct, train, inner_masks, config: FitConfig):
         candidates=config.candidates,
         config=config.encoder,
         use_conf=config.use_conf,
+        train_size=x.shape[0] - x.shape[0] // config.folds,  # the largest fold's training rows
     )
     # the correction and the final map learn from rows whose field values are
     # as noisy as a new item's: a trained space's own fit rows are left out

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import miscal_jax as mj
 
@@ -41,6 +42,7 @@ def test_penalty_reaches_conf_and_the_geometry_only_on_request():
     assert _nonzero(jax.grad(f, argnums=(0, 1, 2))(EMB, CONF, 0.0, False))
 
 
+@pytest.mark.slow
 def test_predict_field_in_the_embeddings_corrected_conf_only_without_isotonic_maps():
     key = jax.random.key(0)
     iso = mj.FitConfig(folds=2, candidates=("raw",))

@@ -292,6 +292,7 @@ def test_a_batch_of_eight_models_is_first_class(tmp_path):
         select_model(many, 8)
 
 
+@pytest.mark.slow
 def test_fit_many_holds_the_shared_embeddings_once(tmp_path):
     """fit_many equals vmap(fit) leaf for leaf, but keeps one [n, d] ref_x; every
     batch consumer (out_of_fold, predict, select_model, save/load, the statistics)

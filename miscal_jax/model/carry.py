@@ -141,15 +141,15 @@ def carry(
 
     Examples:
       >>> import jax
-      >>> from miscal_jax.model import FitConfig, fit, out_of_fold
+      >>> from miscal_jax.model import FitConfig, fit
       >>> from miscal_jax.synthetic.planted import make_planted
-      >>> d = make_planted(600, seed=0)
-      >>> idx = subsample(jax.random.key(1), 600, 200)
+      >>> d = make_planted(300, seed=0)
+      >>> idx = subsample(jax.random.key(1), 300, 100)
       >>> small, _ = jax.jit(fit)(jax.random.key(0), d.embeddings[idx], d.conf[idx],
       ...                         d.correct[idx], FitConfig(folds=2, candidates=("raw",)))
-      >>> big = carry(small, jax.random.key(2), d.embeddings, d.conf, d.correct, idx)
-      >>> big.train_mask.shape, out_of_fold(big)[0].value.shape
-      ((2, 600), (600,))
+      >>> big = jax.jit(carry)(small, jax.random.key(2), d.embeddings, d.conf, d.correct, idx)
+      >>> big.train_mask.shape, big.ref_residual.shape
+      ((2, 300), (2, 300))
     """
     x, conf, correct = as_float(embeddings), as_float(conf), as_float(correct)
     idx = jnp.asarray(subsample_idx)

@@ -22,7 +22,9 @@ subsample of ``m`` items and extends it to all ``n``:
   training items at the carried bandwidth: the correction learns how far to
   trust the field at the resolution it is now used at (a space chosen on a
   small subsample can be poor, and its field must then be shrunk, however
-  many items it averages).
+  many items it averages). With fewer than ``m / 2`` such items per fold
+  (``n < 2m`` roughly) the subsample's own correction is kept: it was fitted
+  on more items.
 
 The out-of-fold field over all ``n`` items is then one smoothing pass per
 fold at one bandwidth in one space (exact blocked sums, ``~0.8 n^2`` kernel
@@ -174,12 +176,15 @@ def carry(
     )
     fresh = ~jnp.zeros(n, bool).at[idx].set(True)
     final = model.final_map is not None
-    size = max(1, min(2 * m, (n - m) // 2))  # fewer than the fresh training items of any fold
-    refit = lambda args: _refit_correction(
-        args[0], args[1], x, conf, correct, args[2], fresh, args[3], args[4], size=size, final=final
-    )
-    keys = jax.random.split(pick_rng, folds)
-    params, final_map = jax.lax.map(refit, (keys, geometry, masks, p_global, residual))
+    size = min(2 * m, (n - m) // 2)  # fewer than the fresh training items of any fold
+    params, final_map = model.params, model.final_map
+    if size >= m // 2:  # enough fresh items: refit (else the subsample's fit is the better one)
+        refit = lambda args: _refit_correction(
+            args[0], args[1], x, conf, correct, args[2], fresh, args[3], args[4],
+            size=size, final=final,
+        )  # fmt: skip
+        keys = jax.random.split(pick_rng, folds)
+        params, final_map = jax.lax.map(refit, (keys, geometry, masks, p_global, residual))
     return FieldModel(
         x, conf, correct, masks, residual, geometry, global_map, params, final_map, model.config
     )

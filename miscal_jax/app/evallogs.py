@@ -41,7 +41,7 @@ import math
 import re
 from pathlib import Path
 
-from miscal_jax.app.tables import Table
+from miscal_jax.app.tables import Table, json_objects
 
 __all__ = ["NORMALISATIONS", "is_inspect_log", "is_lm_eval_samples", "read_inspect", "read_lm_eval"]
 
@@ -168,23 +168,14 @@ def _sample_lines(path: Path) -> list[tuple[int, dict]]:
         ) from None
     except OSError as err:
         raise ValueError(f"data: cannot read {path} ({err.strerror or err}).") from None
-    out = []
-    for no, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"data: line {no} of {path} is not JSON ({err.msg}); the sample file is damaged "
-                "or truncated: re-run lm-eval with --log_samples."
-            ) from None
-        if not isinstance(row, dict) or "doc_id" not in row or "filtered_resps" not in row:
+    fix = "the sample file is damaged or truncated: re-run lm-eval with --log_samples."
+    out = json_objects(text, path, fix=fix)
+    for no, row in out:
+        if "doc_id" not in row or "filtered_resps" not in row:
             raise ValueError(
                 f"data: line {no} of {path} is not an lm-eval sample (no doc_id or "
                 "filtered_resps); pass the samples_<task>_<date>.jsonl lm-eval wrote."
             )
-        out.append((no, row))
     if not out:
         raise ValueError(f"data: {path} holds no samples; re-run lm-eval with --log_samples.")
     return out

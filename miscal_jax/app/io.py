@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from miscal_jax.app.tables import Table, from_frame, is_frame
+from miscal_jax.app.tables import Table, from_frame, is_frame, json_objects
 from miscal_jax.validation import InputError, validate_inputs
 
 __all__ = ["DEFAULT_MODEL", "Dataset", "PanelData", "load_data", "load_default", "load_with_panel"]
@@ -220,23 +220,10 @@ def _read_csv(text: str, path: Path) -> Table:
 
 
 def _read_jsonl(text: str, path: Path) -> Table:
+    fix = 'write one JSON object per line, e.g. {"confidence": 0.8, "correct": 1, ...}.'
     cols: dict[str, list] = {}
     lines: list[int] = []
-    for line_no, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"data: line {line_no} of {path} is not JSON ({err}); write one JSON object "
-                "per line."
-            ) from None
-        if not isinstance(row, dict):
-            raise ValueError(
-                f"data: line {line_no} of {path} is not a JSON object; write one object "
-                'per line, e.g. {"confidence": 0.8, "correct": 1, ...}.'
-            )
+    for line_no, row in json_objects(text, path, fix=fix):
         k = len(lines)
         for key in row.keys() - cols.keys():
             cols[key] = [None] * k

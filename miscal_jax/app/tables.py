@@ -7,11 +7,12 @@ in :mod:`miscal_jax.app.io` apply one set of column rules to it, whatever the
 source, so a DataFrame and a CSV file are checked the same way.
 """
 
+import json
 import math
 from collections.abc import Callable
 from typing import NamedTuple
 
-__all__ = ["Table", "from_frame", "is_frame"]
+__all__ = ["Table", "from_frame", "is_frame", "json_objects"]
 
 
 class Table(NamedTuple):
@@ -118,3 +119,35 @@ def from_frame(frame, name: str = "the DataFrame") -> Table:
         return f"row {i} (index {labels[i]!r}) of {name}"
 
     return Table(columns, {c for c, k in counts.items() if k > 1}, place, rows, name)
+
+
+def json_objects(text: str, source, *, fix: str) -> list[tuple[int, dict]]:
+    """The JSON objects of JSON-lines text, with their line numbers (blank lines skipped).
+
+    Args:
+      text: the file's text.
+      source: what messages call the file.
+      fix: the end of the message for a line that is not a JSON object.
+
+    Raises:
+      ValueError: ``data: line N of SOURCE is not JSON (...)`` or ``... is not
+        a JSON object``, then ``fix``.
+
+    Examples:
+      >>> json_objects('{"a": 1}\\n\\n{"a": 2}', "f.jsonl", fix="fix it.")
+      [(1, {'a': 1}), (3, {'a': 2})]
+    """
+    out = []
+    for no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"data: line {no} of {source} is not JSON ({err.msg}); {fix}"
+            ) from None
+        if not isinstance(row, dict):
+            raise ValueError(f"data: line {no} of {source} is not a JSON object; {fix}")
+        out.append((no, row))
+    return out

@@ -409,8 +409,9 @@ def fit_geometry(
     ok, held_rows, r_rows = train[take] & (rows < n), held[take] & (rows < n), residual[take]
     errors, estimates, bandwidths = [], [], []
     for k, kind in enumerate(candidates):
-        z = _candidate(geometry, k, x[take], conf[take])
-        grid = bandwidth_grid(z, ref_mask=ok)
+        z = _candidate(geometry, k, x, conf)
+        grid = bandwidth_grid(z, ref_mask=train)  # the same grid as the masked smoother's
+        z = z[take]
         est = loo_field(z, r_rows, grid, ref_mask=ok, kernel=config.kernel)  # [g, rows]
         judged = held_rows if kind in TRAINED else ok
         best = jnp.argmin(_masked_mean((r_rows - est.value) ** 2, judged))

@@ -209,6 +209,7 @@ def report(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     candidates: tuple[str, ...] | None = None,
+    out_name: str = "out",
     **columns,
 ) -> dict:
     """Reads a source with :func:`load` and writes the report to ``out``.
@@ -216,6 +217,7 @@ def report(
     Args:
       source, columns: as :func:`load` (``model``, ``text_col``, ...).
       out: output folder (created, or replaced if it holds a previous report).
+      out_name: what messages call ``out`` (the CLI: ``--out``).
       seed, folds, permutations, progress, log, candidates: as
         :func:`~miscal_jax.app.report.run_report`.
 
@@ -227,7 +229,7 @@ def report(
     """
     from miscal_jax.app.report import check_out_dir, run_report
 
-    check_out_dir(out, name="out")
+    check_out_dir(out, name=out_name)
     data = load(source, seed=seed, log=log, **columns)
     check_for_report(data, folds)
     return run_report(

@@ -411,8 +411,7 @@ def console() -> None:
 
 
 def _run(args) -> int:
-    from miscal_jax.app.api import check_for_report, load
-    from miscal_jax.app.report import check_out_dir, run_report
+    from miscal_jax.app.api import report
 
     started = time.perf_counter()
 
@@ -424,10 +423,20 @@ def _run(args) -> int:
         print(f"miscal-jax: [{time.perf_counter() - started:6.1f} s] {line}", file=sys.stderr)
         sys.stderr.flush()
 
+    candidates = None
+    if args.geometry is not None:
+        candidates = tuple(g.strip() for g in args.geometry.split(","))
     try:
-        check_out_dir(args.out, name="--out")
-        data = load(
+        summary = report(
             args.data,
+            args.out,
+            seed=args.seed,
+            folds=args.folds,
+            permutations=args.permutations,
+            progress=not args.quiet and sys.stderr.isatty(),
+            log=log,
+            candidates=candidates,
+            out_name="--out",
             model=args.model,
             embeddings=args.embeddings,
             confidence_col=args.confidence_col,
@@ -439,22 +448,6 @@ def _run(args) -> int:
             panel_outcome=args.panel_outcome,
             panel_geometry=args.panel_geometry,
             normalisation=args.choice_norm,
-            seed=args.seed,
-            log=log,
-        )
-        check_for_report(data, args.folds)
-        candidates = None
-        if args.geometry is not None:
-            candidates = tuple(g.strip() for g in args.geometry.split(","))
-        summary = run_report(
-            data,
-            args.out,
-            seed=args.seed,
-            folds=args.folds,
-            permutations=args.permutations,
-            progress=not args.quiet and sys.stderr.isatty(),
-            log=log,
-            candidates=candidates,
         )
     except ValueError as err:
         return _fail(str(err))

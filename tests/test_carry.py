@@ -50,3 +50,38 @@ def test_crossfit_large_path_agrees_with_the_exact_path():
     assert truth(carried) > truth(exact) - 0.05
     brier = lambda r, m: np.mean((r.predictions[m] - d.correct) ** 2)
     assert brier(carried, "local") < brier(carried, "isotonic")
+
+
+def test_binned_model_is_exact_with_a_bin_per_item_and_survives_save_and_load(tmp_path):
+    from miscal_jax.model import bin_model, load, predict, save
+
+    d = make_planted(600, seed=3, amplitude=0.25)
+    cfg = FitConfig(folds=3, candidates=("raw", "pca"))
+    model, _ = jax.jit(fit)(jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
+    binned = bin_model(model, jax.random.key(1), cells=600)  # every bin holds one item
+    (exact, p_exact), (approx, p_approx) = out_of_fold(model), out_of_fold(binned)
+    np.testing.assert_allclose(approx.value, exact.value, atol=1e-5)
+    np.testing.assert_allclose(p_approx, p_exact, atol=1e-4)
+    save(binned, tmp_path / "binned.msgpack")
+    again = load(tmp_path / "binned.msgpack")
+    assert again.bins.centre.shape == binned.bins.centre.shape
+    np.testing.assert_array_equal(
+        predict(again, d.embeddings[:7], d.conf[:7])[1],
+        predict(binned, d.embeddings[:7], d.conf[:7])[1],
+    )
+
+
+def test_crossfit_bins_on_request_and_reports_the_measured_error():
+    d = make_planted(2000, seed=4, amplitude=0.25)
+    kw = dict(folds=3, candidates=("raw",), progress=False)
+    res = crossfit(d.embeddings, d.conf, d.correct, select_on=600, cells=128, **kw)
+    scale = res.scale
+    assert scale["field"] == "binned" and scale["cells"] == 128
+    err = scale["approximation"]
+    assert err["checked"] > 0 and 0.0 <= err["field_max_abs_diff"] < 1.0
+    assert np.isfinite(res.field).all() and np.isfinite(res.corrected_conf).all()
+    assert res.model.bins.count.shape == (3, 256)
+    auto = crossfit(d.embeddings, d.conf, d.correct, select_on=600, **kw)
+    assert auto.scale["field"] == "exact" and auto.model.bins is None  # below EXACT_UP_TO
+    with pytest.raises(ValueError, match="cells"):
+        crossfit(d.embeddings, d.conf, d.correct, cells=0, **kw)

@@ -1,5 +1,6 @@
 """The fitted field (FieldModel), its checkpoints, and honest K-fold cross-fitting."""
 
+from miscal_jax.model.binned import bin_model, binned_error
 from miscal_jax.model.carry import carry, subsample
 from miscal_jax.model.crossfit import (
     SELECT_ON,
@@ -34,6 +35,8 @@ __all__ = (
     "FitConfig",
     "FoldModel",
     "apply_crossfit",
+    "bin_model",
+    "binned_error",
     "crossfit",
     "batch_axes",
     "carry",

@@ -41,9 +41,17 @@ from miscal_jax._types import Array, PRNGKey
 from miscal_jax.calibrators.global_maps import fit_isotonic
 from miscal_jax.correction.local import fit_correction_params, local_confidence
 from miscal_jax.geometry.spaces import embed
+from miscal_jax.kernels.binned import binned_moments
 from miscal_jax.kernels.moments import kernel_moments
-from miscal_jax.model.field_model import FieldModel, fold_masks, inner_global
-from miscal_jax.smoothing.nadaraya_watson import field_from_moments, residual_values
+from miscal_jax.model.binned import bin_model
+from miscal_jax.model.field_model import (
+    FieldModel,
+    fold_masks,
+    fold_parts,
+    fold_values,
+    inner_global,
+)
+from miscal_jax.smoothing.nadaraya_watson import field_from_moments
 
 __all__ = ["carry", "carried_folds", "subsample"]
 
@@ -94,24 +102,26 @@ def _space_width(geometry, x: Array, conf: Array) -> Array:
     return jnp.sum(jnp.any(z != 0, axis=1), axis=1)
 
 
-def _refit_correction(
-    rng, geometry, x, conf, correct, train, fresh, p_global, residual, size, final
-):
-    """One fold's correction and final map from ``size`` fresh training items' LOO field values."""
+def _refit_correction(rng, model: FieldModel, fold, fresh, p_global, size, final):
+    """One fold's correction and final map from ``size`` fresh training items' LOO field values.
+
+    The LOO values come from the fold's bins when the model has them.
+    """
+    geometry, train = fold[0], fold[4]
+    x, conf, correct = model.ref_x, model.ref_conf, model.ref_correct
     score = jnp.where(train & fresh, jax.random.uniform(rng, train.shape), -1.0)
     top, pick = jax.lax.top_k(score, size)
     valid = top >= 0.0
     z = embed(geometry, x, conf)
-    m = kernel_moments(
-        z[pick],
-        z,
-        residual_values(residual),
-        geometry.log_bandwidth,
-        query_index=pick,
-        ref_mask=train,
-        kernel=geometry.kernel,
-    )
-    loo = field_from_moments(m)
+    values = fold_values(model, fold[5])
+    bins, bw, kernel = fold[6], geometry.log_bandwidth, geometry.kernel
+    if bins is None:
+        m = kernel_moments(z[pick], z, values, bw, query_index=pick, ref_mask=train, kernel=kernel)
+    else:
+        m = binned_moments(
+            z[pick], bins, bw, kernel=kernel, self_bin=bins.label[pick], self_values=values[pick]
+        )
+    loo = field_from_moments(m._replace(sum_wv=m.sum_wv[:, 2:]))
     params = fit_correction_params(p_global[pick], loo.value, loo.n_eff, correct[pick], valid)
     if not final:
         return params, None
@@ -126,6 +136,7 @@ def carry(
     conf: ArrayLike,
     correct: ArrayLike,
     subsample_idx: ArrayLike,
+    cells: int | None = None,
 ) -> FieldModel:
     """Extends a model fitted on ``embeddings[subsample_idx]`` to all ``n`` items.
 
@@ -135,6 +146,10 @@ def carry(
       rng: PRNG key (the other items' folds, the inner split of the global maps).
       embeddings, conf, correct: ``[n, d]``, ``[n]``, ``[n]`` all items.
       subsample_idx: ``[m]`` the subsample's indices into them.
+      cells: static; ``None`` smooths every item exactly, an int bins each
+        fold's training items in ``2 cells`` bins
+        (:func:`~miscal_jax.model.bin_model`), used from the correction's
+        refit on.
 
     Returns:
       A :class:`~miscal_jax.model.FieldModel` over all ``n`` items (see the
@@ -162,7 +177,7 @@ def carry(
             f"subsample_idx has {m} and the embeddings are {x.shape}; pass the indices of the "
             "items it was fitted on, in the same order."
         )
-    fold_rng, inner_rng, pick_rng = jax.random.split(rng, 3)
+    fold_rng, inner_rng, pick_rng, bin_rng = jax.random.split(rng, 4)
     masks = carried_folds(fold_rng, model.fold, idx, n, folds)
     inner = fold_masks(inner_rng, n, folds)
     method = model.config.global_method
@@ -177,14 +192,17 @@ def carry(
     fresh = ~jnp.zeros(n, bool).at[idx].set(True)
     final = model.final_map is not None
     size = min(2 * m, (n - m) // 2)  # fewer than the fresh training items of any fold
-    params, final_map = model.params, model.final_map
-    if size >= m // 2:  # enough fresh items: refit (else the subsample's fit is the better one)
-        refit = lambda args: _refit_correction(
-            args[0], args[1], x, conf, correct, args[2], fresh, args[3], args[4],
-            size=size, final=final,
-        )  # fmt: skip
-        keys = jax.random.split(pick_rng, folds)
-        params, final_map = jax.lax.map(refit, (keys, geometry, masks, p_global, residual))
-    return FieldModel(
-        x, conf, correct, masks, residual, geometry, global_map, params, final_map, model.config
+    big = FieldModel(
+        x, conf, correct, masks, residual, geometry, global_map, model.params, model.final_map,
+        model.config,
+    )  # fmt: skip
+    if cells is not None:
+        big = bin_model(big, bin_rng, cells)
+    if size < m // 2:  # too few fresh items to refit: the subsample's fit is the better one
+        return big
+    refit = lambda args: _refit_correction(
+        args[0], big, fold_parts(big, args[1]), fresh, args[2], size=size, final=final
     )
+    keys = jax.random.split(pick_rng, folds)
+    params, final_map = jax.lax.map(refit, (keys, jnp.arange(folds), p_global))
+    return big.replace(params=params, final_map=final_map)

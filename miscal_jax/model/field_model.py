@@ -34,6 +34,7 @@ from miscal_jax.correction.local import (
 )
 from miscal_jax.geometry.encoder import EncoderConfig
 from miscal_jax.geometry.spaces import DEFAULT_CANDIDATES, Geometry, embed, fit_geometry
+from miscal_jax.kernels.binned import Bins, binned_moments
 from miscal_jax.kernels.moments import kernel_moments
 from miscal_jax.smoothing.nadaraya_watson import field_from_moments, residual_values
 
@@ -45,7 +46,10 @@ __all__ = [
     "check_queries",
     "fit",
     "fit_many",
+    "apply_fold",
     "fold_masks",
+    "fold_parts",
+    "fold_values",
     "inner_global",
     "load",
     "out_of_fold",
@@ -113,6 +117,10 @@ class FieldModel:
       params: :class:`~miscal_jax.correction.CorrectionParams`, ``[K]`` leaves.
       final_map: isotonic map applied last, ``[K, ...]`` leaves (``None`` when off).
       config: the :class:`FitConfig` (its structure static, its numbers leaves).
+      bins: ``None`` (fold models smooth their training items exactly), or
+        :class:`~miscal_jax.kernels.binned.Bins` with ``[K, ...]`` leaves: each
+        fold's training items summarised in its space (:func:`~miscal_jax.model.bin_model`),
+        which :func:`predict` and :func:`out_of_fold` then smooth instead.
     """
 
     ref_x: Array
@@ -125,6 +133,7 @@ class FieldModel:
     params: CorrectionParams
     final_map: Any
     config: FitConfig = FitConfig()
+    bins: Bins | None = None
 
     @property
     def fold(self) -> Array:
@@ -347,32 +356,46 @@ def per_model(fn, key: PRNGKey, model: FieldModel, *args):
     return jax.vmap(fn, in_axes=axes)(keys, model, *args)
 
 
-def _fold_model(model: FieldModel, k) -> tuple:
+def fold_parts(model: FieldModel, k) -> tuple:
+    """Fold ``k``'s pieces.
+
+    Returns:
+      ``(geometry, global_map, params, final_map, train_mask, ref_residual, bins)``.
+    """
     take = lambda tree: jax.tree.map(lambda a: a[k], tree)
     parts = (model.geometry, model.global_map, model.params, model.final_map)
-    return take(parts + (model.train_mask, model.ref_residual))
+    return take(parts + (model.train_mask, model.ref_residual, model.bins))
+
+
+def fold_values(model: FieldModel, ref_residual: Array) -> Array:
+    """``[n, 4]`` the values a fold smooths: ``[r, r^2]`` of ``correct - conf``, of the residual."""
+    raw = residual_values(model.ref_correct - model.ref_conf)
+    return jnp.concatenate([raw, residual_values(ref_residual)], axis=1)
 
 
 def _fold_fields(model: FieldModel, parts, x, conf):
     """``(field of correct - conf, field of correct - p_global)`` of one fold at ``[q, d]``."""
-    geometry, _, _, _, train, ref_residual = parts
-    ref_z = embed(geometry, model.ref_x, model.ref_conf)
+    geometry, _, _, _, train, ref_residual, bins = parts
     z = embed(geometry, x, conf)
-    values = jnp.concatenate(
-        [residual_values(model.ref_correct - model.ref_conf), residual_values(ref_residual)],
-        axis=1,
-    )
-    m = kernel_moments(
-        z, ref_z, values, geometry.log_bandwidth, ref_mask=train, kernel=geometry.kernel
-    )
+    if bins is not None:
+        m = binned_moments(z, bins, geometry.log_bandwidth, kernel=geometry.kernel)
+    else:
+        ref_z = embed(geometry, model.ref_x, model.ref_conf)
+        m = kernel_moments(
+            z, ref_z, fold_values(model, ref_residual), geometry.log_bandwidth, ref_mask=train,
+            kernel=geometry.kernel,
+        )  # fmt: skip
     field = field_from_moments(m._replace(sum_wv=m.sum_wv[:, :2]))
     local = field_from_moments(m._replace(sum_wv=m.sum_wv[:, 2:]))
     return field, local
 
 
-def _apply_fold(model: FieldModel, parts, x, conf):
-    """Field (of ``correct - conf``) and corrected confidence of one fold model."""
-    _, global_map, params, final_map, _, _ = parts
+def apply_fold(model: FieldModel, parts, x, conf):
+    """Field (of ``correct - conf``) and ``[q]`` corrected confidence of one fold at ``[q, d]``.
+
+    ``parts`` is :func:`fold_parts`'s tuple for the fold.
+    """
+    global_map, params, final_map = parts[1:4]
     field, local = _fold_fields(model, parts, x, conf)
     p_local = local_confidence(params, apply_global(global_map, conf), local.value, local.n_eff)
     if final_map is not None:
@@ -436,7 +459,7 @@ def predict_block(model: FieldModel, x: Array, conf: Array) -> tuple[FieldEstima
     """:func:`predict` of one block of queries as it is (no padding, no chunks)."""
     folds = model.train_mask.shape[0]
     per_fold = jax.lax.map(
-        lambda k: _apply_fold(model, _fold_model(model, k), x, conf), jnp.arange(folds)
+        lambda k: apply_fold(model, fold_parts(model, k), x, conf), jnp.arange(folds)
     )
     return jax.tree.map(lambda a: jnp.mean(a, axis=0), per_fold)
 
@@ -524,7 +547,7 @@ def out_of_fold(model: FieldModel) -> tuple[FieldEstimate, Array]:
     """
     if num_models(model) is not None:
         return jax.vmap(out_of_fold, in_axes=(batch_axes(model),))(model)
-    return _held_out_map(model, lambda parts, x, conf: _apply_fold(model, parts, x, conf))
+    return _held_out_map(model, lambda parts, x, conf: apply_fold(model, parts, x, conf))
 
 
 def out_of_fold_global(model: FieldModel) -> FieldEstimate:
@@ -567,7 +590,7 @@ def _held_out_map(model: FieldModel, apply):
     rows = jnp.minimum(index, n - 1)  # padding reads any row; it is dropped below
 
     def fold(k):
-        return apply(_fold_model(model, k), model.ref_x[rows[k]], model.ref_conf[rows[k]])
+        return apply(fold_parts(model, k), model.ref_x[rows[k]], model.ref_conf[rows[k]])
 
     per_fold = jax.lax.map(fold, jnp.arange(folds))
     flat = index.reshape(-1)
@@ -581,7 +604,10 @@ def _template(config: FitConfig, shapes: dict) -> FieldModel:
     x = jnp.zeros((n, d))
     if m is None:
         one = lambda: fit(jax.random.key(0), x, jnp.full(n, 0.5), jnp.zeros(n), config)
-        return jax.eval_shape(one)[0]
+        model = jax.eval_shape(one)[0]
+        if shapes.get("bins"):
+            model = model.replace(bins=_bins_template(config.folds, n, shapes["bins"]))
+        return model
     config = jax.tree.map(lambda a: jnp.zeros(m) + jnp.asarray(a)[0], config)
     many = jax.vmap(fit, in_axes=(None, None, 0, 0, 0))
     batch = jax.eval_shape(
@@ -590,6 +616,13 @@ def _template(config: FitConfig, shapes: dict) -> FieldModel:
     if shapes.get("shared_embeddings"):  # written by fit_many: one [n, d] for the batch
         batch = batch.replace(ref_x=jax.ShapeDtypeStruct((n, d), float_dtype()))
     return batch
+
+
+def _bins_template(folds: int, n: int, shape: list) -> Bins:
+    """The structure of a binned model's ``bins``: ``shape`` is ``[P, k, c]``."""
+    (p, k, c), f = shape, float_dtype()
+    new = lambda dims, dtype=f: jax.ShapeDtypeStruct((folds, *dims), dtype)
+    return Bins(new((p, k)), new((p,)), new((p, c)), new((n,), jnp.int32))
 
 
 def _plain(value):
@@ -642,6 +675,9 @@ def save(model: FieldModel, path: str | Path) -> None:
             "folds": config.folds,
             "models": num_models(model),
             "shared_embeddings": num_models(model) is not None and model.ref_x.ndim == 2,
+            "bins": None
+            if model.bins is None
+            else [*model.bins.centre.shape[1:], model.bins.sums.shape[-1]],
         },
     }
     state = serialization.to_state_dict(model)

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from miscal_jax.app import html as H
+from miscal_jax.app.bootstrap import bootstrap_metrics
 from miscal_jax.app.describe import count_terms, distinctive_terms, snippet
 from miscal_jax.app.figures import LEVEL, png
 from miscal_jax.app.report import Statistics, method_metrics, model_statistics
@@ -664,7 +665,7 @@ def write_compare_report(out_dir, panel: Panel, comp: Comparison, *, seed: int =
     for j, rep in enumerate(comp.models):
         groups = None if panel.group is None else panel.group[rep.index]
         y = panel.correct[panel.models.index(rep.name), rep.index]
-        boots.append(H.bootstrap_metrics(rep.result.predictions, y, groups, seed=seed + j))
+        boots.append(bootstrap_metrics(rep.result.predictions, y, groups, seed=seed + j))
     summary = _compare_summary(panel, comp, boots)
     rows = []
     for s in summary["models"]:

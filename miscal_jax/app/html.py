@@ -24,13 +24,13 @@ from statistics import NormalDist
 import jax
 import numpy as np
 
+from miscal_jax.app.bootstrap import bootstrap_metrics
 from miscal_jax.app.describe import count_terms, distinctive_terms, snippet
 from miscal_jax.app.figures import LEVEL, field_map_png, reliability_png
 from miscal_jax.calibrators.global_maps import apply_isotonic, fit_isotonic
 from miscal_jax.model.field_model import out_of_fold_global
 
 __all__ = [
-    "bootstrap_metrics",
     "category_shares",
     "ci_span",
     "escape",
@@ -42,7 +42,6 @@ __all__ = [
     "write_html_report",
 ]
 
-_METHODS = ("uncorrected", "temperature", "platt", "isotonic", "histogram", "local")
 _METRICS = (
     ("ece", "ECE"),
     ("ece_floor", "ECE floor"),
@@ -56,124 +55,6 @@ _METRICS = (
 
 
 # ----------------------------------------------------------------------------- numbers
-
-
-def _auroc_rows(p: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """AUROC of each bootstrap resample (rows of ``idx``), ties counting 1/2.
-
-    A resample is a multiset of the items, so its AUROC is the weighted
-    Mann-Whitney statistic of the original items with weights = how often
-    each was drawn: one sort of the distinct confidences serves every resample.
-    """
-    b, n = idx.shape
-    values, inv = np.unique(p, return_inverse=True)
-    u = values.size
-    rows = np.arange(b)[:, None]
-    flat = (inv[idx] + u * rows).ravel()
-    pos = np.bincount(flat, weights=y[idx].ravel(), minlength=b * u).reshape(b, u)
-    neg = np.bincount(flat, minlength=b * u).reshape(b, u) - pos
-    below = np.cumsum(neg, axis=1) - neg
-    n_pos, n_neg = pos.sum(1), neg.sum(1)
-    ok = (n_pos > 0) & (n_neg > 0)
-    stat = (pos * (below + 0.5 * neg)).sum(1)
-    return np.where(ok, stat / np.where(ok, n_pos * n_neg, 1.0), 0.5)
-
-
-def _binned_abs_gap(bins: np.ndarray, resid: np.ndarray, idx: np.ndarray, num: int, mean=False):
-    """Per resample (rows of ``idx``): sum over bins of ``|sum resid|`` (ECE-style)."""
-    b = idx.shape[0]
-    flat = (bins[idx] + num * np.arange(b)[:, None]).ravel()
-    sums = np.bincount(flat, weights=resid[idx].ravel(), minlength=b * num).reshape(b, num)
-    if not mean:
-        return np.abs(sums).sum(1) / idx.shape[1]
-    counts = np.bincount(flat, minlength=b * num).reshape(b, num)
-    present = counts > 0
-    gap = np.abs(sums) / np.where(present, counts, 1)
-    return np.where(present, gap, 0).sum(1) / np.maximum(present.sum(1), 1)
-
-
-def bootstrap_metrics(
-    predictions: dict,
-    correct,
-    groups=None,
-    *,
-    num_samples: int = 300,
-    level: float = LEVEL,
-    seed: int = 0,
-    methods=_METHODS,
-) -> dict:
-    """Item-bootstrap percentile intervals of held-out metrics, and paired differences.
-
-    Same definitions as :mod:`miscal_jax.metrics.calibration` (15 equal-width bins for
-    ECE; equal-mass bins fixed on the full sample; AUROC from mid-ranks;
-    regional error = mean over groups of ``|mean residual|``). Every method is
-    resampled with the same items, so differences between methods are paired.
-
-    Args:
-      predictions: method -> ``[n]`` out-of-fold confidences.
-      correct: ``[n]`` 0/1.
-      groups: optional ``[n]`` int group ids (evaluation only).
-      num_samples: bootstrap resamples.
-      level: interval coverage.
-      seed: resampling seed.
-      methods: which entries of ``predictions`` to use.
-
-    Returns:
-      ``{"intervals": {method: {metric: [low, high]}}, "local_minus_isotonic":
-      {metric: [estimate, low, high]}}`` (the second when both exist).
-    """
-    y = np.asarray(correct, np.float64)
-    n = y.size
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(num_samples, n))
-    alpha = (1 - level) / 2
-    g = None if groups is None else np.asarray(groups, np.int64)
-    samples: dict = {}
-    for name in methods:
-        if name not in predictions:
-            continue
-        p = np.asarray(predictions[name], np.float64)
-        r = y - p
-        ranks = np.argsort(np.argsort(p, kind="stable"), kind="stable")
-        pc = np.clip(p, 1e-4, 1 - 1e-4)
-        s = {
-            "ece": _binned_abs_gap(np.clip(np.floor(p * 15).astype(np.int64), 0, 14), r, idx, 15),
-            "ece_mass": _binned_abs_gap(ranks * 15 // n, r, idx, 15),
-            "brier": ((p - y) ** 2)[idx].mean(1),
-            "nll": -(y * np.log(pc) + (1 - y) * np.log1p(-pc))[idx].mean(1),
-            "auroc": _auroc_rows(p, y, idx),
-        }
-        if g is not None:
-            keep = g >= 0
-            gg = np.where(keep, g, g.max() + 1)
-            rr = np.where(keep, r, 0.0)
-            num = int(gg.max()) + 1
-            # the padding group (ignored ids) is dropped by counting only real groups
-            b = idx.shape[0]
-            flat = (gg[idx] + num * np.arange(b)[:, None]).ravel()
-            sums = np.bincount(flat, weights=rr[idx].ravel(), minlength=b * num).reshape(b, num)
-            counts = np.bincount(flat, minlength=b * num).reshape(b, num)
-            real = np.arange(num) <= g.max()
-            present = (counts > 0) & real
-            gap = np.abs(sums) / np.where(present, counts, 1)
-            s["regional_error"] = np.where(present, gap, 0).sum(1) / np.maximum(present.sum(1), 1)
-        samples[name] = s
-    out = {
-        "level": level,
-        "num_samples": num_samples,
-        "intervals": {
-            m: {k: [float(v) for v in np.quantile(a, [alpha, 1 - alpha])] for k, a in s.items()}
-            for m, s in samples.items()
-        },
-    }
-    if "local" in samples and "isotonic" in samples:
-        diff = {}
-        for k in samples["local"]:
-            d = samples["local"][k] - samples["isotonic"][k]
-            lo, hi = np.quantile(d, [alpha, 1 - alpha])
-            diff[k] = [float(np.mean(d)), float(lo), float(hi)]
-        out["local_minus_isotonic"] = diff
-    return out
 
 
 def category_shares(mask, groups, names, k=3) -> list:

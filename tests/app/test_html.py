@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from miscal_jax import metrics as M
+from miscal_jax.app import bootstrap as B
 from miscal_jax.app import html as H
 from miscal_jax.app.cli import main
 from miscal_jax.stats.regimes import Regime
@@ -47,11 +48,11 @@ def test_bootstrap_helpers_match_metrics_on_the_full_sample():
     p = np.round(rng.uniform(0.3, 1.0, n), 2)  # ties, as with verbalised confidences
     y = (rng.random(n) < p - 0.1).astype(float)
     g = rng.integers(0, 5, n)
-    idx = np.arange(n)[None]
+    counts = np.ones((1, n))  # every item once
     bins = np.clip(np.floor(p * 15).astype(int), 0, 14)
-    np.testing.assert_allclose(H._binned_abs_gap(bins, y - p, idx, 15)[0], M.ece(p, y), atol=1e-6)
-    np.testing.assert_allclose(H._auroc_rows(p, y, idx)[0], M.auroc(p, y), atol=1e-6)
-    out = H.bootstrap_metrics({"uncorrected": p, "local": p, "isotonic": p}, y, g, num_samples=50)
+    np.testing.assert_allclose(B.ece_rows(bins, y - p, counts, 15)[0], M.ece(p, y), atol=1e-6)
+    np.testing.assert_allclose(B.auroc_rows(p, y, counts)[0], M.auroc(p, y), atol=1e-6)
+    out = B.bootstrap_metrics({"uncorrected": p, "local": p, "isotonic": p}, y, g, num_samples=50)
     lo, hi = out["intervals"]["uncorrected"]["regional_error"]
     assert lo <= float(M.regional_error(p, y, g)) <= hi
     lo, hi = out["intervals"]["uncorrected"]["brier"]
@@ -69,7 +70,7 @@ def test_bootstrap_interval_coverage_of_brier():
     for s in range(200):
         p = rng.choice([0.2, 0.5], 300)
         y = (rng.random(300) < p).astype(float)
-        lo, hi = H.bootstrap_metrics({"uncorrected": p}, y, num_samples=200, seed=s)["intervals"][
+        lo, hi = B.bootstrap_metrics({"uncorrected": p}, y, num_samples=200, seed=s)["intervals"][
             "uncorrected"
         ]["brier"]
         hits += lo <= truth <= hi

@@ -13,9 +13,20 @@ AUROC), and such sums for a block of resamples are one sparse-dense product
 import numpy as np
 from scipy import sparse
 
-from miscal_jax.app.figures import LEVEL
+__all__ = [
+    "LEVEL",
+    "METHODS",
+    "RESAMPLE_ELEMENTS",
+    "auroc_rows",
+    "bin_sums",
+    "bootstrap_metrics",
+    "ece_rows",
+    "indicator",
+    "resampled_counts",
+]
 
-__all__ = ["METHODS", "RESAMPLE_ELEMENTS", "auroc_rows", "bootstrap_metrics", "ece_rows"]
+#: Coverage of the bootstrap intervals and bands.
+LEVEL = 0.9
 
 #: Methods resampled by default.
 METHODS = ("uncorrected", "temperature", "platt", "isotonic", "histogram", "local")
@@ -23,15 +34,31 @@ METHODS = ("uncorrected", "temperature", "platt", "isotonic", "histogram", "loca
 RESAMPLE_ELEMENTS = 1 << 22
 
 
-def _indicator(index: np.ndarray, weights: np.ndarray, num: int) -> sparse.csc_matrix:
+def resampled_counts(rng: np.random.Generator, n: int, num_samples: int):
+    """Yields ``[n, b]`` multiplicity counts of ``num_samples`` resamples of ``n`` items, in blocks.
+
+    Each block holds at most :data:`RESAMPLE_ELEMENTS` counts (at least one resample).
+    """
+    block = max(1, RESAMPLE_ELEMENTS // max(n, 1))
+    for start in range(0, num_samples, block):
+        b = min(block, num_samples - start)
+        idx = rng.integers(0, n, size=(b, n)) + n * np.arange(b)[:, None]
+        counts = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n)
+        yield np.ascontiguousarray(counts.T, float)
+
+
+def indicator(index: np.ndarray, weights: np.ndarray, num: int) -> sparse.csc_matrix:
     """``[num, n]`` sparse: column ``i`` holds ``weights[i]`` in row ``index[i]``."""
     n = index.size
     return sparse.csc_matrix((weights, (index, np.arange(n))), shape=(num, n))
 
 
-def _sums(indicator: sparse.csc_matrix, counts_t: np.ndarray) -> np.ndarray:
-    """``[b, num]`` count-weighted sums per bin (``counts_t`` ``[n, b]``)."""
-    return np.asarray(indicator @ counts_t).T
+def bin_sums(bins: sparse.csc_matrix, counts_t: np.ndarray) -> np.ndarray:
+    """``[b, num]`` count-weighted sums per bin.
+
+    ``bins`` is an :func:`indicator`; ``counts_t`` ``[n, b]`` from :func:`resampled_counts`.
+    """
+    return np.asarray(bins @ counts_t).T
 
 
 def _auroc(pos: np.ndarray, total: np.ndarray) -> np.ndarray:
@@ -48,14 +75,14 @@ def auroc_rows(p: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """``[b]`` AUROC of each resample (``counts`` ``[b, n]``), ties counting 1/2."""
     _, inv = np.unique(p, return_inverse=True)
     u, counts_t = int(inv.max()) + 1, np.ascontiguousarray(counts.T, float)
-    pos = _sums(_indicator(inv, y.astype(float), u), counts_t)
-    return _auroc(pos, _sums(_indicator(inv, np.ones(p.size), u), counts_t))
+    pos = bin_sums(indicator(inv, y.astype(float), u), counts_t)
+    return _auroc(pos, bin_sums(indicator(inv, np.ones(p.size), u), counts_t))
 
 
 def ece_rows(bins: np.ndarray, resid: np.ndarray, counts: np.ndarray, num: int) -> np.ndarray:
     """``[b]`` sum over bins of ``|sum resid|`` over the resample's size (ECE)."""
     counts_t = np.ascontiguousarray(counts.T, float)
-    return np.abs(_sums(_indicator(bins, resid, num), counts_t)).sum(1) / counts.sum(1)
+    return np.abs(bin_sums(indicator(bins, resid, num), counts_t)).sum(1) / counts.sum(1)
 
 
 class _Method:
@@ -66,35 +93,35 @@ class _Method:
         ranks = np.argsort(np.argsort(p, kind="stable"), kind="stable")
         pc = np.clip(p, 1e-4, 1 - 1e-4)
         ece_bin = np.clip(np.floor(p * 15).astype(np.int64), 0, 14)
-        self.ece = _indicator(ece_bin, r, 15)
-        self.ece_mass = _indicator(ranks * 15 // n, r, 15)
+        self.ece = indicator(ece_bin, r, 15)
+        self.ece_mass = indicator(ranks * 15 // n, r, 15)
         self.sq = (p - y) ** 2
         self.nll = -(y * np.log(pc) + (1 - y) * np.log1p(-pc))
         _, inv = np.unique(p, return_inverse=True)
         u = int(inv.max()) + 1
-        self.pos, self.all = _indicator(inv, y, u), _indicator(inv, np.ones(n), u)
+        self.pos, self.all = indicator(inv, y, u), indicator(inv, np.ones(n), u)
         self.groups = None
         if g is not None:
             keep, real = g >= 0, int(g.max()) + 1
             index = np.where(keep, g, real)  # ignored ids: one padding row, dropped
             self.groups = (
-                _indicator(index, np.where(keep, r, 0.0), real + 1),
-                _indicator(index, np.ones(n), real + 1),
+                indicator(index, np.where(keep, r, 0.0), real + 1),
+                indicator(index, np.ones(n), real + 1),
                 real,
             )
 
     def metrics(self, counts_t: np.ndarray, size: np.ndarray) -> dict:
         """``[b]`` metric values on the resamples (``counts_t`` ``[n, b]``, ``size`` ``[b]``)."""
         out = {
-            "ece": np.abs(_sums(self.ece, counts_t)).sum(1) / size,
-            "ece_mass": np.abs(_sums(self.ece_mass, counts_t)).sum(1) / size,
+            "ece": np.abs(bin_sums(self.ece, counts_t)).sum(1) / size,
+            "ece_mass": np.abs(bin_sums(self.ece_mass, counts_t)).sum(1) / size,
             "brier": self.sq @ counts_t / size,
             "nll": self.nll @ counts_t / size,
-            "auroc": _auroc(_sums(self.pos, counts_t), _sums(self.all, counts_t)),
+            "auroc": _auroc(bin_sums(self.pos, counts_t), bin_sums(self.all, counts_t)),
         }
         if self.groups is not None:
             resid, ones, real = self.groups
-            sums, sizes = _sums(resid, counts_t)[:, :real], _sums(ones, counts_t)[:, :real]
+            sums, sizes = bin_sums(resid, counts_t)[:, :real], bin_sums(ones, counts_t)[:, :real]
             present = sizes > 0
             gap = np.abs(sums) / np.where(present, sizes, 1)
             out["regional_error"] = np.where(present, gap, 0).sum(1) / np.maximum(present.sum(1), 1)
@@ -149,14 +176,9 @@ def bootstrap_metrics(
         for name in methods
         if name in predictions
     }
-    block = max(1, RESAMPLE_ELEMENTS // max(n, 1))
     parts: dict = {name: [] for name in per_method}
-    for start in range(0, num_samples, block):
-        b = min(block, num_samples - start)
-        idx = rng.integers(0, n, size=(b, n)) + n * np.arange(b)[:, None]
-        counts_t = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).T.astype(float)
-        counts_t = np.ascontiguousarray(counts_t)
-        size = np.full(b, float(n))
+    for counts_t in resampled_counts(rng, n, num_samples):
+        size = np.full(counts_t.shape[1], float(n))
         for name, method in per_method.items():
             parts[name].append(method.metrics(counts_t, size))
     samples = {

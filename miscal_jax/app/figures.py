@@ -9,10 +9,21 @@ import io
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["COLORS", "LEVEL", "field_map_png", "pca2", "png", "regimes_png", "reliability_png"]
+from miscal_jax.app.bootstrap import LEVEL, bin_sums, indicator, resampled_counts
 
-#: Coverage of the bootstrap bands.
-LEVEL = 0.9
+__all__ = [
+    "COLORS",
+    "LEVEL",
+    "MAP_POINTS",
+    "field_map_png",
+    "pca2",
+    "png",
+    "regimes_png",
+    "reliability_png",
+]
+
+#: Most points drawn in a scatter map (a uniform sample of them beyond).
+MAP_POINTS = 50_000
 #: Colour of each method's curve.
 COLORS = {"uncorrected": "#777777", "isotonic": "#1f77b4", "local": "#d62728"}
 
@@ -50,7 +61,8 @@ def _reliability_axes(ax, predictions, y, idx, *, num_bins, num_samples, level, 
     Bins are fixed on the shown items; the band is the item-bootstrap
     percentile interval of each bin's accuracy (for uncorrected and local).
     """
-    boot = rng.integers(0, idx.size, size=(num_samples, idx.size))
+    # one set of resamples (as counts) for every method, so the bands are comparable
+    boot = list(resampled_counts(rng, idx.size, num_samples))
     alpha = (1 - level) / 2
     ax.plot([0, 1], [0, 1], ":", color="black", lw=0.8)
     bins_per = max(2, min(num_bins, idx.size // 15))
@@ -67,10 +79,10 @@ def _reliability_axes(ax, predictions, y, idx, *, num_bins, num_samples, level, 
         acc = np.bincount(b, weights=yy, minlength=nb)[ok] / cnt[ok]
         color = COLORS[name]
         if name != "isotonic":
-            flat = (b[boot] + nb * np.arange(num_samples)[:, None]).ravel()
-            s = np.bincount(flat, weights=yy[boot].ravel(), minlength=num_samples * nb)
-            c = np.bincount(flat, minlength=num_samples * nb)
-            accs = (s / np.maximum(c, 1)).reshape(num_samples, nb)[:, ok]
+            hits, sizes = indicator(b, yy, nb), indicator(b, np.ones(b.size), nb)
+            s = np.concatenate([bin_sums(hits, counts) for counts in boot])
+            c = np.concatenate([bin_sums(sizes, counts) for counts in boot])
+            accs = (s / np.maximum(c, 1))[:, ok]
             lo, hi = np.quantile(accs, [alpha, 1 - alpha], axis=0)
             ax.fill_between(xs, lo, hi, color=color, alpha=0.18, lw=0)
         ax.plot(xs, acc, "o-", ms=3, lw=1.3, color=color, label=name)
@@ -211,6 +223,10 @@ def field_map_png(
     above. Colour limits are symmetric at the 98th percentile of ``|field|``.
     """
     xy = pca2(embeddings)
+    if xy.shape[0] > MAP_POINTS:  # the picture of a uniform sample, at a bounded cost
+        keep = np.sort(np.random.default_rng(0).choice(xy.shape[0], MAP_POINTS, replace=False))
+        xy, field_rel = xy[keep], np.asarray(field_rel)[keep]
+        regime_of = None if regime_of is None else np.asarray(regime_of)[keep]
     fig = Figure(figsize=size)
     ax = fig.subplots()
     lim = float(np.quantile(np.abs(field_rel), 0.98)) or 1e-3

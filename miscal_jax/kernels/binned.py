@@ -55,12 +55,14 @@ class Bins(NamedTuple):
       count: ``[P]`` references in each bin.
       sums: ``[P, c]`` the sums of their values.
       label: ``[n]`` the bin each reference was counted in (``-1``: masked out).
+      spread: ``[P, k]`` the variance of each bin's points along each axis.
     """
 
     centre: Array
     count: Array
     sums: Array
     label: Array
+    spread: Array
 
 
 def _sq_distances(a: Array, b: Array) -> Array:
@@ -167,8 +169,11 @@ def bin_points(
         :bins
     ]
     count = put(mask.astype(points.dtype))
-    centre = put(points) / jnp.maximum(count, 1.0)[:, None]
-    return Bins(centre, count, put(values.astype(points.dtype)), label)
+    inv = 1.0 / jnp.maximum(count, 1.0)[:, None]
+    centre = put(points) * inv
+    off = points - centre[jnp.clip(label, 0, bins - 1)]
+    spread = put(off * off) * inv
+    return Bins(centre, count, put(values.astype(points.dtype)), label, spread)
 
 
 def bin_radius(points: ArrayLike, bins: Bins, log_bandwidth: ArrayLike) -> Array:
@@ -192,6 +197,7 @@ def binned_moments(
     kernel: str = "gaussian",
     self_bin: ArrayLike | None = None,
     self_values: ArrayLike | None = None,
+    cloud: bool = False,
 ) -> KernelMoments:
     """Kernel moments of queries against binned references (see the module docstring).
 
@@ -203,6 +209,12 @@ def binned_moments(
       self_bin: optional ``[q]`` ints: query ``i`` is a reference counted in
         bin ``self_bin[i]`` and is left out of it (``-1``: nothing left out).
       self_values: ``[q, c]`` those references' values (with ``self_bin``).
+      cloud: static; Gaussian kernel only: weigh each bin's points as a
+        Gaussian cloud with the bin's centroid and per-axis spread (the
+        kernel's average over the cloud, ``prod_i (1 + s_i^2 / h^2)^(-1/2)
+        exp(-sum_i (q_i - c_i)^2 / (2 (h^2 + s_i^2)))``) instead of at the
+        centroid: exact for a point, and it keeps the bins' convexity
+        (points nearer the query than the centroid weigh more).
 
     Returns:
       :class:`~miscal_jax.kernels.KernelMoments` as :func:`kernel_moments`
@@ -230,8 +242,25 @@ def binned_moments(
     centre, query = bins.centre - mid, query - mid
     table = jnp.concatenate([bins.count[:, None], bins.sums], 1)  # [P, 1 + c]
 
+    if cloud and kernel != "gaussian":
+        raise ValueError(
+            f"cloud: the Gaussian-cloud weights need kernel='gaussian', got {kernel!r}."
+        )
+    h2 = 1.0 / inv_h2[:, 0, 0]  # [g]
+    scale = 1.0 / (h2[:, None, None] + bins.spread[None])  # [g, P, k]
+    norm = -0.5 * jnp.sum(jnp.log1p(bins.spread[None] * inv_h2), -1)  # [g, P]
+    mid_term = jnp.sum(centre * centre * scale, -1)  # [g, P]
+
+    def cloud_log_w(qb):
+        quad = jnp.einsum("qk,gpk->gqp", qb * qb, scale, precision=DISTANCE_PRECISION)
+        cross = jnp.einsum("qk,gpk->gqp", qb, centre * scale, precision=DISTANCE_PRECISION)
+        return -0.5 * jnp.maximum(quad - 2.0 * cross + mid_term[:, None], 0.0) + norm[:, None]
+
     def block(qb, own, own_v):
-        log_w = log_kernel(_sq_distances(qb, centre)[None] * inv_h2)  # [g, bq, P]
+        if cloud:
+            log_w = cloud_log_w(qb)
+        else:
+            log_w = log_kernel(_sq_distances(qb, centre)[None] * inv_h2)  # [g, bq, P]
         mine = jnp.arange(centre.shape[0])[None, :] == own[:, None]  # [bq, P]
         alive = (bins.count[None, :] - mine) > 0
         log_w = jnp.where(alive[None], log_w, -jnp.inf)

@@ -37,8 +37,14 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from miscal_jax._types import Array, PRNGKey
-from miscal_jax.kernels.blockwise import DISTANCE_PRECISION, KernelMoments
-from miscal_jax.kernels.moments import round_up
+from miscal_jax.kernels.blockwise import (
+    DISTANCE_PRECISION,
+    KernelMoments,
+    block_log_weights,
+    fold,
+    start,
+)
+from miscal_jax.kernels.moments import block_sizes, pad_rows, round_up
 from miscal_jax.kernels.shapes import get_log_kernel
 
 __all__ = ["Bins", "assign_cells", "bin_points", "bin_radius", "binned_moments", "cell_centres"]
@@ -189,6 +195,65 @@ def bin_radius(points: ArrayLike, bins: Bins, log_bandwidth: ArrayLike) -> Array
     return jnp.sqrt(ms) * jnp.exp(-jnp.asarray(log_bandwidth))
 
 
+def _cloud_terms(centre, spread, inv_h2):
+    """Per-bin terms of the Gaussian cloud's log-weight: ``[g, P, 2k]`` and ``[g, P]``.
+
+    ``log w = -(sum_i a_i q_i^2 - 2 sum_i a_i c_i q_i + sum_i a_i c_i^2) / 2 + norm``
+    with ``a_i = 1 / (h^2 + s_i^2)`` and ``norm = -sum_i log(1 + s_i^2 / h^2) / 2``:
+    one matmul of ``[q^2, q]`` with ``[a, -2 a c]``.
+    """
+    a = 1.0 / (1.0 / inv_h2[:, None, None] + spread[None])
+    weights = jnp.concatenate([a, -2.0 * a * centre[None]], -1)
+    norm = -0.5 * jnp.sum(jnp.log1p(spread[None] * inv_h2[:, None, None]), -1)
+    return weights, jnp.sum(centre * centre * a, -1), norm
+
+
+def _cloud_log_weights(query, weights, mid, norm) -> Array:
+    """``[g, bq, bn]`` log of the Gaussian kernel averaged over each bin's cloud."""
+    g, bn, _ = weights.shape
+    features = jnp.concatenate([query * query, query], -1)  # [bq, 2k]
+    quad = jnp.matmul(features, weights.reshape(g * bn, -1).T, precision=DISTANCE_PRECISION)
+    quad = jnp.moveaxis(quad.reshape(-1, g, bn), 1, 0)
+    return -0.5 * jnp.maximum(quad + mid[:, None, :], 0.0) + norm[:, None, :]
+
+
+def _forward(
+    query, query_code, centre, spread, bin_code, half_log_n, table, inv_h2, *, kernel, bq, bn
+):
+    """Blocked moments of queries against bins (``bq | q``, ``bn | P``), ``sum w`` first."""
+    (big_q, k), g, c = query.shape, inv_h2.shape[0], table.shape[1]
+    per_bin = lambda x: jnp.moveaxis(x.reshape(g, -1, bn, *x.shape[2:]), 1, 0)
+    blocks = (
+        centre.reshape(-1, bn, k),
+        bin_code.reshape(-1, bn),
+        half_log_n.reshape(-1, bn),
+        table.reshape(-1, bn, c),
+        tuple(per_bin(t) for t in _cloud_terms(centre, spread, inv_h2))
+        if kernel == "gaussian"
+        else None,
+    )
+
+    def query_block(args):
+        q, qc = args
+
+        def step(run, block):
+            cb, code, half, vb, cloud = block
+            if cloud is not None:
+                log_w = _cloud_log_weights(q, *cloud)
+                ok = (code[None, :] >= 0) & (qc[:, None] != code[None, :])
+                log_w = jnp.where(ok[None], log_w, -jnp.inf)
+            else:
+                log_w, _ = block_log_weights(q, qc, cb, code, inv_h2, kernel=kernel, loo=True)
+            return fold(run, log_w + half[None, None, :], vb), None
+
+        run, _ = jax.lax.scan(step, start((g, bq), c, query.dtype), blocks)
+        return run
+
+    run = jax.lax.map(query_block, (query.reshape(-1, bq, k), query_code.reshape(-1, bq)))
+    flat = lambda a: jnp.moveaxis(a, 0, 1).reshape(g, big_q, *a.shape[3:])
+    return jax.tree.map(flat, run)
+
+
 def binned_moments(
     query: ArrayLike,
     bins: Bins,
@@ -197,9 +262,18 @@ def binned_moments(
     kernel: str = "gaussian",
     self_bin: ArrayLike | None = None,
     self_values: ArrayLike | None = None,
-    cloud: bool = False,
+    query_block: int = 512,
+    bin_block: int = 2048,
 ) -> KernelMoments:
     """Kernel moments of queries against binned references (see the module docstring).
+
+    Bins are streamed in blocks and the sums accumulated online with a running
+    maximum, as :func:`~miscal_jax.kernels.kernel_moments` streams references;
+    a bin of ``N`` points enters with log-weight ``log w + log(N) / 2`` and
+    values ``[sqrt N, sums / sqrt N]``, so ``sum w^2`` counts each point.
+    The Gaussian weighs each bin as a cloud with the bin's centroid and
+    per-axis spread (the kernel's average over it: exact for a point, and it
+    keeps the bins' convexity); other kernels weigh the centroid.
 
     Args:
       query: ``[q, k]`` queries in the bins' space.
@@ -209,16 +283,11 @@ def binned_moments(
       self_bin: optional ``[q]`` ints: query ``i`` is a reference counted in
         bin ``self_bin[i]`` and is left out of it (``-1``: nothing left out).
       self_values: ``[q, c]`` those references' values (with ``self_bin``).
-      cloud: static; Gaussian kernel only: weigh each bin's points as a
-        Gaussian cloud with the bin's centroid and per-axis spread (the
-        kernel's average over the cloud, ``prod_i (1 + s_i^2 / h^2)^(-1/2)
-        exp(-sum_i (q_i - c_i)^2 / (2 (h^2 + s_i^2)))``) instead of at the
-        centroid: exact for a point, and it keeps the bins' convexity
-        (points nearer the query than the centroid weigh more).
+      query_block, bin_block: static block sizes (within the backend's budget).
 
     Returns:
       :class:`~miscal_jax.kernels.KernelMoments` as :func:`kernel_moments`
-      returns them (``sum_w2`` counts each bin's references at its centre).
+      returns them.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -229,54 +298,49 @@ def binned_moments(
       >>> round(float(m.sum_wv[0, 0] / m.sum_w[0]), 4)  # exact when every bin is one point
       1.7551
     """
+    get_log_kernel(kernel)
     query = jnp.asarray(query, bins.centre.dtype)
     log_bw = jnp.asarray(log_bandwidth, query.dtype)
-    inv_h2 = jnp.exp(-2.0 * jnp.atleast_1d(log_bw))[:, None, None]
-    log_kernel = get_log_kernel(kernel)
-    q, c = query.shape[0], bins.sums.shape[1]
+    inv_h2 = jnp.exp(-2.0 * jnp.atleast_1d(log_bw))
+    q, (p, c), g = query.shape[0], bins.sums.shape, inv_h2.shape[0]
     loo = self_bin is not None
-    self_bin = jnp.full(q, -1, jnp.int32) if not loo else jnp.asarray(self_bin, jnp.int32)
-    self_values = jnp.zeros((q, c), query.dtype) if not loo else jnp.asarray(self_values)
+    own = jnp.full(q, -1, jnp.int32) if not loo else jnp.asarray(self_bin, jnp.int32)
+    own_v = jnp.zeros((q, c), query.dtype) if not loo else jnp.asarray(self_values, query.dtype)
+    own_n = jnp.where(own >= 0, bins.count[jnp.maximum(own, 0)], 0.0)
+    # a query alone in its bin drops the bin (no cancellation); else its share is subtracted
+    drop = jnp.where(own_n == 1.0, own, -1)
     # centred at the bins' mean: exact distances in float32
     mid = jnp.sum(bins.centre * bins.count[:, None], 0) / jnp.maximum(jnp.sum(bins.count), 1.0)
     centre, query = bins.centre - mid, query - mid
-    table = jnp.concatenate([bins.count[:, None], bins.sums], 1)  # [P, 1 + c]
-
-    if cloud and kernel != "gaussian":
-        raise ValueError(
-            f"cloud: the Gaussian-cloud weights need kernel='gaussian', got {kernel!r}."
-        )
-    h2 = 1.0 / inv_h2[:, 0, 0]  # [g]
-    scale = 1.0 / (h2[:, None, None] + bins.spread[None])  # [g, P, k]
-    norm = -0.5 * jnp.sum(jnp.log1p(bins.spread[None] * inv_h2), -1)  # [g, P]
-    mid_term = jnp.sum(centre * centre * scale, -1)  # [g, P]
-
-    def cloud_log_w(qb):
-        quad = jnp.einsum("qk,gpk->gqp", qb * qb, scale, precision=DISTANCE_PRECISION)
-        cross = jnp.einsum("qk,gpk->gqp", qb, centre * scale, precision=DISTANCE_PRECISION)
-        return -0.5 * jnp.maximum(quad - 2.0 * cross + mid_term[:, None], 0.0) + norm[:, None]
-
-    def block(qb, own, own_v):
-        if cloud:
-            log_w = cloud_log_w(qb)
-        else:
-            log_w = log_kernel(_sq_distances(qb, centre)[None] * inv_h2)  # [g, bq, P]
-        mine = jnp.arange(centre.shape[0])[None, :] == own[:, None]  # [bq, P]
-        alive = (bins.count[None, :] - mine) > 0
-        log_w = jnp.where(alive[None], log_w, -jnp.inf)
-        top = jnp.max(log_w, -1)
-        w = jnp.exp(log_w - jnp.where(jnp.isfinite(top), top, 0.0)[..., None])
-        sums = jnp.einsum("gqp,pc->gqc", w, table)
-        sum_w2 = jnp.einsum("gqp,p->gq", w * w, bins.count)
-        w_own = jnp.sum(jnp.where(mine[None], w, 0.0), -1)  # [g, bq]
-        own_row = jnp.concatenate([jnp.ones((qb.shape[0], 1), qb.dtype), own_v], 1)
-        sums = sums - w_own[..., None] * own_row[None]
-        sum_w2 = sum_w2 - w_own * w_own
-        return top, jnp.maximum(sums[..., 0], 0.0), sums[..., 1:], jnp.maximum(sum_w2, 0.0)
-
-    out = _row_blocks(
-        lambda qb, own, own_v: jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), block(qb, own, own_v)),
-        query, self_bin, self_values, block=max(8, ROW_BLOCK // max(1, log_bw.size)),
+    filled = bins.count > 0
+    root = jnp.sqrt(bins.count)
+    table = jnp.concatenate([root[:, None], bins.sums / jnp.where(filled, root, 1.0)[:, None]], 1)
+    half_log_n = jnp.where(filled, 0.5 * jnp.log(jnp.where(filled, bins.count, 1.0)), -jnp.inf)
+    code = jnp.where(filled, jnp.arange(p, dtype=jnp.int32), -2)
+    bq, bn = block_sizes(query_block, bin_block, q, p, g)
+    big_q, big_p = round_up(q, bq), round_up(p, bn)
+    run = _forward(
+        pad_rows(query, big_q), pad_rows(drop, big_q, -1), pad_rows(centre, big_p),
+        pad_rows(bins.spread, big_p), pad_rows(code, big_p, -2),
+        pad_rows(half_log_n, big_p, -jnp.inf), pad_rows(table, big_p), inv_h2,
+        kernel=kernel, bq=bq, bn=bn,
     )  # fmt: skip
-    out = KernelMoments(*(jnp.moveaxis(a, 0, 1) for a in out))  # [g, q, ...]
+    log_scale, sums, sum_w2 = (a[:, :q] for a in run)
+    # the query's own share, where it stays in its bin: one point's weight at the bin
+    sub = (own >= 0) & (own_n > 1.0)
+    at = jnp.maximum(own, 0)
+    if kernel == "gaussian":
+        weights, mid_term, norm = _cloud_terms(centre[at], bins.spread[at], inv_h2)  # [g, q, .]
+        features = jnp.concatenate([query * query, query], -1)
+        quad = jnp.sum(features[None] * weights, -1) + mid_term
+        log_own = -0.5 * jnp.maximum(quad, 0.0) + norm
+    else:
+        d2 = jnp.sum((query - centre[at]) ** 2, -1)
+        log_own = get_log_kernel(kernel)(d2[None] * inv_h2[:, None])
+    safe = jnp.where(log_scale > -jnp.inf, log_scale, 0.0)
+    w_own = jnp.where(sub[None], jnp.exp(log_own - safe), 0.0)
+    sum_w = jnp.maximum(sums[..., 0] - w_own, 0.0)
+    sum_wv = sums[..., 1:] - w_own[..., None] * own_v[None]
+    sum_w2 = jnp.maximum(sum_w2 - w_own * w_own, 0.0)
+    out = KernelMoments(log_scale, sum_w, sum_wv, sum_w2)
     return KernelMoments(*(a[0] for a in out)) if log_bw.ndim == 0 else out

@@ -28,7 +28,7 @@ from miscal_jax.model.field_model import FieldModel, apply_fold, fold_parts, fol
 __all__ = ["CELLS", "bin_model", "binned_error"]
 
 #: Default k-means cells per fold (each split by outcome: twice as many bins).
-CELLS = 4096
+CELLS = 16384
 
 
 def bin_model(model: FieldModel, rng: PRNGKey, cells: int = CELLS) -> FieldModel:

@@ -73,7 +73,11 @@ def main() -> None:
     rows["miscal_jax (crossfit + predict)"] = (fit_s, time.perf_counter() - start, p_local)
 
     iso = fit_isotonic(train.conf, train.correct)
-    rows["isotonic (confidence only)"] = (float("nan"), float("nan"), apply_isotonic(iso, test.conf))
+    rows["isotonic (confidence only)"] = (
+        float("nan"),
+        float("nan"),
+        apply_isotonic(iso, test.conf),
+    )
     try:
         mc = _mcgrad(train, test)
         rows["MCGrad"] = (mc["fit_s"], mc["predict_s"], mc["pred"])

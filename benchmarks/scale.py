@@ -12,6 +12,7 @@ printed at the end.
 
     python benchmarks/scale.py                      # 10^3, 10^4, 10^5
     python benchmarks/scale.py --sizes 1000000      # 10^6 (long)
+    python benchmarks/scale.py --sizes 100000 --no-report --signal-at 60   # SIGTERM mid-run
 """
 
 import argparse
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,11 +67,38 @@ def _report(data: str, out: str) -> tuple[float, float]:
     return time.perf_counter() - start, rss
 
 
+def _interrupted(data: str, out: str, after: float) -> dict:
+    """SIGTERM to ``miscal-jax report`` ``after`` seconds in: time to exit, code, leftovers."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "miscal_jax", "report", "--data", data, "--out", out, "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(after)
+    sent = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait()
+    parent = os.path.dirname(out) or "."
+    left = [f for f in os.listdir(parent) if f.startswith(os.path.basename(out))]
+    return {
+        "signal_after_s": after,
+        "exit_s": round(time.perf_counter() - sent, 2),
+        "exit_code": proc.returncode,
+        "left_behind": left,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--exact-up-to", type=int, default=20000)
     parser.add_argument("--no-report", action="store_true")
+    parser.add_argument(
+        "--signal-at",
+        type=float,
+        default=None,
+        help="also send SIGTERM to a report on the largest size this many seconds in",
+    )
     args = parser.parse_args()
     import jax
 
@@ -97,6 +126,14 @@ def main() -> None:
                 row["report_s"], row["report_rss_mb"] = _report(data, os.path.join(tmp, f"r{n}"))
             rows.append(row)
             print(json.dumps(row), flush=True)
+        if args.signal_at is not None:
+            stop = _interrupted(data, os.path.join(tmp, "stopped"), args.signal_at)
+            print(
+                f"SIGTERM {stop['signal_after_s']:.0f} s into the report on n = {rows[-1]['n']:,}: "
+                f"exited in {stop['exit_s']} s with code {stop['exit_code']}, left behind "
+                f"{stop['left_behind'] or 'nothing'}",
+                flush=True,
+            )
     print(
         "\n| n | path | fit (s) | fit RSS (MB) | report (s) | report RSS (MB) | truth corr | "
         "Brier local / isotonic |"

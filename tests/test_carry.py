@@ -55,10 +55,10 @@ def test_crossfit_large_path_agrees_with_the_exact_path():
 def test_binned_model_is_exact_with_a_bin_per_item_and_survives_save_and_load(tmp_path):
     from miscal_jax.model import bin_model, load, predict, save
 
-    d = make_planted(600, seed=3, amplitude=0.25)
+    d = make_planted(512, seed=3, amplitude=0.25)
     cfg = FitConfig(folds=3, candidates=("raw", "pca"))
     model, _ = jax.jit(fit)(jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
-    binned = bin_model(model, jax.random.key(1), cells=600)  # every bin holds one item
+    binned = bin_model(model, cells=512)  # every leaf holds one item
     (exact, p_exact), (approx, p_approx) = out_of_fold(model), out_of_fold(binned)
     np.testing.assert_allclose(approx.value, exact.value, atol=1e-5)
     np.testing.assert_allclose(p_approx, p_exact, atol=1e-4)

@@ -3,17 +3,18 @@
 The exact out-of-fold field smooths every held-out item against every
 training item: ``~0.8 n^2`` kernel evaluations, an hour at ``n = 10^6`` on a
 2-core CPU. :func:`bin_model` summarises each fold's training items in its own
-space (the geometry the fold chose, at its bandwidth): ``cells`` k-means
-cells, each split by outcome, so a bin's residuals ``correct - conf`` are
-nearly constant and its centroid carries the counts and residual sums
+space (the geometry the fold chose, at its bandwidth): the ``cells`` leaves
+of a balanced principal-axis tree, each split by outcome, so a bin's
+residuals ``correct - conf`` are nearly constant; each bin carries its
+count, centroid, spread and residual sums
 (:mod:`miscal_jax.kernels.binned`). :func:`~miscal_jax.model.predict` and
 :func:`~miscal_jax.model.out_of_fold` then smooth the ``2 cells`` bins of a
 fold instead of its items: ``2 cells n`` evaluations. Everything else of the
 model (geometry, bandwidth, global maps, correction) is unchanged.
 
-The approximation's error is second order in the bins' radius over the
-bandwidth (:func:`~miscal_jax.kernels.binned.bin_radius`);
-:func:`binned_error` measures it against exact sums on a sample of items.
+The approximation's error grows with the bins' radius over the bandwidth
+(:func:`~miscal_jax.kernels.binned.bin_radius`); :func:`binned_error`
+measures it against exact sums on a sample of items.
 """
 
 import jax
@@ -22,22 +23,22 @@ import numpy as np
 
 from miscal_jax._types import PRNGKey
 from miscal_jax.geometry.spaces import embed
-from miscal_jax.kernels.binned import assign_cells, bin_points, bin_radius, cell_centres
+from miscal_jax.kernels.binned import bin_points, bin_radius, tree_cells
 from miscal_jax.model.field_model import FieldModel, apply_fold, fold_parts, fold_values
 
 __all__ = ["CELLS", "bin_model", "binned_error"]
 
-#: Default k-means cells per fold (each split by outcome: twice as many bins).
+#: Default tree leaves per fold (each split by outcome: twice as many bins).
 CELLS = 16384
 
 
-def bin_model(model: FieldModel, rng: PRNGKey, cells: int = CELLS) -> FieldModel:
+def bin_model(model: FieldModel, cells: int = CELLS) -> FieldModel:
     """``model`` with each fold's training items summarised in ``2 cells`` bins.
 
     Args:
       model: a :class:`~miscal_jax.model.FieldModel` (one model, not a batch).
-      rng: PRNG key (the k-means samples).
-      cells: static k-means cells per fold (at most the training items are used).
+      cells: static leaves of each fold's tree (rounded up to a power of two,
+        at most the number of items).
 
     Returns:
       The model with ``bins`` set (:func:`bin_radii` gives their radii).
@@ -46,28 +47,27 @@ def bin_model(model: FieldModel, rng: PRNGKey, cells: int = CELLS) -> FieldModel
       >>> import jax
       >>> from miscal_jax.model import FitConfig, fit, out_of_fold
       >>> from miscal_jax.synthetic.planted import make_planted
-      >>> d = make_planted(400, seed=0)
+      >>> d = make_planted(256, seed=0)
       >>> model, _ = jax.jit(fit)(jax.random.key(0), d.embeddings, d.conf, d.correct,
       ...                         FitConfig(folds=2, candidates=("raw",)))
-      >>> binned = bin_model(model, jax.random.key(1), cells=400)  # a bin per item: exact
+      >>> binned = bin_model(model, cells=512)  # 2^8 leaves of 1 or 2 items, split by outcome
       >>> exact, approx = out_of_fold(model)[0].value, out_of_fold(binned)[0].value
       >>> bool(abs(exact - approx).max() < 1e-4)
       True
     """
     if model.train_mask.ndim != 2:
         raise ValueError("model: bin one model at a time (select_model), not a batch.")
-    folds = model.train_mask.shape[0]
+    n = model.train_mask.shape[1]
+    depth = min(max(0, (int(cells) - 1).bit_length()), n.bit_length() - 1)
     outcome = model.ref_correct.astype(jnp.int32)
 
     def one(args):
-        key, geometry, train, ref_residual = args
+        geometry, train, ref_residual = args
         z = embed(geometry, model.ref_x, model.ref_conf)
-        centres = cell_centres(key, z, train, cells)
-        label = 2 * assign_cells(z, centres) + outcome
-        return bin_points(z, fold_values(model, ref_residual), train, label, 2 * cells)
+        label = 2 * tree_cells(z, depth) + outcome
+        return bin_points(z, fold_values(model, ref_residual), train, label, 2 << depth)
 
-    keys = jax.random.split(rng, folds)
-    args = (keys, model.geometry, model.train_mask, model.ref_residual)
+    args = (model.geometry, model.train_mask, model.ref_residual)
     return model.replace(bins=jax.lax.map(one, args))
 
 

@@ -177,7 +177,7 @@ def carry(
             f"subsample_idx has {m} and the embeddings are {x.shape}; pass the indices of the "
             "items it was fitted on, in the same order."
         )
-    fold_rng, inner_rng, pick_rng, bin_rng = jax.random.split(rng, 4)
+    fold_rng, inner_rng, pick_rng = jax.random.split(rng, 3)
     masks = carried_folds(fold_rng, model.fold, idx, n, folds)
     inner = fold_masks(inner_rng, n, folds)
     method = model.config.global_method
@@ -197,7 +197,7 @@ def carry(
         model.config,
     )  # fmt: skip
     if cells is not None:
-        big = bin_model(big, bin_rng, cells)
+        big = bin_model(big, cells)
     if size < m // 2:  # too few fresh items to refit: the subsample's fit is the better one
         return big
     refit = lambda args: _refit_correction(

@@ -203,7 +203,7 @@ def crossfit(
       select_on: with more items than this, fit on a random subsample of this
         size and carry the model to all items (:func:`~miscal_jax.model.carry`);
         ``None``: always fit on all items.
-      cells: k-means cells per fold of the binned field
+      cells: tree leaves per fold of the binned field
         (:func:`~miscal_jax.model.bin_model`); ``"auto"``: :data:`CELLS` above
         :data:`EXACT_UP_TO` items for the backend, else exact sums;
         ``None``: always exact.
@@ -264,7 +264,7 @@ def crossfit(
         model, info = _fit(jax.random.key(seed), x, p, y, fit_config)
         scale, small = {"path": "exact", "n": n}, None
         if cells is not None:
-            model = _bin(model, carry_key, cells=cells)
+            model = _bin(model, cells=cells)
     scale["field"] = "exact" if cells is None else "binned"
     if cells is not None:
         scale["cells"] = cells
@@ -302,7 +302,7 @@ def crossfit(
 
 
 def _cells(cells: int | str | None, n: int) -> int | None:
-    """The k-means cells per fold :func:`crossfit` bins with, or ``None`` (exact)."""
+    """The tree leaves per fold :func:`crossfit` bins with, or ``None`` (exact)."""
     if cells == "auto":
         limit = EXACT_UP_TO.get(jax.default_backend(), EXACT_UP_TO["gpu"])
         return CELLS if n > limit else None

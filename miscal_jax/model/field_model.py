@@ -622,7 +622,7 @@ def _bins_template(folds: int, n: int, shape: list) -> Bins:
     """The structure of a binned model's ``bins``: ``shape`` is ``[P, k, c]``."""
     (p, k, c), f = shape, float_dtype()
     new = lambda dims, dtype=f: jax.ShapeDtypeStruct((folds, *dims), dtype)
-    return Bins(new((p, k)), new((p,)), new((p, c)), new((n,), jnp.int32))
+    return Bins(new((p, k)), new((p,)), new((p, c)), new((n,), jnp.int32), new((p, k)))
 
 
 def _plain(value):

@@ -1,18 +1,11 @@
 """Binned kernel sums against exact ones: equal with a bin per point, close with narrow bins."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from miscal_jax.kernels import kernel_moments
-from miscal_jax.kernels.binned import (
-    assign_cells,
-    bin_points,
-    bin_radius,
-    binned_moments,
-    cell_centres,
-)
+from miscal_jax.kernels.binned import bin_points, bin_radius, binned_moments, tree_cells
 from miscal_jax.smoothing.nadaraya_watson import field_from_moments
 
 
@@ -57,10 +50,9 @@ def test_narrow_bins_are_accurate_and_the_radius_predicts_the_error():
     v, mask = np.stack([r, r * r], 1), np.ones(4000, bool)
     exact = field_from_moments(kernel_moments(z, z, v, np.log(0.1))).value
     errors, radii = [], []
-    for cells in (64, 1024):
-        centres = cell_centres(jax.random.key(0), z, mask, cells)
-        label = 2 * assign_cells(z, centres) + (r > 0)  # split by sign, as the model splits
-        bins = bin_points(z, v, mask, label, 2 * cells)
+    for depth in (6, 10):
+        label = 2 * tree_cells(z, depth) + (r > 0)  # split by sign, as the model splits
+        bins = bin_points(z, v, mask, label, 2 << depth)
         approx = field_from_moments(binned_moments(z, bins, np.log(0.1))).value
         errors.append(float(jnp.max(jnp.abs(approx - exact))))
         radii.append(float(bin_radius(z, bins, np.log(0.1))))
@@ -81,9 +73,13 @@ def test_leaving_out_an_item_alone_in_its_bin_and_far_queries_stay_finite():
     assert np.isfinite(float(far.value[0])) and float(far.n_eff[0]) == 0.0
 
 
-def test_cell_centres_use_only_masked_points_and_assign_to_the_nearest():
-    z = np.concatenate([np.zeros((20, 2)), np.full((20, 2), 5.0)]).astype(np.float32)
-    mask = np.arange(40) < 20
-    centres = cell_centres(jax.random.key(0), z, mask, 3)
-    np.testing.assert_allclose(centres, 0.0, atol=1e-6)  # the unmasked cluster is never a centre
-    np.testing.assert_array_equal(assign_cells(z[:3], np.array([[9.0, 9], [0, 0]])), [1, 1, 1])
+def test_tree_cells_are_balanced_and_split_along_the_spread():
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(1003, 5)).astype(np.float32) * np.array([10, 1, 1, 1, 0.1], np.float32)
+    leaves = np.asarray(tree_cells(z, 4))
+    sizes = np.bincount(leaves, minlength=16)
+    assert sizes.max() - sizes.min() <= 1 and sizes.sum() == 1003
+    first = np.asarray(tree_cells(z, 1))  # the first split is along the widest axis
+    assert abs(np.corrcoef(first, z[:, 0])[0, 1]) > 0.79  # sqrt(2 / pi) at most
+    with pytest.raises(ValueError, match="depth"):
+        tree_cells(z[:7], 3)

@@ -122,7 +122,7 @@ def tree_cells(points: ArrayLike, depth: int, *, power_steps: int = 3) -> Array:
         upper = (rank - first[seg].astype(jnp.int32)) * 2 >= count[seg].astype(jnp.int32)
         return 2 * seg + upper, None
 
-    seg = jnp.zeros(n, jnp.int32)
+    seg = jax.lax.optimization_barrier(jnp.zeros(n, jnp.int32))  # not a constant to fold
     for i in range(depth):  # static: each level has its own number of cells
         seg, _ = level(seg, i)
     return seg

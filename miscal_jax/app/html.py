@@ -541,16 +541,32 @@ def log_note(log: dict | None) -> str | None:
 
 
 def scale_note(scale: dict | None) -> str | None:
-    """The note on which fitting path ran (``None`` for the exact one)."""
-    if not scale or scale.get("path") != "subsample":
+    """The note on which fitting path ran (``None`` for the exact one on all items)."""
+    if not scale or (scale.get("path") != "subsample" and scale.get("field") != "binned"):
         return None
-    return (
-        f"Large data: the geometry, bandwidth and correction were chosen on a random subsample "
-        f"of {scale['selected_on']:,} of the {scale['n']:,} items and carried to all of them "
-        "(bandwidth rescaled by (m / n)^(1 / (k + 4)) for the k-dimensional space; each "
-        "subsample item keeps the fold that held it out); the field over all items is exact "
-        "kernel sums, one pass per fold."
-    )
+    parts = []
+    if scale.get("path") == "subsample":
+        parts.append(
+            f"Large data: the geometry, bandwidth and correction were chosen on a random "
+            f"subsample of {scale['selected_on']:,} of the {scale['n']:,} items and carried to "
+            "all of them (bandwidth rescaled by (m / n)^(1 / (k + 4)) for the k-dimensional "
+            "space; each subsample item keeps the fold that held it out)."
+        )
+    if scale.get("field") == "binned":
+        err = scale.get("approximation", {})
+        parts.append(
+            f"The field over all items is binned: each fold's training items summarised in "
+            f"{scale['cells']:,} leaves of a principal-axis tree in the fold's space (each split "
+            "by outcome), weighed as Gaussian clouds. Against exact kernel sums at "
+            f"{err.get('checked', 0):,} held-out items: correlation "
+            f"{err.get('field_corr', float('nan')):.3f}, median difference "
+            f"{err.get('field_median_abs_diff', float('nan')):.4f}, largest "
+            f"{err.get('field_max_abs_diff', float('nan')):.3f} (bins' radius "
+            f"{err.get('radius_over_bandwidth', float('nan')):.2f} bandwidths)."
+        )
+    else:
+        parts.append("The field over all items is exact kernel sums, one pass per fold.")
+    return " ".join(parts)
 
 
 def source_notes(meta: dict, *, markup: bool = True) -> list[str]:

@@ -299,3 +299,13 @@ def test_default_report_writes_html_that_loads_in_chromium(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["regimes"] and all(r["terms"] for r in summary["regimes"])
     check_in_browser(out / "report.html", tmp_path, width=1200, height=4200)
+
+
+def test_scale_note_names_the_path_and_the_binned_fields_measured_error():
+    assert H.scale_note({"path": "exact", "n": 50, "field": "exact"}) is None
+    carried = {"path": "subsample", "n": 10**6, "selected_on": 8192, "field": "exact"}
+    assert "8,192" in H.scale_note(carried) and "exact kernel sums" in H.scale_note(carried)
+    err = {"checked": 1020, "field_corr": 0.97, "field_median_abs_diff": 0.002,
+           "field_max_abs_diff": 0.19, "radius_over_bandwidth": 1.1}  # fmt: skip
+    note = H.scale_note({**carried, "field": "binned", "cells": 16384, "approximation": err})
+    assert "16,384 leaves" in note and "correlation 0.970" in note and "largest 0.190" in note

@@ -64,7 +64,7 @@ def test_binned_model_is_exact_with_a_bin_per_item_and_survives_save_and_load(tm
     np.testing.assert_allclose(p_approx, p_exact, atol=1e-4)
     save(binned, tmp_path / "binned.msgpack")
     again = load(tmp_path / "binned.msgpack")
-    assert again.bins.centre.shape == binned.bins.centre.shape
+    assert again.bins.bins.centre.shape == binned.bins.bins.centre.shape
     np.testing.assert_array_equal(
         predict(again, d.embeddings[:7], d.conf[:7])[1],
         predict(binned, d.embeddings[:7], d.conf[:7])[1],
@@ -80,7 +80,7 @@ def test_crossfit_bins_on_request_and_reports_the_measured_error():
     err = scale["approximation"]
     assert err["checked"] > 0 and 0.0 <= err["field_max_abs_diff"] < 1.0
     assert np.isfinite(res.field).all() and np.isfinite(res.corrected_conf).all()
-    assert res.model.bins.count.shape == (3, 256)
+    assert res.model.bins.bins.count.shape == (3, 256)
     auto = crossfit(d.embeddings, d.conf, d.correct, select_on=600, **kw)
     assert auto.scale["field"] == "exact" and auto.model.bins is None  # below EXACT_UP_TO
     with pytest.raises(ValueError, match="cells"):

@@ -56,7 +56,18 @@ from miscal_jax.kernels.blockwise import (
 from miscal_jax.kernels.moments import block_sizes, pad_rows, round_up
 from miscal_jax.kernels.shapes import get_log_kernel
 
-__all__ = ["Bins", "bin_points", "bin_radius", "binned_moments", "tree_cells"]
+__all__ = [
+    "Bins",
+    "Summary",
+    "Tree",
+    "bin_points",
+    "bin_radius",
+    "binned_moments",
+    "leaf_members",
+    "near_moments",
+    "route",
+    "tree_cells",
+]
 
 
 class Bins(NamedTuple):
@@ -77,8 +88,22 @@ class Bins(NamedTuple):
     spread: Array
 
 
-def tree_cells(points: ArrayLike, depth: int, *, power_steps: int = 3) -> Array:
-    """``[n]`` leaf of each point in a balanced principal-axis tree of ``2^depth`` leaves.
+class Tree(NamedTuple):
+    """A balanced principal-axis tree of ``L = 2^depth`` leaves.
+
+    Attributes:
+      leaf: ``[n]`` the leaf of each point it was built on.
+      axis: ``[L - 1, k]`` each split's unit axis, in heap order (root first).
+      threshold: ``[L - 1]`` each split's threshold on it (between the halves).
+    """
+
+    leaf: Array
+    axis: Array
+    threshold: Array
+
+
+def tree_cells(points: ArrayLike, depth: int, *, power_steps: int = 3) -> Tree:
+    """A balanced principal-axis tree of ``2^depth`` leaves over the points.
 
     Level by level, every cell is split at the median of its points'
     projections on the cell's principal axis (a few power iterations), so
@@ -92,11 +117,15 @@ def tree_cells(points: ArrayLike, depth: int, *, power_steps: int = 3) -> Array:
       depth: static number of levels (``2^depth`` leaves, at most ``n``).
       power_steps: static power iterations per level.
 
+    Returns:
+      :class:`Tree`; :func:`route` sends new points down it.
+
     Examples:
       >>> import jax.numpy as jnp
       >>> x = jnp.array([[0.0, 0.0], [0.1, 0.0], [5.0, 0.0], [5.1, 0.0]])
-      >>> tree_cells(x, 1).tolist()
-      [0, 0, 1, 1]
+      >>> tree = tree_cells(x, 1)
+      >>> tree.leaf.tolist(), route(jnp.array([[4.0, 0.0]]), tree).tolist()
+      ([0, 0, 1, 1], [1])
     """
     points = jnp.asarray(points)
     n, k = points.shape
@@ -120,12 +149,68 @@ def tree_cells(points: ArrayLike, depth: int, *, power_steps: int = 3) -> Array:
         first = jnp.cumsum(count) - count  # each cell's first position in the order
         rank = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
         upper = (rank - first[seg].astype(jnp.int32)) * 2 >= count[seg].astype(jnp.int32)
-        return 2 * seg + upper, None
+        low = jax.ops.segment_max(jnp.where(upper, -jnp.inf, proj), seg, num_segments=cells)
+        high = jax.ops.segment_min(jnp.where(upper, proj, jnp.inf), seg, num_segments=cells)
+        # the threshold in the original coordinates: x . v > t, t = mid-gap + mean . v
+        gap = jnp.where(jnp.isfinite(low) & jnp.isfinite(high), 0.5 * (low + high), 0.0)
+        return 2 * seg + upper, (v, gap + jnp.sum(mean * v, 1))
 
     seg = jax.lax.optimization_barrier(jnp.zeros(n, jnp.int32))  # not a constant to fold
+    axes, thresholds = [], []
     for i in range(depth):  # static: each level has its own number of cells
-        seg, _ = level(seg, i)
-    return seg
+        seg, (v, t) = level(seg, i)
+        axes.append(v)
+        thresholds.append(t)
+    if not axes:
+        return Tree(seg, jnp.zeros((0, k), points.dtype), jnp.zeros((0,), points.dtype))
+    return Tree(seg, jnp.concatenate(axes), jnp.concatenate(thresholds))
+
+
+def route(points: ArrayLike, tree: Tree) -> Array:
+    """``[q]`` the leaf of :class:`Tree` each point falls in (``x . axis > threshold``: upper)."""
+    points = jnp.asarray(points)
+    leaf = jnp.zeros(points.shape[0], jnp.int32)
+    depth = (tree.axis.shape[0] + 1).bit_length() - 1
+    for i in range(depth):
+        node = (1 << i) - 1 + leaf
+        upper = jnp.sum(points * tree.axis[node], 1) > tree.threshold[node]
+        leaf = 2 * leaf + upper
+    return leaf
+
+
+def leaf_members(leaf: ArrayLike, leaves: int) -> Array:
+    """``[leaves, cap]`` the points of each leaf (``-1`` padded), ``cap = ceil(n / leaves)``.
+
+    For the balanced leaves of :func:`tree_cells` (sizes differ by one at most).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> leaf_members(jnp.array([1, 0, 1]), 2).tolist()
+      [[1, -1], [0, 2]]
+    """
+    leaf = jnp.asarray(leaf, jnp.int32)
+    n = leaf.shape[0]
+    cap = -(-n // leaves)
+    order = jnp.argsort(leaf, stable=True)
+    count = jnp.bincount(leaf, length=leaves)
+    first = jnp.cumsum(count) - count
+    slot = jnp.arange(n) - first[leaf[order]]
+    members = jnp.full((leaves, cap), -1, jnp.int32)
+    return members.at[leaf[order], slot].set(order.astype(jnp.int32), mode="drop")
+
+
+class Summary(NamedTuple):
+    """References summarised for sums near (exact) and far (binned).
+
+    Attributes:
+      bins: :class:`Bins`, ``group`` consecutive bins per leaf of ``tree``.
+      tree: the :class:`Tree` over the references.
+      members: ``[L, cap]`` each leaf's references (:func:`leaf_members`).
+    """
+
+    bins: Bins
+    tree: Tree
+    members: Array
 
 
 def bin_points(
@@ -265,8 +350,8 @@ def binned_moments(
     log_bandwidth: ArrayLike,
     *,
     kernel: str = "gaussian",
-    self_bin: ArrayLike | None = None,
-    self_values: ArrayLike | None = None,
+    skip: ArrayLike | None = None,
+    group: int = 1,
     query_block: int = 512,
     bin_block: int = 2048,
 ) -> KernelMoments:
@@ -287,9 +372,10 @@ def binned_moments(
       bins: :class:`Bins` with ``P`` bins and ``c`` value columns.
       log_bandwidth: scalar, or ``[g]`` candidates.
       kernel: static kernel name.
-      self_bin: optional ``[q]`` ints: query ``i`` is a reference counted in
-        bin ``self_bin[i]`` and is left out of it (``-1``: nothing left out).
-      self_values: ``[q, c]`` those references' values (with ``self_bin``).
+      skip: optional ``[q]`` ints: query ``i`` leaves out the bins ``b`` with
+        ``b // group == skip[i]`` (its own leaf, summed exactly by the caller
+        with :func:`near_moments`); ``-1``: none.
+      group: static number of consecutive bins per skipped group.
       query_block, bin_block: static block sizes (within the backend's budget).
 
     Returns:
@@ -309,24 +395,19 @@ def binned_moments(
     query = jnp.asarray(query, bins.centre.dtype)
     log_bw = jnp.asarray(log_bandwidth, query.dtype)
     inv_h2 = jnp.exp(-2.0 * jnp.atleast_1d(log_bw))
-    q, (p, c), g = query.shape[0], bins.sums.shape, inv_h2.shape[0]
-    loo = self_bin is not None
-    own = jnp.full(q, -1, jnp.int32) if not loo else jnp.asarray(self_bin, jnp.int32)
-    own_v = jnp.zeros((q, c), query.dtype) if not loo else jnp.asarray(self_values, query.dtype)
-    own_n = jnp.where(own >= 0, bins.count[jnp.maximum(own, 0)], 0.0)
-    # a query alone in its bin drops the bin (no cancellation); else its share is subtracted
-    drop = jnp.where(own_n == 1.0, own, -1)
+    q, p, g = query.shape[0], bins.sums.shape[0], inv_h2.shape[0]
+    skip = jnp.full(q, -1, jnp.int32) if skip is None else jnp.asarray(skip, jnp.int32)
     # centred at the bins' mean: exact distances in float32
     mid = jnp.sum(bins.centre * bins.count[:, None], 0) / jnp.maximum(jnp.sum(bins.count), 1.0)
     centre, query = bins.centre - mid, query - mid
     filled = bins.count > 0
     table = jnp.concatenate([bins.count[:, None], bins.sums], 1)
     log_n = jnp.where(filled, jnp.log(jnp.where(filled, bins.count, 1.0)), -jnp.inf)
-    code = jnp.where(filled, jnp.arange(p, dtype=jnp.int32), -2)
+    code = jnp.where(filled, jnp.arange(p, dtype=jnp.int32) // group, -2)
     bq, bn = block_sizes(query_block, bin_block, q, p, g)
     big_q, big_p = round_up(q, bq), round_up(p, bn)
     run = _forward(
-        pad_rows(query, big_q), pad_rows(drop, big_q, -1), pad_rows(centre, big_p),
+        pad_rows(query, big_q), pad_rows(skip, big_q, -1), pad_rows(centre, big_p),
         pad_rows(bins.spread, big_p), pad_rows(code, big_p, -2),
         pad_rows(log_n, big_p, -jnp.inf), pad_rows(table, big_p), inv_h2,
         kernel=kernel, bq=bq, bn=bn,
@@ -334,24 +415,49 @@ def binned_moments(
     log_scale, sums, scale2, sum_w2 = (a[:, :q] for a in run)
     safe = jnp.where(log_scale > -jnp.inf, log_scale, 0.0)
     sum_w2 = jnp.where(scale2 > -jnp.inf, sum_w2 * jnp.exp(scale2 - 2.0 * safe), 0.0)
-    # the query's own share, where it stays in its bin: one point's weight at the bin
-    sub = (own >= 0) & (own_n > 1.0)
-    at = jnp.maximum(own, 0)
-    if kernel == "gaussian":
-        both = jnp.concatenate([inv_h2, 2.0 * inv_h2])
-        weights, mid_term, norm = _cloud_terms(centre[at], bins.spread[at], both)  # [2g, q, .]
-        features = jnp.concatenate([query * query, query], -1)
-        quad = jnp.sum(features[None] * weights, -1) + mid_term
-        log_own = -0.5 * jnp.maximum(quad, 0.0) + norm
-        log_own, log_own2 = log_own[:g], log_own[g:]
-    else:
-        d2 = jnp.sum((query - centre[at]) ** 2, -1)
-        log_own = get_log_kernel(kernel)(d2[None] * inv_h2[:, None])
-        log_own2 = 2.0 * log_own
-    w_own = jnp.where(sub[None], jnp.exp(log_own - safe), 0.0)
-    w2_own = jnp.where(sub[None], jnp.exp(log_own2 - 2.0 * safe), 0.0)
-    sum_w = jnp.maximum(sums[..., 0] - w_own, 0.0)
-    sum_wv = sums[..., 1:] - w_own[..., None] * own_v[None]
-    sum_w2 = jnp.maximum(sum_w2 - w2_own, 0.0)
-    out = KernelMoments(log_scale, sum_w, sum_wv, sum_w2)
+    out = KernelMoments(log_scale, sums[..., 0], sums[..., 1:], sum_w2)
+    return KernelMoments(*(a[0] for a in out)) if log_bw.ndim == 0 else out
+
+
+def near_moments(
+    query: ArrayLike,
+    ref: ArrayLike,
+    values: ArrayLike,
+    ref_ok: ArrayLike,
+    log_bandwidth: ArrayLike,
+    *,
+    kernel: str = "gaussian",
+) -> KernelMoments:
+    """Exact moments of each query against its own few references (its leaf's points).
+
+    Args:
+      query: ``[q, k]``.
+      ref: ``[q, m, k]`` query ``i``'s references.
+      values: ``[q, m, c]`` their values.
+      ref_ok: ``[q, m]`` bools, the references that count.
+      log_bandwidth: scalar, or ``[g]``.
+      kernel: static kernel name.
+
+    Returns:
+      :class:`~miscal_jax.kernels.KernelMoments` as :func:`binned_moments` returns them.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> m = near_moments(jnp.zeros((1, 1)), jnp.array([[[0.0], [1.0]]]),
+      ...                  jnp.array([[[1.0], [3.0]]]), jnp.ones((1, 2), bool), 0.0)
+      >>> round(float(m.sum_wv[0, 0] / m.sum_w[0]), 4)
+      1.7551
+    """
+    query, ref, values = (jnp.asarray(a) for a in (query, ref, values))
+    log_bw = jnp.asarray(log_bandwidth, query.dtype)
+    inv_h2 = jnp.exp(-2.0 * jnp.atleast_1d(log_bw))
+    d2 = jnp.sum((ref - query[:, None, :]) ** 2, -1)  # [q, m]
+    log_w = get_log_kernel(kernel)(d2[None] * inv_h2[:, None, None])
+    log_w = jnp.where(jnp.asarray(ref_ok)[None], log_w, -jnp.inf)  # [g, q, m]
+    top = jnp.max(log_w, -1)
+    safe = jnp.where(top > -jnp.inf, top, 0.0)
+    w = jnp.exp(log_w - safe[..., None])
+    out = KernelMoments(
+        top, jnp.sum(w, -1), jnp.einsum("gqm,qmc->gqc", w, values), jnp.sum(w * w, -1)
+    )
     return KernelMoments(*(a[0] for a in out)) if log_bw.ndim == 0 else out

@@ -23,7 +23,13 @@ import numpy as np
 
 from miscal_jax._types import PRNGKey
 from miscal_jax.geometry.spaces import embed
-from miscal_jax.kernels.binned import bin_points, bin_radius, tree_cells
+from miscal_jax.kernels.binned import (
+    Summary,
+    bin_points,
+    bin_radius,
+    leaf_members,
+    tree_cells,
+)
 from miscal_jax.model.field_model import FieldModel, apply_fold, fold_parts, fold_values
 
 __all__ = ["CELLS", "bin_model", "binned_error"]
@@ -64,8 +70,10 @@ def bin_model(model: FieldModel, cells: int = CELLS) -> FieldModel:
     def one(args):
         geometry, train, ref_residual = args
         z = embed(geometry, model.ref_x, model.ref_conf)
-        label = 2 * tree_cells(z, depth) + outcome
-        return bin_points(z, fold_values(model, ref_residual), train, label, 2 << depth)
+        tree = tree_cells(z, depth)
+        values = fold_values(model, ref_residual)
+        bins = bin_points(z, values, train, 2 * tree.leaf + outcome, 2 << depth)
+        return Summary(bins, tree, leaf_members(tree.leaf, 1 << depth))
 
     args = (model.geometry, model.train_mask, model.ref_residual)
     return model.replace(bins=jax.lax.map(one, args))
@@ -76,9 +84,9 @@ def bin_radii(model: FieldModel):
     """``[K]`` each fold's bins' root-mean-square radius over its bandwidth (``rho / h``)."""
 
     def one(args):
-        geometry, bins = args
+        geometry, summary = args
         z = embed(geometry, model.ref_x, model.ref_conf)
-        return bin_radius(z, bins, geometry.log_bandwidth)
+        return bin_radius(z, summary.bins, geometry.log_bandwidth)
 
     return jax.lax.map(one, (model.geometry, model.bins))
 

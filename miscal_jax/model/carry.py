@@ -41,7 +41,6 @@ from miscal_jax._types import Array, PRNGKey
 from miscal_jax.calibrators.global_maps import fit_isotonic
 from miscal_jax.correction.local import fit_correction_params, local_confidence
 from miscal_jax.geometry.spaces import embed
-from miscal_jax.kernels.binned import binned_moments
 from miscal_jax.kernels.moments import kernel_moments
 from miscal_jax.model.binned import bin_model
 from miscal_jax.model.field_model import (
@@ -50,6 +49,7 @@ from miscal_jax.model.field_model import (
     fold_parts,
     fold_values,
     inner_global,
+    summary_moments,
 )
 from miscal_jax.smoothing.nadaraya_watson import field_from_moments
 
@@ -112,15 +112,14 @@ def _refit_correction(rng, model: FieldModel, fold, fresh, p_global, size, final
     score = jnp.where(train & fresh, jax.random.uniform(rng, train.shape), -1.0)
     top, pick = jax.lax.top_k(score, size)
     valid = top >= 0.0
-    z = embed(geometry, x, conf)
-    values = fold_values(model, fold[5])
-    bins, bw, kernel = fold[6], geometry.log_bandwidth, geometry.kernel
-    if bins is None:
+    summary, bw, kernel = fold[6], geometry.log_bandwidth, geometry.kernel
+    if summary is None:
+        z = embed(geometry, x, conf)
+        values = fold_values(model, fold[5])
         m = kernel_moments(z[pick], z, values, bw, query_index=pick, ref_mask=train, kernel=kernel)
-    else:
-        m = binned_moments(
-            z[pick], bins, bw, kernel=kernel, self_bin=bins.label[pick], self_values=values[pick]
-        )
+    else:  # each item's own leaf is the one it was built into
+        z = embed(geometry, x[pick], conf[pick])
+        m = summary_moments(model, fold, z, summary.tree.leaf[pick], exclude=pick)
     loo = field_from_moments(m._replace(sum_wv=m.sum_wv[:, 2:]))
     params = fit_correction_params(p_global[pick], loo.value, loo.n_eff, correct[pick], valid)
     if not final:

@@ -34,8 +34,15 @@ from miscal_jax.correction.local import (
 )
 from miscal_jax.geometry.encoder import EncoderConfig
 from miscal_jax.geometry.spaces import DEFAULT_CANDIDATES, Geometry, embed, fit_geometry
-from miscal_jax.kernels.binned import Bins, binned_moments
-from miscal_jax.kernels.moments import kernel_moments
+from miscal_jax.kernels.binned import (
+    Bins,
+    Summary,
+    Tree,
+    binned_moments,
+    near_moments,
+    route,
+)
+from miscal_jax.kernels.moments import combine, kernel_moments
 from miscal_jax.smoothing.nadaraya_watson import field_from_moments, residual_values
 
 __all__ = [
@@ -50,6 +57,7 @@ __all__ = [
     "fold_masks",
     "fold_parts",
     "fold_values",
+    "summary_moments",
     "inner_global",
     "load",
     "out_of_fold",
@@ -117,10 +125,11 @@ class FieldModel:
       params: :class:`~miscal_jax.correction.CorrectionParams`, ``[K]`` leaves.
       final_map: isotonic map applied last, ``[K, ...]`` leaves (``None`` when off).
       config: the :class:`FitConfig` (its structure static, its numbers leaves).
-      bins: ``None`` (fold models smooth their training items exactly), or
-        :class:`~miscal_jax.kernels.binned.Bins` with ``[K, ...]`` leaves: each
-        fold's training items summarised in its space (:func:`~miscal_jax.model.bin_model`),
-        which :func:`predict` and :func:`out_of_fold` then smooth instead.
+      bins: ``None`` (fold models smooth their training items exactly), or a
+        :class:`~miscal_jax.kernels.binned.Summary` with ``[K, ...]`` leaves:
+        each fold's training items summarised in its space
+        (:func:`~miscal_jax.model.bin_model`), which :func:`predict` and
+        :func:`out_of_fold` then smooth instead (:func:`summary_moments`).
     """
 
     ref_x: Array
@@ -133,7 +142,7 @@ class FieldModel:
     params: CorrectionParams
     final_map: Any
     config: FitConfig = FitConfig()
-    bins: Bins | None = None
+    bins: Summary | None = None
 
     @property
     def fold(self) -> Array:
@@ -373,12 +382,48 @@ def fold_values(model: FieldModel, ref_residual: Array) -> Array:
     return jnp.concatenate([raw, residual_values(ref_residual)], axis=1)
 
 
+#: Queries per vectorised batch of the near (own-leaf) sums of a binned fold.
+NEAR_BATCH = 256
+
+
+def summary_moments(model: FieldModel, parts, z: Array, leaf: Array, exclude=None):
+    """A binned fold's moments at ``[q, k]`` queries ``z`` in its space, lying in leaves ``leaf``.
+
+    The training items of a query's own leaf are summed exactly
+    (:func:`~miscal_jax.kernels.binned.near_moments`, re-embedded from
+    ``ref_x``), every other leaf's bins as clouds
+    (:func:`~miscal_jax.kernels.binned.binned_moments`); ``exclude`` ``[q]``
+    leaves out one item per query (leave-one-out; ``-1``: none). Values as
+    :func:`fold_values`.
+    """
+    geometry, _, _, _, train, ref_residual, summary = parts
+    bw, kernel = geometry.log_bandwidth, geometry.kernel
+    exclude = jnp.full(z.shape[0], -1, jnp.int32) if exclude is None else exclude
+    far = binned_moments(z, summary.bins, bw, kernel=kernel, skip=leaf, group=2)
+    raw = model.ref_correct - model.ref_conf
+
+    def near(args):
+        zi, li, ei = args
+        idx = summary.members[li]  # [cap]
+        at = jnp.maximum(idx, 0)
+        ok = (idx >= 0) & train[at] & (at != ei)
+        points = embed(geometry, model.ref_x[at], model.ref_conf[at])
+        values = jnp.concatenate([residual_values(raw[at]), residual_values(ref_residual[at])], 1)
+        return near_moments(zi[None], points[None], values[None], ok[None], bw, kernel=kernel)
+
+    # one bandwidth per fold: [q, 1, ...] -> [q, ...]
+    close = jax.tree.map(
+        lambda a: a[:, 0], jax.lax.map(near, (z, leaf, exclude), batch_size=NEAR_BATCH)
+    )
+    return combine(jax.tree.map(lambda a, b: jnp.stack([a, b]), far, close))
+
+
 def _fold_fields(model: FieldModel, parts, x, conf):
     """``(field of correct - conf, field of correct - p_global)`` of one fold at ``[q, d]``."""
     geometry, _, _, _, train, ref_residual, bins = parts
     z = embed(geometry, x, conf)
     if bins is not None:
-        m = binned_moments(z, bins, geometry.log_bandwidth, kernel=geometry.kernel)
+        m = summary_moments(model, parts, z, route(z, bins.tree))
     else:
         ref_z = embed(geometry, model.ref_x, model.ref_conf)
         m = kernel_moments(
@@ -618,11 +663,20 @@ def _template(config: FitConfig, shapes: dict) -> FieldModel:
     return batch
 
 
-def _bins_template(folds: int, n: int, shape: list) -> Bins:
-    """The structure of a binned model's ``bins``: ``shape`` is ``[P, k, c]``."""
-    (p, k, c), f = shape, float_dtype()
+def _bins_shape(summary: Summary) -> list:
+    """``[P, k, c, cap]`` of a binned model's ``bins`` (what :func:`_bins_template` rebuilds)."""
+    bins = summary.bins
+    return [*bins.centre.shape[1:], bins.sums.shape[-1], summary.members.shape[-1]]
+
+
+def _bins_template(folds: int, n: int, shape: list) -> Summary:
+    """The structure of a binned model's ``bins``: ``shape`` is ``[P, k, c, cap]``."""
+    (p, k, c, cap), f = shape, float_dtype()
     new = lambda dims, dtype=f: jax.ShapeDtypeStruct((folds, *dims), dtype)
-    return Bins(new((p, k)), new((p,)), new((p, c)), new((n,), jnp.int32), new((p, k)))
+    leaves = p // 2
+    bins = Bins(new((p, k)), new((p,)), new((p, c)), new((n,), jnp.int32), new((p, k)))
+    tree = Tree(new((n,), jnp.int32), new((leaves - 1, k)), new((leaves - 1,)))
+    return Summary(bins, tree, new((leaves, cap), jnp.int32))
 
 
 def _plain(value):
@@ -675,9 +729,7 @@ def save(model: FieldModel, path: str | Path) -> None:
             "folds": config.folds,
             "models": num_models(model),
             "shared_embeddings": num_models(model) is not None and model.ref_x.ndim == 2,
-            "bins": None
-            if model.bins is None
-            else [*model.bins.centre.shape[1:], model.bins.sums.shape[-1]],
+            "bins": None if model.bins is None else _bins_shape(model.bins),
         },
     }
     state = serialization.to_state_dict(model)

@@ -1,7 +1,8 @@
 """Fit + predict at 10^5 items beside MCGrad's, on the same planted data, in the same run.
 
 Planted data as in ``scale.py`` (8 signal + 24 nuisance columns: d = 32):
-``n`` items to fit on and ``n`` fresh items from the same distribution to
+``2n`` items drawn at once (a seed draws its own clusters and field) and
+split: ``n`` to fit on, ``n`` fresh items from the same distribution to
 predict. Each method fits on the first set and predicts the second; the
 table gives wall times (fit, predict) and the fresh items' Brier score, with
 isotonic regression on the confidence alone as the floor to beat.
@@ -27,6 +28,8 @@ import numpy as np
 from miscal_jax.calibrators.global_maps import apply_isotonic, fit_isotonic
 from miscal_jax.model import crossfit, predict
 from miscal_jax.synthetic.planted import make_planted
+
+FIELDS = ("embeddings", "conf", "correct", "field", "field_given_conf", "region")
 
 
 def _brier(p, y) -> float:
@@ -60,8 +63,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     args = parser.parse_args()
     print(f"# JAX {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores")
-    kw = dict(amplitude=0.25, nuisance_dim=24)
-    train, test = make_planted(args.n, seed=0, **kw), make_planted(args.n, seed=1, **kw)
+    # one draw of 2n items split in halves: a seed draws its own clusters and field
+    both = make_planted(2 * args.n, seed=0, amplitude=0.25, nuisance_dim=24)
+    half = lambda a: (a[: args.n], a[args.n :])
+    train, test = (
+        both._replace(**dict(zip(FIELDS, parts, strict=True)))
+        for parts in zip(*(half(getattr(both, f)) for f in FIELDS), strict=True)
+    )
     y = np.asarray(test.correct, np.float64)
     rows = {}
 

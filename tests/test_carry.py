@@ -43,8 +43,8 @@ def test_crossfit_large_path_agrees_with_the_exact_path():
     kw = dict(folds=3, candidates=("raw", "pca"), progress=False)
     exact = crossfit(d.embeddings, d.conf, d.correct, select_on=None, **kw)
     carried = crossfit(d.embeddings, d.conf, d.correct, select_on=1000, **kw)
-    assert exact.scale == {"path": "exact", "n": 3000}
-    assert carried.scale == {"path": "subsample", "n": 3000, "selected_on": 1000}
+    assert exact.scale == {"path": "exact", "n": 3000, "field": "exact"}
+    assert carried.scale == {"path": "subsample", "n": 3000, "selected_on": 1000, "field": "exact"}
     assert np.corrcoef(carried.field, exact.field)[0, 1] > 0.9
     truth = lambda r: np.corrcoef(r.field, d.field)[0, 1]
     assert truth(carried) > truth(exact) - 0.05
@@ -71,6 +71,7 @@ def test_binned_model_is_exact_with_a_bin_per_item_and_survives_save_and_load(tm
     )
 
 
+@pytest.mark.slow
 def test_crossfit_bins_on_request_and_reports_the_measured_error():
     d = make_planted(2000, seed=4, amplitude=0.25)
     kw = dict(folds=3, candidates=("raw",), progress=False)

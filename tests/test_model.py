@@ -76,7 +76,7 @@ def test_out_of_fold_outputs_ignore_the_items_own_outcome():
 
 def test_out_of_fold_smooths_only_held_out_items_and_matches_all_items_then_pick():
     """Smoothing each fold's held-out items only equals smoothing all items and picking."""
-    from miscal_jax.model.field_model import _apply_fold, _fold_model
+    from miscal_jax.model.field_model import apply_fold, fold_parts
 
     x, p, y = _data(n=241)  # folds of 81, 80, 80: padding in two of them
     model, _ = jit_fit(jax.random.key(2), x, p, y, FAST)
@@ -84,7 +84,7 @@ def test_out_of_fold_smooths_only_held_out_items_and_matches_all_items_then_pick
     assert np.all(np.isfinite(np.asarray(est.value))) and np.all(np.isfinite(p_local))
     fold = np.asarray(model.fold)
     for k in range(model.train_mask.shape[0]):
-        want, want_p = _apply_fold(model, _fold_model(model, k), x, p)
+        want, want_p = apply_fold(model, fold_parts(model, k), x, p)
         te = fold == k
         for a, b in zip(est, want, strict=True):
             np.testing.assert_allclose(np.asarray(a)[te], np.asarray(b)[te], rtol=1e-4, atol=1e-6)

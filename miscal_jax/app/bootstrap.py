@@ -17,10 +17,8 @@ __all__ = [
     "LEVEL",
     "METHODS",
     "RESAMPLE_ELEMENTS",
-    "auroc_rows",
     "bin_sums",
     "bootstrap_metrics",
-    "ece_rows",
     "indicator",
     "resampled_counts",
 ]
@@ -69,20 +67,6 @@ def _auroc(pos: np.ndarray, total: np.ndarray) -> np.ndarray:
     ok = (n_pos > 0) & (n_neg > 0)
     stat = (pos * (below + 0.5 * neg)).sum(1)
     return np.where(ok, stat / np.where(ok, n_pos * n_neg, 1.0), 0.5)
-
-
-def auroc_rows(p: np.ndarray, y: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """``[b]`` AUROC of each resample (``counts`` ``[b, n]``), ties counting 1/2."""
-    _, inv = np.unique(p, return_inverse=True)
-    u, counts_t = int(inv.max()) + 1, np.ascontiguousarray(counts.T, float)
-    pos = bin_sums(indicator(inv, y.astype(float), u), counts_t)
-    return _auroc(pos, bin_sums(indicator(inv, np.ones(p.size), u), counts_t))
-
-
-def ece_rows(bins: np.ndarray, resid: np.ndarray, counts: np.ndarray, num: int) -> np.ndarray:
-    """``[b]`` sum over bins of ``|sum resid|`` over the resample's size (ECE)."""
-    counts_t = np.ascontiguousarray(counts.T, float)
-    return np.abs(bin_sums(indicator(bins, resid, num), counts_t)).sum(1) / counts.sum(1)
 
 
 class _Method:

@@ -29,9 +29,11 @@ at ``rho / h = 0.1`` in 2-D and the field correlates 0.94 with the exact one at
 ``rho / h = 1.5`` in a 16-D learned space (``benchmarks/README.md``); callers
 measure it against exact sums on a sample.
 
-Leave-one-out uses the summary itself: a query that is reference ``j``
-subtracts one point's share ``E_b[w] [1, V_j]`` from its bin (a bin it
-empties is dropped before the maximum, so nothing cancels catastrophically).
+Near and far: a caller that holds the references themselves sums a query's
+own leaf exactly (:func:`near_moments` over :func:`leaf_members`) and skips
+that leaf's bins (``binned_moments(skip=...)``); leave-one-out then drops the
+query from its exact leaf sum, and :func:`~miscal_jax.kernels.moments.combine`
+adds the two parts.
 
 The moments come back in :class:`~miscal_jax.kernels.KernelMoments`'s
 relative convention, so every consumer of the exact sums reads them unchanged.
@@ -167,7 +169,11 @@ def tree_cells(points: ArrayLike, depth: int, *, power_steps: int = 3) -> Tree:
 
 
 def route(points: ArrayLike, tree: Tree) -> Array:
-    """``[q]`` the leaf of :class:`Tree` each point falls in (``x . axis > threshold``: upper)."""
+    """``[q]`` the leaf of :class:`Tree` each of ``[q, k]`` points falls in.
+
+    At each split a point goes to the upper half where ``x . axis > threshold``
+    (example in :func:`tree_cells`).
+    """
     points = jnp.asarray(points)
     leaf = jnp.zeros(points.shape[0], jnp.int32)
     depth = (tree.axis.shape[0] + 1).bit_length() - 1
@@ -250,8 +256,15 @@ def bin_points(
 def bin_radius(points: ArrayLike, bins: Bins, log_bandwidth: ArrayLike) -> Array:
     """The bins' root-mean-square radius over the bandwidth, ``rho / h`` (scalar).
 
-    The relative error of a binned weight is about ``(rho / h)^2 / 2`` times
-    ``1 + |q - c|^2 / h^2`` (module docstring).
+    ``points`` ``[n, k]`` are the points ``bins`` was built from; the binned
+    sums' error grows with this ratio (module docstring).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> b = bin_points(jnp.array([[0.0], [2.0]]), jnp.ones((2, 1)), jnp.ones(2, bool),
+      ...                jnp.zeros(2, int), 1)
+      >>> float(bin_radius(jnp.array([[0.0], [2.0]]), b, jnp.log(2.0)))  # radius 1, h = 2
+      0.5
     """
     points = jnp.asarray(points)
     ok = bins.label >= 0

@@ -400,7 +400,7 @@ def summary_moments(model: FieldModel, parts, z: Array, leaf: Array, exclude=Non
     bw, kernel = geometry.log_bandwidth, geometry.kernel
     exclude = jnp.full(z.shape[0], -1, jnp.int32) if exclude is None else exclude
     far = binned_moments(z, summary.bins, bw, kernel=kernel, skip=leaf, group=2)
-    raw = model.ref_correct - model.ref_conf
+    values = fold_values(model, ref_residual)
 
     def near(args):
         zi, li, ei = args
@@ -408,8 +408,7 @@ def summary_moments(model: FieldModel, parts, z: Array, leaf: Array, exclude=Non
         at = jnp.maximum(idx, 0)
         ok = (idx >= 0) & train[at] & (at != ei)
         points = embed(geometry, model.ref_x[at], model.ref_conf[at])
-        values = jnp.concatenate([residual_values(raw[at]), residual_values(ref_residual[at])], 1)
-        return near_moments(zi[None], points[None], values[None], ok[None], bw, kernel=kernel)
+        return near_moments(zi[None], points[None], values[at][None], ok[None], bw, kernel=kernel)
 
     # one bandwidth per fold: [q, 1, ...] -> [q, ...]
     close = jax.tree.map(

@@ -48,10 +48,9 @@ def test_bootstrap_helpers_match_metrics_on_the_full_sample():
     p = np.round(rng.uniform(0.3, 1.0, n), 2)  # ties, as with verbalised confidences
     y = (rng.random(n) < p - 0.1).astype(float)
     g = rng.integers(0, 5, n)
-    counts = np.ones((1, n))  # every item once
-    bins = np.clip(np.floor(p * 15).astype(int), 0, 14)
-    np.testing.assert_allclose(B.ece_rows(bins, y - p, counts, 15)[0], M.ece(p, y), atol=1e-6)
-    np.testing.assert_allclose(B.auroc_rows(p, y, counts)[0], M.auroc(p, y), atol=1e-6)
+    once = B._Method(p, y, g).metrics(np.ones((n, 1)), np.array([float(n)]))  # every item once
+    np.testing.assert_allclose(once["ece"][0], M.ece(p, y), atol=1e-6)
+    np.testing.assert_allclose(once["auroc"][0], M.auroc(p, y), atol=1e-6)
     out = B.bootstrap_metrics({"uncorrected": p, "local": p, "isotonic": p}, y, g, num_samples=50)
     lo, hi = out["intervals"]["uncorrected"]["regional_error"]
     assert lo <= float(M.regional_error(p, y, g)) <= hi

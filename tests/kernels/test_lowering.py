@@ -93,6 +93,13 @@ def test_fit_and_predict_lower(platform):
     exported = _export(lambda m, e, c: mj.predict(m, e, c), platform, model,
                        _spec((50, d)), _spec((50,)))  # fmt: skip
     assert exported.out_avals[1].shape == (50,)
+    # the large-data path: binning the folds, and predicting through the bins
+    binned = _export(lambda m: mj.model.bin_model(m, cells=64), platform, model)
+    assert binned.out_avals[-1].shape[:2] == (3, 64)  # the leaves' members, [K, L, cap]
+    small = mj.model.bin_model(model, cells=64)
+    exported = _export(lambda m, e, c: mj.predict(m, e, c), platform, small,
+                       _spec((50, d)), _spec((50,)))  # fmt: skip
+    assert exported.out_avals[1].shape == (50,)
 
 
 def test_pallas_is_imported_only_when_used():

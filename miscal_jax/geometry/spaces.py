@@ -9,10 +9,14 @@ cross-validated smoother error:
 - ``"std"``: each column divided by its standard deviation, so a few
   high-variance nuisance columns cannot dominate the distance.
 - ``"pca"``: the top principal components.
-- ``"linear"``: a regularised linear metric, per-direction relevance weights
-  (:class:`~miscal_jax.geometry.Relevance`) on the standardised columns
-  (on the top principal components when there are more than
-  :data:`MAX_ENCODER_INPUTS` columns), trained on the leave-one-out smoother loss.
+- ``"linear"``: a linear metric on the standardised columns ``u``
+  (:class:`~miscal_jax.geometry.LinearMetric`): per-column weights beside a
+  rank-``r`` part ``u @ W`` (``r`` at most :data:`MAX_RANK`) that can follow
+  a rotated subspace no column weight can. ``W`` starts at the principal or
+  the residual-gradient directions, family and rank chosen by held-out
+  error (:func:`~miscal_jax.geometry.directions.initial_metric`); both parts
+  are trained on the leave-one-out smoother loss (metric learning for
+  kernel regression).
 - ``"learned"``: the MLP :class:`~miscal_jax.geometry.Encoder` on the
   top principal components (and the confidence), trained the same way.
 
@@ -43,7 +47,8 @@ from jax.typing import ArrayLike
 from miscal_jax._src.dtypes import as_float
 from miscal_jax._types import Array, FieldEstimate, PRNGKey
 from miscal_jax.calibrators.global_maps import logit
-from miscal_jax.geometry.encoder import Encoder, EncoderConfig, Relevance, fit_encoder
+from miscal_jax.geometry.directions import initial_metric
+from miscal_jax.geometry.encoder import Encoder, EncoderConfig, LinearMetric, fit_encoder
 from miscal_jax.smoothing.nadaraya_watson import bandwidth_grid, loo_field
 
 __all__ = [
@@ -64,6 +69,8 @@ DEFAULT_CANDIDATES = GEOMETRIES
 TRAINED = ("linear", "learned")
 #: Encoder inputs are the top principal components, at most this many.
 MAX_ENCODER_INPUTS = 64
+#: Largest rank of the ``"linear"`` metric (its output width).
+MAX_RANK = 8
 #: Relative floor on a column's standard deviation in the ``"std"`` space.
 STD_FLOOR = 1e-3
 
@@ -78,8 +85,6 @@ class Geometry:
       projection: ``[d, m]`` top principal directions (the PCA space is the
         first ``pca_dim`` of them; the MLP reads all ``m``).
       input_scale: scalar dividing the projected inputs of the MLP.
-      relevance_inputs: ``[d, r]`` map from centred inputs to the inputs of
-        the linear metric.
       params: tuple aligned with ``candidates``: flax parameters of the
         trained candidates, ``None`` for the fixed ones.
       choice: integer index of the chosen candidate.
@@ -96,7 +101,6 @@ class Geometry:
     std: Array
     projection: Array
     input_scale: Array
-    relevance_inputs: Array
     params: tuple
     choice: Array
     log_bandwidth: Array
@@ -123,7 +127,7 @@ def _mlp_inputs(geometry: Geometry, x: Array, conf: Array) -> Array:
 def _inputs(geometry: Geometry, kind: str, x: Array, conf: Array) -> Array:
     """``[n, .]`` inputs of a trained candidate's module."""
     if kind == "linear":
-        return (x - geometry.mean) @ geometry.relevance_inputs
+        return (x - geometry.mean) / geometry.std
     return _mlp_inputs(geometry, x, conf)
 
 
@@ -147,7 +151,7 @@ def embed(geometry: Geometry, x: ArrayLike, conf: ArrayLike) -> Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> g = Geometry(jnp.ones(2), jnp.ones(2), jnp.eye(2), jnp.ones(()), jnp.eye(2), (None,),
+      >>> g = Geometry(jnp.ones(2), jnp.ones(2), jnp.eye(2), jnp.ones(()), (None,),
       ...              jnp.zeros((), int), jnp.zeros(()), z_dim=2)
       >>> embed(g, jnp.array([[1.0, 3.0]]), jnp.array([0.5]))
       Array([[0., 2.]], dtype=float32)
@@ -170,7 +174,7 @@ def embed_folds(geometry: Geometry, x: ArrayLike, conf: ArrayLike) -> Array:
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> g = Geometry(jnp.ones(2), jnp.ones(2), jnp.eye(2), jnp.ones(()), jnp.eye(2), (None,),
+      >>> g = Geometry(jnp.ones(2), jnp.ones(2), jnp.eye(2), jnp.ones(()), (None,),
       ...              jnp.zeros((), int), jnp.zeros(()), z_dim=2)
       >>> folds = jax.tree.map(lambda a: jnp.stack([a, a + 1]), g)
       >>> embed_folds(folds, jnp.array([[1.0, 3.0]]), jnp.array([0.5]))[:, 0]
@@ -279,9 +283,9 @@ def _take(tree, k):
     return jax.tree.map(lambda a: jnp.take(a, k, axis=0), tree)
 
 
-def _modules(candidates, config: EncoderConfig) -> tuple:
+def _modules(candidates, config: EncoderConfig, d: int) -> tuple:
     mlp = Encoder(hidden=tuple(config.hidden), out_dim=config.out_dim)
-    named = {"linear": Relevance(), "learned": mlp}
+    named = {"linear": LinearMetric(rank=min(MAX_RANK, d)), "learned": mlp}
     return tuple(named.get(kind) for kind in candidates)
 
 
@@ -370,33 +374,40 @@ def fit_geometry(
     var = _masked_mean(((x - mean) ** 2).T, train)
     std = jnp.sqrt(jnp.maximum(var, STD_FLOOR**2 * jnp.max(var)) + 1e-30)
     input_scale = jnp.sqrt(jnp.mean(variances)) + 1e-12
-    relevance_inputs = jnp.diag(1.0 / std) if d <= MAX_ENCODER_INPUTS else directions / input_scale
-    widths = {"raw": d, "std": d, "pca": pca_dim, "linear": relevance_inputs.shape[1]}
+    widths = {"raw": d, "std": d, "pca": pca_dim, "linear": d + min(MAX_RANK, d)}
     geometry = Geometry(
         mean,
         std,
         directions,
         input_scale,
-        relevance_inputs,
         tuple(None for _ in candidates),
         jnp.zeros((), jnp.int32),
         jnp.zeros(()),
         candidates=candidates,
         pca_dim=pca_dim,
         z_dim=max(widths.get(kind, config.out_dim) for kind in candidates),
-        modules=_modules(candidates, config),
+        modules=_modules(candidates, config, d),
         use_conf=use_conf,
         kernel=config.kernel,
     )
     params, histories = list(geometry.params), []
     for k, key in zip(trained, jax.random.split(enc_rng, max(len(trained), 1)), strict=False):
         feats = _inputs(geometry, candidates[k], x, conf)
-        cfg = config
+        cfg, start = config, None
         if candidates[k] == "linear":
+            principal = weighted_pca(feats, fit, min(MAX_RANK, d))[1]
+            matrix, rank = initial_metric(
+                feats, residual, fit, stop, principal, kernel=config.kernel
+            )
+            start = {"log_w": jnp.zeros(d), "directions": jnp.sqrt(d) * matrix}
             cfg = config.replace(
                 learning_rate=config.linear_learning_rate, batch_size=config.linear_batch_size
             )
-        state, history = fit_encoder(key, feats, residual, fit, stop, cfg, geometry.modules[k])
+        state, history = fit_encoder(
+            key, feats, residual, fit, stop, cfg, geometry.modules[k], start
+        )
+        if candidates[k] == "linear":
+            history = dict(history, rank=rank)
         params[k] = state.params["encoder"]
         histories.append(history)
     geometry = geometry.replace(params=tuple(params))

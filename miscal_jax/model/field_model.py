@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 #: Version of the file layout written by :func:`save`; :func:`load` refuses others.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 
 @struct.dataclass

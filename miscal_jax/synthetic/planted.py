@@ -42,6 +42,9 @@ class PlantedData(NamedTuple):
       field_given_conf: ``[n]`` true ``E[correct - conf | x, conf]`` per item.
       region: ``[n]`` int cluster id of each item (the planted regions).
       region_sign: ``[num_clusters]`` -1 overconfident, +1 under, 0 calibrated.
+      signal_basis: ``[d, signal_dim]`` orthonormal columns spanning the
+        directions of the inputs that carry the clusters (the field varies
+        in their span only).
     """
 
     embeddings: np.ndarray
@@ -51,6 +54,7 @@ class PlantedData(NamedTuple):
     field_given_conf: np.ndarray
     region: np.ndarray
     region_sign: np.ndarray
+    signal_basis: np.ndarray
 
 
 def make_planted(
@@ -99,7 +103,7 @@ def make_planted(
     if n < 1 or num_clusters < 1 or signal_dim < 1:
         raise ValueError("n, num_clusters and signal_dim must be positive.")
     rng = np.random.default_rng(seed)
-    embeddings, region, _ = _clustered(
+    embeddings, region, _, basis = _clustered(
         rng, n, num_clusters, signal_dim, nuisance_dim, nuisance_scale, cluster_spread, rotate
     )
 
@@ -122,13 +126,16 @@ def make_planted(
         field_xp.astype(np.float32),
         region,
         region_sign,
+        basis.astype(np.float32),
     )
 
 
 def _clustered(rng, n, num_clusters, signal_dim, nuisance_dim, nuisance_scale, spread, rotate):
     """``[n, signal_dim + nuisance_dim]`` points around unit-norm topic centres,
-    each point's ``[n]`` topic and its ``[n, signal_dim]`` unrotated signal part.
-    The rotation is drawn even when not applied, so ``rotate`` changes no later draw."""
+    each point's ``[n]`` topic, its ``[n, signal_dim]`` unrotated signal part
+    and the ``[d, signal_dim]`` basis of the signal directions in the points'
+    coordinates. The rotation is drawn even when not applied, so ``rotate``
+    changes no later draw."""
     centres = rng.normal(size=(num_clusters, signal_dim))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     region = rng.integers(num_clusters, size=n)
@@ -136,7 +143,8 @@ def _clustered(rng, n, num_clusters, signal_dim, nuisance_dim, nuisance_scale, s
     nuisance = nuisance_scale * rng.normal(size=(n, nuisance_dim))
     x = np.concatenate([signal, nuisance], axis=1)
     rotation, _ = np.linalg.qr(rng.normal(size=(x.shape[1], x.shape[1])))
-    return (x @ rotation if rotate else x), region, signal
+    basis = rotation[:signal_dim].T if rotate else np.eye(x.shape[1])[:, :signal_dim]
+    return (x @ rotation if rotate else x), region, signal, basis
 
 
 def _offset(p: np.ndarray, amplitude: float) -> np.ndarray:
@@ -250,7 +258,7 @@ def _draw_confounded(
         raise ValueError(
             f"exponent must be positive and conf_noise non-negative, got {exponent}, {conf_noise}."
         )
-    embeddings, region, signal = _clustered(
+    embeddings, region, signal, basis = _clustered(
         rng, n, num_clusters, signal_dim, nuisance_dim, nuisance_scale, cluster_spread, True
     )
     mean_logit = _confounded_logit(
@@ -270,6 +278,7 @@ def _draw_confounded(
         (conf**exponent - conf).astype(np.float32),
         region,
         np.zeros(num_clusters, dtype=np.int64),
+        basis.astype(np.float32),
     )
     return data, signal, mean_logit
 

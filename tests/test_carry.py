@@ -21,6 +21,7 @@ def test_carried_folds_are_balanced_and_keep_the_subsample_folds():
     np.testing.assert_array_equal(np.argmin(masks, axis=0)[np.asarray(idx)], fold_sub)
 
 
+@pytest.mark.slow
 def test_carry_is_out_of_fold_and_rescales_the_bandwidth():
     d = make_planted(1500, seed=1, amplitude=0.25)
     idx = subsample(jax.random.key(3), 1500, 500)
@@ -52,6 +53,7 @@ def test_crossfit_large_path_agrees_with_the_exact_path():
     assert brier(carried, "local") < brier(carried, "isotonic")
 
 
+@pytest.mark.slow
 def test_binned_model_is_exact_with_a_bin_per_item_and_survives_save_and_load(tmp_path):
     from miscal_jax.model import bin_model, load, predict, save
 

@@ -33,6 +33,7 @@ def _data(n=240, seed=0):
     return d.embeddings, d.conf, d.correct
 
 
+@pytest.mark.slow
 def test_jit_fit_and_predict_run_with_every_geometry():
     x, p, y = _data()
     model, info = jit_fit(jax.random.key(0), x, p, y, LEARNED)
@@ -229,6 +230,7 @@ def test_predict_recovers_the_planted_field_on_new_items():
     assert brier(corrected) < brier(p_global) - 0.002, (brier(corrected), brier(p_global))
 
 
+@pytest.mark.slow
 def test_configs_are_pytrees_jit_needs_no_static_args_and_a_sweep_compiles_once():
     x, p, y = _data()
     cfg = FitConfig(
@@ -261,6 +263,7 @@ def test_configs_are_pytrees_jit_needs_no_static_args_and_a_sweep_compiles_once(
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_batch_of_eight_models_is_first_class(tmp_path):
     """vmap(fit) over 8 models: predict, out_of_fold, select_model and a bit-exact save/load."""
     from miscal_jax.model import num_models, select_model

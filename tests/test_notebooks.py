@@ -18,6 +18,7 @@ def _run(name: str) -> dict:
     return namespace
 
 
+@pytest.mark.slow
 def test_planted_field_notebook_finds_and_fixes_the_regions():
     """Measured: field correlation 0.73, regional error 0.088 (isotonic) against
     0.038 (local), heterogeneity p = 0.02 with 50 permutations, three regimes

@@ -377,6 +377,7 @@ def test_profile_degenerate_and_bad_input():
 CLI_FAST = ["--folds", "3", "--permutations", "20", "--quiet", "--geometry", "raw"]
 
 
+@pytest.mark.slow
 def test_cli_report_in_the_panel_geometry(tmp_path, capsys):
     path, x = long_table(tmp_path / "long.csv", emb_columns=False)
     np.save(tmp_path / "items.npy", x)

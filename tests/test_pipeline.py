@@ -32,6 +32,7 @@ def world():
     return x, new_x, confs, corrects
 
 
+@pytest.mark.slow
 def test_one_jit_for_one_model_and_for_a_batch_of_eight(world, tmp_path):
     x, new_x, confs, corrects = world
     keys = jax.random.split(jax.random.key(0), 8)

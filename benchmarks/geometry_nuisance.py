@@ -15,8 +15,8 @@ directions, the field's sign set by the cluster):
 - ``rot_k{k}_d{d}``: ``k`` in {2, 4, 8} signal directions among ``d`` in
   {32, 128, 384} columns, rotated, nuisance scaled like the signal.
 
-For each case and seed every geometry is fitted alone and all of them
-together (the default choice), 3-fold cross-fitted; the figure is the
+For each case and seed every geometry is fitted alone and the default
+candidates together (``chosen``, the per-fold choice), 3-fold cross-fitted; the figure is the
 correlation between the out-of-fold field and the true field (held-out by
 construction). ``oracle`` smooths in the true signal coordinates
 (``x @ signal_basis``) with its own cross-validated bandwidth. ``angle`` is

@@ -60,7 +60,7 @@ def test_initial_metric_recovers_a_planted_subspace_and_zeroes_past_its_rank():
     d = make_planted(1500, seed=0, signal_dim=2, nuisance_dim=22, nuisance_scale=0.43,
                      amplitude=0.3)  # fmt: skip
     u = (d.embeddings - d.embeddings.mean(0)) / d.embeddings.std(0)
-    r = jnp.asarray(d.field_given_conf)  # the residual's mean, no coin flips
+    r = jnp.asarray(d.field_given_conf)  # E[r | x, conf]: no coin flips
     fit = np.arange(1500) < 1000
     cov = np.cov(u[fit].T)
     principal = np.linalg.eigh(cov)[1][:, ::-1][:, :8]

@@ -7,6 +7,7 @@ import pytest
 
 from miscal_jax.correction.local import apply_global, fit_global
 from miscal_jax.geometry.encoder import EncoderConfig
+from miscal_jax.geometry.spaces import GEOMETRIES
 from miscal_jax.model.field_model import (
     FORMAT_VERSION,
     FitConfig,
@@ -23,7 +24,9 @@ from miscal_jax.synthetic.planted import make_planted
 
 FAST = FitConfig(folds=3, candidates=("raw", "pca"))
 LEARNED = FitConfig(
-    folds=2, encoder=EncoderConfig(out_dim=4, batch_size=64, max_steps=40, eval_every=20)
+    folds=2,
+    candidates=GEOMETRIES,  # every space, the opt-in MLP too
+    encoder=EncoderConfig(out_dim=4, batch_size=64, max_steps=40, eval_every=20),
 )
 jit_fit = jax.jit(fit)
 

@@ -99,6 +99,9 @@ def test_fit_geometry_each_kind_and_one_standard_error_rule():
         # honest rows: every row for a fixed space; for a trained one only the
         # rows outside its fit part (split 0.7 / 0.15: 30% of them)
         honest = np.asarray(info["honest"])
+        if kind == "linear":  # the chosen start's rank survives training (zero columns stay zero)
+            used = np.any(np.asarray(g.params[0]["directions"]) != 0.0, axis=0)
+            assert used.sum() == int(info["encoder"][0]["rank"]) and used[0]
         if kind in TRAINED:
             assert 0.25 < honest.mean() < 0.35
         else:

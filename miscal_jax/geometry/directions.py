@@ -11,7 +11,7 @@ noise's own contribution is spread over all ``d`` directions, so it lifts
 every eigenvalue alike and mostly leaves the ordering to the signal.
 
 :func:`initial_metric` turns the eigenvectors into the starting matrix of
-:class:`~miscal_jax.geometry.LowRankMetric`, with the rank chosen by
+:class:`~miscal_jax.geometry.LinearMetric`, with the rank chosen by
 held-out smoother error. Everything is traceable: ranks are masks on a
 fixed-width matrix (a zero column changes no distance and receives zero
 gradient), so the choice runs under ``jit`` and ``vmap``.
@@ -90,11 +90,12 @@ def initial_metric(
     inputs (right where the field follows the inputs' own structure, e.g.
     topic clusters) and the top gradient directions of the smoothed
     residuals (:func:`gradient_directions` over the ``fit`` items, right
-    where it follows low-variance directions). Each family at each rank of
-    :data:`RANKS` predicts the ``stop`` items' residuals from the ``fit``
-    items at its best bandwidth; the best pair wins, and columns past its
-    rank are zero. (More choices, such as the columns' weight against the
-    directions, were tried and lost: 150 stop items cannot tell them apart.)
+    where it follows low-variance directions). Each family at each rank
+    (those of :data:`RANKS` below ``width``, and ``width``) predicts the
+    ``stop`` items' residuals from the ``fit`` items at its best bandwidth;
+    the best pair wins, and columns past its rank are zero. (More choices,
+    such as the columns' weight against the directions, were tried and
+    lost: 150 stop items cannot tell them apart.)
 
     Args:
       u: ``[n, d]`` inputs (standardised columns).
@@ -119,7 +120,7 @@ def initial_metric(
     width = principal.shape[1]
     gradient, _ = gradient_directions(u, residual, fit, kernel=kernel)
     families = jnp.stack([principal, gradient[:, :width]])  # [2, d, width]
-    ranks = [r for r in RANKS if r <= width] or [width]
+    ranks = sorted({r for r in RANKS if r < width} | {width})
     columns = jnp.arange(width)
     errors = []
     for basis in families:

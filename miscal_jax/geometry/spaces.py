@@ -25,7 +25,8 @@ Selection is by leave-one-out error at each candidate's own best bandwidth
 (all bandwidths of the grid in one distance pass). The fixed spaces are
 compared over all training items; a trained space is compared on the
 training items outside its fit part (its weights never saw them; the
-*stop* part among them chose its early-stopping checkpoint), against the
+*stop* part among them chose its early-stopping checkpoint and, for the
+linear metric, its starting directions and rank), against the
 best fixed space, and must beat it by one paired standard error, so a
 learned metric that overfits the coin-flip residuals is not used.
 
@@ -348,7 +349,8 @@ def fit_geometry(
       even through the chosen space's weights (all training rows for a fixed
       space, those outside its fit part for a trained one);
       ``info["encoder"]`` the training histories (a tuple aligned with the
-      trained candidates).
+      trained candidates; the linear metric's also holds ``"rank"``, the
+      rank of its rotated part).
 
     Examples:
       >>> import jax, jax.numpy as jnp

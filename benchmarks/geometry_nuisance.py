@@ -67,7 +67,7 @@ def metric_angle(models, basis: np.ndarray) -> float:
     out = []
     for model in models:
         g = model.geometry
-        w = np.asarray(g.params[0]["directions"]) / np.asarray(g.std)[:, None]
+        w = np.asarray(g.metric_inputs) @ np.asarray(g.params[0]["directions"])
         w = w[:, np.abs(w).sum(0) > 0]  # the columns past the rank are zero
         out.append(principal_angles(w, basis)[: min(basis.shape[1], w.shape[1])].mean())
     return float(np.mean(out))

@@ -9,7 +9,8 @@ cross-validated smoother error:
 - ``"std"``: each column divided by its standard deviation, so a few
   high-variance nuisance columns cannot dominate the distance.
 - ``"pca"``: the top principal components.
-- ``"linear"``: a linear metric on the standardised columns ``u``
+- ``"linear"``: a linear metric on the standardised columns ``u`` (on
+  the top :data:`MAX_METRIC_INPUTS` principal components of wider inputs)
   (:class:`~miscal_jax.geometry.LinearMetric`): per-column weights beside a
   rank-``r`` part ``u @ W`` (``r`` at most :data:`MAX_RANK`) that can follow
   a rotated subspace no column weight can. ``W`` starts at the principal or
@@ -75,8 +76,10 @@ DEFAULT_CANDIDATES = ("raw", "std", "pca", "linear")
 TRAINED = ("linear", "learned")
 #: Encoder inputs are the top principal components, at most this many.
 MAX_ENCODER_INPUTS = 64
-#: Largest rank of the ``"linear"`` metric (its output width).
+#: Largest rank of the ``"linear"`` metric's rotated part.
 MAX_RANK = 8
+#: Wider inputs reach the ``"linear"`` metric as this many top principal components.
+MAX_METRIC_INPUTS = 384
 #: Relative floor on a column's standard deviation in the ``"std"`` space.
 STD_FLOOR = 1e-3
 
@@ -91,6 +94,10 @@ class Geometry:
       projection: ``[d, m]`` top principal directions (the PCA space is the
         first ``pca_dim`` of them; the MLP reads all ``m``).
       input_scale: scalar dividing the projected inputs of the MLP.
+      metric_inputs: ``[d, r]`` map from centred inputs to the linear
+        metric's inputs: ``diag(1 / std)`` (the standardised columns), or for
+        ``d >`` :data:`MAX_METRIC_INPUTS` the top ``r`` principal directions
+        over their common scale.
       params: tuple aligned with ``candidates``: flax parameters of the
         trained candidates, ``None`` for the fixed ones.
       choice: integer index of the chosen candidate.
@@ -107,6 +114,7 @@ class Geometry:
     std: Array
     projection: Array
     input_scale: Array
+    metric_inputs: Array
     params: tuple
     choice: Array
     log_bandwidth: Array
@@ -133,7 +141,7 @@ def _mlp_inputs(geometry: Geometry, x: Array, conf: Array) -> Array:
 def _inputs(geometry: Geometry, kind: str, x: Array, conf: Array) -> Array:
     """``[n, .]`` inputs of a trained candidate's module."""
     if kind == "linear":
-        return (x - geometry.mean) / geometry.std
+        return (x - geometry.mean) @ geometry.metric_inputs
     return _mlp_inputs(geometry, x, conf)
 
 
@@ -157,8 +165,8 @@ def embed(geometry: Geometry, x: ArrayLike, conf: ArrayLike) -> Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> g = Geometry(jnp.ones(2), jnp.ones(2), jnp.eye(2), jnp.ones(()), (None,),
-      ...              jnp.zeros((), int), jnp.zeros(()), z_dim=2)
+      >>> g = Geometry(jnp.ones(2), jnp.ones(2), jnp.eye(2), jnp.ones(()), jnp.eye(2),
+      ...              (None,), jnp.zeros((), int), jnp.zeros(()), z_dim=2)
       >>> embed(g, jnp.array([[1.0, 3.0]]), jnp.array([0.5]))
       Array([[0., 2.]], dtype=float32)
     """
@@ -180,8 +188,8 @@ def embed_folds(geometry: Geometry, x: ArrayLike, conf: ArrayLike) -> Array:
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> g = Geometry(jnp.ones(2), jnp.ones(2), jnp.eye(2), jnp.ones(()), (None,),
-      ...              jnp.zeros((), int), jnp.zeros(()), z_dim=2)
+      >>> g = Geometry(jnp.ones(2), jnp.ones(2), jnp.eye(2), jnp.ones(()), jnp.eye(2),
+      ...              (None,), jnp.zeros((), int), jnp.zeros(()), z_dim=2)
       >>> folds = jax.tree.map(lambda a: jnp.stack([a, a + 1]), g)
       >>> embed_folds(folds, jnp.array([[1.0, 3.0]]), jnp.array([0.5]))[:, 0]
       Array([[ 0.,  2.],
@@ -289,9 +297,9 @@ def _take(tree, k):
     return jax.tree.map(lambda a: jnp.take(a, k, axis=0), tree)
 
 
-def _modules(candidates, config: EncoderConfig, d: int) -> tuple:
+def _modules(candidates, config: EncoderConfig, r: int) -> tuple:
     mlp = Encoder(hidden=tuple(config.hidden), out_dim=config.out_dim)
-    named = {"linear": LinearMetric(rank=min(MAX_RANK, d)), "learned": mlp}
+    named = {"linear": LinearMetric(rank=min(MAX_RANK, r)), "learned": mlp}
     return tuple(named.get(kind) for kind in candidates)
 
 
@@ -381,19 +389,26 @@ def fit_geometry(
     var = _masked_mean(((x - mean) ** 2).T, train)
     std = jnp.sqrt(jnp.maximum(var, STD_FLOOR**2 * jnp.max(var)) + 1e-30)
     input_scale = jnp.sqrt(jnp.mean(variances)) + 1e-12
-    widths = {"raw": d, "std": d, "pca": pca_dim, "linear": d + min(MAX_RANK, d)}
+    r = min(d, MAX_METRIC_INPUTS)
+    if d <= MAX_METRIC_INPUTS:
+        metric_inputs = jnp.diag(1.0 / std)
+    else:  # every column costs O(batch^2) per training step: the top components only
+        _, wide, wide_var = weighted_pca(x, train, r)
+        metric_inputs = wide / (jnp.sqrt(jnp.mean(wide_var)) + 1e-12)
+    widths = {"raw": d, "std": d, "pca": pca_dim, "linear": r + min(MAX_RANK, r)}
     geometry = Geometry(
         mean,
         std,
         directions,
         input_scale,
+        metric_inputs,
         tuple(None for _ in candidates),
         jnp.zeros((), jnp.int32),
         jnp.zeros(()),
         candidates=candidates,
         pca_dim=pca_dim,
         z_dim=max(widths.get(kind, config.out_dim) for kind in candidates),
-        modules=_modules(candidates, config, d),
+        modules=_modules(candidates, config, r),
         use_conf=use_conf,
         kernel=config.kernel,
     )
@@ -402,11 +417,11 @@ def fit_geometry(
         feats = _inputs(geometry, candidates[k], x, conf)
         cfg, start = config, None
         if candidates[k] == "linear":
-            principal = weighted_pca(feats, fit, min(MAX_RANK, d))[1]
+            principal = weighted_pca(feats, fit, min(MAX_RANK, r))[1]
             matrix, rank = initial_metric(
                 feats, residual, fit, stop, principal, kernel=config.kernel
             )
-            start = {"log_w": jnp.zeros(d), "directions": jnp.sqrt(d) * matrix}
+            start = {"log_w": jnp.zeros(r), "directions": jnp.sqrt(r) * matrix}
             cfg = config.replace(
                 learning_rate=config.linear_learning_rate, batch_size=config.linear_batch_size
             )

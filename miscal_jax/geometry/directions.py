@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from miscal_jax._types import Array
-from miscal_jax.smoothing.nadaraya_watson import bandwidth_grid, loo_field, nw_field
+from miscal_jax.smoothing.nadaraya_watson import bandwidth_grid, nw_field, select_bandwidth
 
 __all__ = ["RANKS", "gradient_directions", "initial_metric"]
 
@@ -54,10 +54,7 @@ def gradient_directions(u: Array, residual: Array, mask: Array, *, kernel: str) 
       >>> round(abs(float(dirs[1, 0])), 2)
       1.0
     """
-    grid = bandwidth_grid(u, ref_mask=mask)
-    est = loo_field(u, residual, grid, ref_mask=mask, kernel=kernel).value  # [g, n]
-    errors = _masked_mean((residual - est) ** 2, mask)
-    log_bw = grid[jnp.argmin(errors)]
+    log_bw, _ = select_bandwidth(u, residual, ref_mask=mask, kernel=kernel)
     ref = jax.lax.stop_gradient(u)
     index = jnp.arange(u.shape[0])
 

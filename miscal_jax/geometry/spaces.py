@@ -385,16 +385,18 @@ def fit_geometry(
     held = train & ~fit if trained else train
     pca_dim = min(config.out_dim, d)
     m = min(d, max(config.out_dim, MAX_ENCODER_INPUTS))
-    mean, directions, variances = weighted_pca(x, train, m)
+    r = min(d, MAX_METRIC_INPUTS)
+    wide = d > MAX_METRIC_INPUTS
+    # one eigendecomposition serves the MLP's m components and a wide metric's r
+    mean, top, top_var = weighted_pca(x, train, max(m, r) if wide else m)
+    directions, variances = top[:, :m], top_var[:m]
     var = _masked_mean(((x - mean) ** 2).T, train)
     std = jnp.sqrt(jnp.maximum(var, STD_FLOOR**2 * jnp.max(var)) + 1e-30)
     input_scale = jnp.sqrt(jnp.mean(variances)) + 1e-12
-    r = min(d, MAX_METRIC_INPUTS)
-    if d <= MAX_METRIC_INPUTS:
+    if wide:  # every column costs O(batch^2) per training step: the top components only
+        metric_inputs = top[:, :r] / (jnp.sqrt(jnp.mean(top_var[:r])) + 1e-12)
+    else:
         metric_inputs = jnp.diag(1.0 / std)
-    else:  # every column costs O(batch^2) per training step: the top components only
-        _, wide, wide_var = weighted_pca(x, train, r)
-        metric_inputs = wide / (jnp.sqrt(jnp.mean(wide_var)) + 1e-12)
     widths = {"raw": d, "std": d, "pca": pca_dim, "linear": r + min(MAX_RANK, r)}
     geometry = Geometry(
         mean,

@@ -37,8 +37,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from miscal_jax.geometry import DEFAULT_CANDIDATES
 from miscal_jax.geometry.panel import (
     DEFAULT_CONFIG,
+    combined_embed,
+    fit_combined,
     fit_panel,
     fit_profile,
     panel_embed,
@@ -47,12 +50,16 @@ from miscal_jax.geometry.panel import (
 from miscal_jax.metrics.calibration import brier, ece, regional_error
 from miscal_jax.model.crossfit import crossfit
 
-# space name -> (geometry, panel outcome)
+# space name -> (geometry, panel outcome, geometry candidates of the cross-fit)
 SPACES = {
-    "panel": ("encoder", "residual"),
-    "panel_correct": ("encoder", "correct"),
-    "profile": ("profile", "residual"),
-    "profile_correct": ("profile", "correct"),
+    "raw": ("embedding", None, ("raw",)),
+    "panel": ("encoder", "residual", ("raw",)),
+    "panel_correct": ("encoder", "correct", ("raw",)),
+    "profile": ("profile", "residual", ("raw",)),
+    "profile_correct": ("profile", "correct", ("raw",)),
+    "pipeline": ("embedding", None, DEFAULT_CANDIDATES),
+    "profile_pipeline": ("profile", "residual", DEFAULT_CANDIDATES),
+    "combined": ("combined", "residual", DEFAULT_CANDIDATES),
 }
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -103,6 +110,9 @@ def main(argv=None) -> int:
     ap.add_argument("--items", type=int, default=0, help="target items (0: all 12,032)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--spaces", default=",".join(SPACES), help=f"comma-separated, of {', '.join(SPACES)}"
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
     started = time.perf_counter()
@@ -114,6 +124,11 @@ def main(argv=None) -> int:
     rows = pick_items(items, args.items, args.seed) if args.items else np.arange(len(items))
     fit = jax.jit(fit_panel)
     profile = jax.jit(fit_profile, static_argnums=2)
+    combine = jax.jit(fit_combined, static_argnums=3)
+    names = [name.strip() for name in args.spaces.split(",")]
+    unknown = sorted(set(names) - set(SPACES))
+    if unknown or "raw" not in names:
+        ap.error(f"--spaces: unknown {unknown} or no 'raw' (the baseline); pick of {list(SPACES)}")
     table = []
     for target in pick_models(args.targets):
         t = models.index(target)
@@ -125,8 +140,12 @@ def main(argv=None) -> int:
             "accuracy": float(correct[t, r].mean()),
             "panel_models": len(others),
         }
-        spaces = {"raw": emb}
-        for name, (geometry, outcome) in SPACES.items():
+        spaces = {}
+        for name in names:
+            geometry, outcome, _ = SPACES[name]
+            if geometry == "embedding":
+                spaces[name] = emb
+                continue
             y = correct[others] if outcome == "correct" else correct[others] - conf[others]
             y = y.T.astype(np.float32)
             mask = np.isfinite(y)
@@ -136,6 +155,10 @@ def main(argv=None) -> int:
                 profile_map = profile(y, mask, DEFAULT_CONFIG.out_dim)
                 spaces[name] = np.asarray(profile_embed(profile_map, y, mask))
                 info = {"explained": float(profile_map.explained)}
+            elif geometry == "combined":
+                combined_map = combine(y, mask, emb, DEFAULT_CONFIG.out_dim)
+                spaces[name] = np.asarray(combined_embed(combined_map, y, mask, emb))
+                info = {"scales": np.asarray(combined_map.scales).tolist()}
             else:
                 config = DEFAULT_CONFIG.replace(outcome=outcome)
                 panel_map, history = fit(jax.random.key(args.seed), emb, y, mask, config)
@@ -157,10 +180,11 @@ def main(argv=None) -> int:
                 correct[t, r],
                 folds=args.folds,
                 seed=args.seed,
-                candidates=("raw",),
+                candidates=SPACES[name][2],
                 progress=False,
             )
             row[name] = scores(res, correct[t, r], group[r])
+            row[name]["chosen"] = [i["chosen"] for i in res.info]
             row[name]["seconds"] = time.perf_counter() - t0
         table.append(row)
         print(
@@ -170,17 +194,21 @@ def main(argv=None) -> int:
             flush=True,
         )
 
-    names = ("raw", *SPACES)
     lines = [
         "# Panel geometry vs raw space on held-out MMLU-Pro models",
         "",
         f"Verbalised confidence, {args.folds}-fold cross-fitting (seed {args.seed}), "
-        "geometry candidates `raw` only (so only the space differs). Panel geometries, "
+        "geometry candidates `raw` only (so only the space differs) except in the "
+        "`*pipeline` and `combined` columns, which choose per fold among the default "
+        f"candidates {DEFAULT_CANDIDATES}. `raw` and `pipeline`: the MiniLM question "
+        "embedding. Panel geometries, "
         "all fitted on every item from the other models' residuals or, with `_correct`, "
         "their correctness, never the target's: `panel`, the `fit_panel` encoder "
         f"({DEFAULT_CONFIG.out_dim}-d bottleneck) from the question embedding; `profile`, "
         f"the `fit_profile` space ({DEFAULT_CONFIG.out_dim} principal directions of the "
-        "panel's outcomes). Regional error (RE): held-out, category-level (14 categories, "
+        "panel's outcomes); `combined`, `fit_combined`: the profile beside the embedding's "
+        f"top {DEFAULT_CONFIG.out_dim} principal components, each block at RMS radius 1. "
+        "Regional error (RE): held-out, category-level (14 categories, "
         "never used for fitting); floor: its expected value from outcome noise alone. "
         "All figures are the local correction's held-out values unless marked isotonic.",
         "",
@@ -209,7 +237,7 @@ def main(argv=None) -> int:
                 + " |"
             )
     lines.append("")
-    for name in SPACES:
+    for name in names[1:]:
         ratio = [
             r[name]["local"]["regional_error"] / r["raw"]["local"]["regional_error"] for r in table
         ]
@@ -223,6 +251,23 @@ def main(argv=None) -> int:
             + ", ".join(f"{d:+.4f}" for d in d_ece)
             + "."
         )
+    if "pipeline" in names:
+        for name in names:
+            if name in ("raw", "pipeline"):
+                continue
+            ratio = [
+                r[name]["local"]["regional_error"] / r["pipeline"]["local"]["regional_error"]
+                for r in table
+            ]
+            lines.append(
+                f"- {name} / pipeline local regional error: "
+                + ", ".join(f"{x:.2f}" for x in ratio)
+                + f" (max {np.max(ratio):.2f}; target <= 0.8 on every row)."
+            )
+    for name in names:
+        if SPACES[name][2] != ("raw",):
+            chosen = "; ".join(f"{r['model']} {'/'.join(r[name]['chosen'])}" for r in table)
+            lines.append(f"- {name}: geometry chosen per fold: {chosen}.")
     lines.append(f"- Run time {time.perf_counter() - started:.0f} s.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

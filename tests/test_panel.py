@@ -12,6 +12,8 @@ from miscal_jax.app.cli import main
 from miscal_jax.app.io import load_with_panel
 from miscal_jax.geometry.panel import (
     PanelConfig,
+    combined_embed,
+    fit_combined,
     fit_panel,
     fit_profile,
     panel_embed,
@@ -372,6 +374,64 @@ def test_profile_degenerate_and_bad_input():
         assert message in str(err.value)
 
 
+# ----------------------------------------------------------------------------- combined geometry
+
+
+def test_combined_is_profile_beside_topic_blocks_balanced():
+    """Against a slow reference: the profile block and the embedding's top PCs, RMS radius 1."""
+    x, _, y = planted(n=300, m=10, d=12)
+    mask = np.random.default_rng(1).random(y.shape) < 0.9
+    mask[0] = True
+    cm = jax.jit(fit_combined, static_argnums=3)(y, mask, x, 3)
+    z = np.asarray(combined_embed(cm, y, mask, x), np.float64)
+    assert z.shape == (300, 6)
+    profile = np.asarray(profile_embed(fit_profile(y, mask, 3), y, mask), np.float64)
+    centred = x.astype(np.float64) - x.mean(0)
+    pcs = centred @ np.linalg.svd(centred, full_matrices=False)[2][:3].T
+    for block, ref in ((z[:, :3], profile), (z[:, 3:], pcs)):
+        radius = np.sqrt(np.mean(np.sum((ref - ref.mean(0)) ** 2, axis=1)))
+        np.testing.assert_allclose(np.abs(block), np.abs(ref) / radius, atol=2e-4)  # PC signs
+        np.testing.assert_allclose(np.mean(np.sum(block**2, axis=1)), 1.0, rtol=1e-4)
+    # new items (here a subset in another order) are placed where the fitting items were
+    rows = np.array([5, 2, 299])
+    np.testing.assert_allclose(combined_embed(cm, y[rows], mask[rows], x[rows]), z[rows], atol=1e-5)
+
+
+def test_combined_keeps_the_topic_the_profile_loses():
+    """A topic the panel does not react to is lost by the profile space, kept by the combined one.
+
+    The planted embedding carries the panel's latent position in 2 of its
+    dims and a topic ``t`` (which the panel's outcomes ignore) in a third,
+    with a spread well above the nuisance dims'. Measured r2 of ``t``: 0.01
+    from the profile space, 1.00 from the combined one.
+    """
+    x, u, y = planted(n=600, m=16, d=8)
+    t = np.random.default_rng(7).uniform(-1, 1, 600)
+    x = np.concatenate([x, 3.0 * t[:, None]], axis=1).astype(np.float32)
+    mask = np.ones_like(y, bool)
+    profile = np.asarray(profile_embed(fit_profile(y, mask, 4), y, mask))
+    combined = np.asarray(combined_embed(fit_combined(y, mask, x, 4), y, mask, x))
+    assert r2(profile, t[:, None]) < 0.1 and r2(combined, t[:, None]) > 0.9
+    assert r2(combined, u) >= r2(profile, u) - 1e-6
+
+
+def test_combined_degenerate_and_bad_input():
+    y, mask = np.ones((6, 3), np.float32), np.ones((6, 3), bool)
+    same = np.zeros((6, 4), np.float32)
+    z = combined_embed(fit_combined(y, mask, same, 2), y, mask, same)
+    assert z.shape == (6, 4) and np.all(np.isfinite(z)) and np.allclose(z, 0.0)
+    cases = [
+        ((y, mask, same[:5], 2), "embeddings: expected a 2-D [items, dims] array with one row"),
+        ((y, mask, same[:, 0], 2), "embeddings: expected a 2-D"),
+        ((y, mask, np.where(np.eye(6, 4) > 0, np.nan, same), 2), "value nan at index [0, 0]"),
+        ((y, mask, same, 0), "k: 0 directions"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError) as err:
+            fit_combined(*args)
+        assert message in str(err.value)
+
+
 # ----------------------------------------------------------------------------- command line
 
 CLI_FAST = ["--folds", "3", "--permutations", "20", "--quiet", "--geometry", "raw"]
@@ -402,6 +462,22 @@ def test_cli_report_in_the_panel_geometry(tmp_path, capsys):
     assert panel["geometry"] == "encoder" and panel["dims"] == 5
     assert panel["val_loss"] < panel["constant_loss"]
     assert "panel space (5-d) learned from" in (encoder / "report.md").read_text()
+    combined = tmp_path / "both"
+    argv[argv.index(str(encoder))] = str(combined)
+    assert main([*argv, "--panel-geometry", "combined"]) == 0, capsys.readouterr().err
+    panel = json.loads((combined / "summary.json").read_text())["source"]["panel"]
+    assert panel["geometry"] == "combined" and panel["dims"] == 5 + 16
+    assert panel["profile_dims"] == 5
+    assert "panel profile and the topic together (21-d)" in (combined / "report.md").read_text()
+
+
+def test_cli_combined_needs_item_embeddings(tmp_path, capsys):
+    path, _ = long_table(tmp_path / "long.csv", n=30, emb_columns=False)
+    argv = ["report", "--data", str(path), "--model", "target", "--out", str(tmp_path / "r")]
+    assert main([*argv, "--panel-geometry", "combined"]) == 2
+    err = capsys.readouterr().err
+    assert "--panel-geometry combined: " in err and "has no item embeddings" in err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow

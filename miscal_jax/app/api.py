@@ -17,7 +17,7 @@ from miscal_jax.app.io import DEFAULT_MODEL, Dataset, PanelData
 
 __all__ = ["PANEL_GEOMETRIES", "check_for_report", "load", "panel_dataset", "report"]
 
-PANEL_GEOMETRIES = ("profile", "encoder")
+PANEL_GEOMETRIES = ("profile", "encoder", "combined")
 
 
 def panel_dataset(
@@ -36,8 +36,10 @@ def panel_dataset(
     Args:
       panel: from :func:`~miscal_jax.app.io.load_with_panel`.
       geometry: ``"profile"`` (the panel's outcomes' top principal directions;
-        needs no item embeddings) or ``"encoder"`` (an encoder of the item
-        embeddings trained to predict those outcomes).
+        needs no item embeddings), ``"encoder"`` (an encoder of the item
+        embeddings trained to predict those outcomes) or ``"combined"`` (the
+        profile coordinates beside the item embeddings' top principal
+        components, the relative scale left to the candidate spaces).
       outcome: ``"residual"`` or ``"correct"`` (``None``: the default config's).
       seed: the encoder's training seed.
       log: called with one line on the geometry (``None``: silent).
@@ -54,6 +56,8 @@ def panel_dataset(
 
     from miscal_jax.geometry.panel import (
         DEFAULT_CONFIG,
+        combined_embed,
+        fit_combined,
         fit_panel,
         fit_profile,
         panel_embed,
@@ -62,10 +66,10 @@ def panel_dataset(
 
     if geometry not in PANEL_GEOMETRIES:
         raise ValueError(f"panel_geometry: expected one of {PANEL_GEOMETRIES}, got {geometry!r}.")
-    if geometry == "encoder" and panel.item_embeddings is None:
+    if geometry != "profile" and panel.item_embeddings is None:
         raise ValueError(
-            f"--panel-geometry encoder: {panel.target.meta['source']} has no item embeddings "
-            "or texts for the encoder to read; give emb_* columns, --embeddings or --text-col, "
+            f"--panel-geometry {geometry}: {panel.target.meta['source']} has no item embeddings "
+            "or texts for it to read; give emb_* columns, --embeddings or --text-col, "
             "or use the default profile geometry (it needs none)."
         )
     outcome = outcome or DEFAULT_CONFIG.outcome
@@ -87,6 +91,14 @@ def panel_dataset(
         profile_map = fit_profile(values, mask, DEFAULT_CONFIG.out_dim)
         z = np.asarray(profile_embed(profile_map, values, mask))
         info["explained"] = float(profile_map.explained)
+    elif geometry == "combined":
+        k = DEFAULT_CONFIG.out_dim
+        combined_map = jax.jit(fit_combined, static_argnums=3)(
+            values, mask, panel.item_embeddings, k
+        )
+        z = np.asarray(combined_embed(combined_map, values, mask, panel.item_embeddings))
+        info["explained"] = float(combined_map.profile.explained)
+        info["profile_dims"] = int(combined_map.profile.components.shape[1])
     else:
         panel_map, history = jax.jit(fit_panel)(
             jax.random.key(seed),

@@ -94,9 +94,10 @@ def _parser() -> argparse.ArgumentParser:
         "--panel-geometry",
         choices=PANEL_GEOMETRIES,
         default=None,
-        help="with --model: place items by the panel's own outcomes on them (their top "
-        "principal directions; default) or by an encoder of the embeddings trained to "
-        "predict those outcomes (also places items the panel never answered)",
+        help="with --model: place items by the panel's own outcomes on them (profile: their "
+        "top principal directions; default), by an encoder of the embeddings trained to "
+        "predict those outcomes (encoder: also places items the panel never answered), or "
+        "by both the profile and the embedding's topic (combined)",
     )
     rep.add_argument(
         "--confidence-col",

@@ -497,11 +497,21 @@ def panel_note(panel: dict | None) -> str | None:
         return None
     what = {"residual": "residuals (correct - confidence)", "correct": "correctness"}
     what = what[panel.get("outcome", "correct")]
-    if panel.get("geometry", "encoder") == "profile":
+    geometry = panel.get("geometry", "encoder")
+    if geometry == "profile":
         how = (
             f"Geometry: the panel profile space ({panel['dims']}-d): each of {panel['items']} "
             f"items placed by {panel['models']} other models' {what} on it, projected on their "
             f"top principal directions ({100 * panel['explained']:.0f}% of the variation)"
+        )
+    elif geometry == "combined":
+        profile = panel["profile_dims"]
+        how = (
+            f"Geometry: the panel profile and the topic together ({panel['dims']}-d): each of "
+            f"{panel['items']} items placed by {panel['models']} other models' {what} on it "
+            f"({profile} principal directions, {100 * panel['explained']:.0f}% of the "
+            f"variation) beside its embedding's top {panel['dims'] - profile} principal "
+            "components, both blocks at the same average spread"
         )
     else:
         how = (

@@ -12,10 +12,13 @@ from miscal_jax.geometry.encoder import (
 )
 from miscal_jax.geometry.panel import (
     DEFAULT_CONFIG,
+    CombinedMap,
     PanelConfig,
     PanelMap,
     PanelNet,
     ProfileMap,
+    combined_embed,
+    fit_combined,
     fit_panel,
     fit_profile,
     panel_embed,
@@ -33,6 +36,7 @@ from miscal_jax.geometry.spaces import (
 )
 
 __all__ = (
+    "CombinedMap",
     "DEFAULT_CANDIDATES",
     "DEFAULT_CONFIG",
     "Encoder",
@@ -47,8 +51,10 @@ __all__ = (
     "TRAINED",
     "TrainState",
     "batch_loo_loss",
+    "combined_embed",
     "embed",
     "embed_folds",
+    "fit_combined",
     "fit_encoder",
     "fit_geometry",
     "fit_panel",

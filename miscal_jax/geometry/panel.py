@@ -50,10 +50,13 @@ from miscal_jax._types import Array, PRNGKey
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "CombinedMap",
     "PanelConfig",
     "PanelMap",
     "PanelNet",
     "ProfileMap",
+    "combined_embed",
+    "fit_combined",
     "fit_panel",
     "fit_profile",
     "panel_embed",
@@ -261,13 +264,7 @@ def _check(embeddings, panel_outcomes, panel_mask, config: PanelConfig) -> None:
     arrays = (embeddings, panel_outcomes, panel_mask)
     if any(isinstance(a, jax.core.Tracer) for a in arrays):
         return
-    x = np.asarray(embeddings, np.float64)
-    bad = np.argwhere(~np.isfinite(x))
-    if bad.size:
-        i, j = bad[0]
-        raise ValueError(
-            f"embeddings: value {x[i, j]} at index [{i}, {j}] is not finite; fix or drop that item."
-        )
+    _check_embeddings(embeddings, n)
     y = np.asarray(panel_outcomes, np.float64)
     if config.outcome == "correct":
         valid = np.isin(y, (0.0, 1.0))
@@ -557,3 +554,124 @@ def _check_profile(panel_outcomes, panel_mask, k: int) -> None:
         return
     y = np.asarray(panel_outcomes, np.float64)
     _check_outcomes(y, np.asarray(panel_mask), np.isfinite(y), "is not finite; fix it")
+
+
+@struct.dataclass
+class CombinedMap:
+    """A fitted combined geometry: the profile space beside the item embedding's top components.
+
+    Attributes:
+      profile: the :class:`ProfileMap` of the panel's outcomes.
+      mean: ``[d]`` centre of the item embeddings.
+      components: ``[d, k'']`` their top ``k'' = min(k, n, d)`` principal directions.
+      scales: ``[2]`` the root-mean-square distance from the centre of the
+        profile block and of the embedding block over the fitting items; each
+        block is divided by its own, so both weigh the same on average.
+    """
+
+    profile: ProfileMap
+    mean: Array
+    components: Array
+    scales: Array
+
+
+def fit_combined(
+    panel_outcomes: ArrayLike, panel_mask: ArrayLike, embeddings: ArrayLike, k: int = 16
+) -> CombinedMap:
+    """Learns the combined geometry: panel profile and topic side by side (``jit``-able).
+
+    The profile space (:func:`fit_profile`) places items by how the panel
+    fared on them and can lose what the item is *about*: two questions on
+    different topics that the panel found equally hard sit together. This
+    map keeps both: an item's point is its ``k`` profile coordinates beside
+    the top ``k`` principal components of its embedding, each block divided
+    by its root-mean-square distance from the centre, so that neither block
+    drowns the other by its units or its width. Their relative scale is then
+    the smoother's business: among the cross-fitted pipeline's candidate
+    spaces the linear metric learns a weight per coordinate from the
+    residuals, and the candidates are compared per fold on items no weight
+    saw (:func:`~miscal_jax.geometry.fit_geometry`). It reads the panel's
+    outcomes and the embeddings only, never the target's outcomes.
+
+    Args:
+      panel_outcomes: ``[n, m]`` outcomes of the ``m`` panel models (as
+        :func:`fit_profile`).
+      panel_mask: ``[n, m]`` bools, ``True`` where observed.
+      embeddings: ``[n, d]`` item embeddings, rows in the same order.
+      k: static number of directions of each block.
+
+    Returns:
+      A :class:`CombinedMap`; place items with :func:`combined_embed`.
+
+    Raises:
+      ValueError: as :func:`fit_profile`; also embeddings that are not
+        ``[n, d]`` with the outcomes' ``n`` rows, or (concrete) not finite.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> y = jnp.array([[1.0, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]])
+      >>> x = jnp.array([[0.0, 1], [1, 0], [1, 1], [2, 0]])
+      >>> mask = jnp.ones_like(y, bool)
+      >>> combined_embed(fit_combined(y, mask, x, k=2), y, mask, x).shape
+      (4, 4)
+    """
+    _check_profile(panel_outcomes, panel_mask, k)
+    _check_embeddings(embeddings, np.shape(panel_outcomes)[0])
+    profile = fit_profile(panel_outcomes, panel_mask, k)
+    x = as_float(embeddings)
+    mean = jnp.mean(x, axis=0)
+    _, _, vt = jnp.linalg.svd(x - mean, full_matrices=False)
+    components = vt[: min(k, vt.shape[0])].T
+    blocks = (profile_embed(profile, panel_outcomes, panel_mask), (x - mean) @ components)
+    scales = jnp.stack([_rms_radius(z) for z in blocks])
+    return CombinedMap(profile, mean, components, scales)
+
+
+def combined_embed(
+    combined_map: CombinedMap,
+    panel_outcomes: ArrayLike,
+    panel_mask: ArrayLike,
+    embeddings: ArrayLike,
+) -> Array:
+    """Maps items to ``[n, k' + k'']`` points of the combined space: profile block, then topic.
+
+    Args:
+      combined_map: a :class:`CombinedMap` from :func:`fit_combined`.
+      panel_outcomes, panel_mask: ``[n, m]`` the panel's outcomes on the
+        items, as :func:`profile_embed` takes them.
+      embeddings: ``[n, d]`` the items' embeddings.
+
+    Returns:
+      ``[n, k' + k'']`` coordinates; each block has root-mean-square norm 1
+      over the fitting items.
+    """
+    profile = profile_embed(combined_map.profile, panel_outcomes, panel_mask)
+    topic = (as_float(embeddings) - combined_map.mean) @ combined_map.components
+    return jnp.concatenate(
+        [profile / combined_map.scales[0], topic / combined_map.scales[1]], axis=1
+    )
+
+
+def _rms_radius(z: Array) -> Array:
+    """``[]`` root-mean-square distance of ``[n, k]`` points from their mean (1 if all coincide)."""
+    radius = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(z - jnp.mean(z, axis=0)), axis=1)))
+    return jnp.where(radius > 0, radius, 1.0)
+
+
+def _check_embeddings(embeddings, n: int) -> None:
+    """``[n, d]`` finite embeddings (the value check only when concrete)."""
+    shape = np.shape(embeddings)
+    if len(shape) != 2 or shape[0] != n or shape[1] < 1:
+        raise ValueError(
+            f"embeddings: expected a 2-D [items, dims] array with one row per item ({n}), "
+            f"got shape {shape}."
+        )
+    if isinstance(embeddings, jax.core.Tracer):
+        return
+    x = np.asarray(embeddings, np.float64)
+    bad = np.argwhere(~np.isfinite(x))
+    if bad.size:
+        i, j = bad[0]
+        raise ValueError(
+            f"embeddings: value {x[i, j]} at index [{i}, {j}] is not finite; fix or drop that item."
+        )

@@ -45,7 +45,7 @@ def test_penalty_reaches_conf_and_the_geometry_only_on_request():
 @pytest.mark.slow
 def test_predict_field_in_the_embeddings_corrected_conf_only_without_isotonic_maps():
     key = jax.random.key(0)
-    iso = mj.FitConfig(folds=2, candidates=("raw",))
+    iso = mj.FitConfig(folds=2, candidates=("raw",), global_method="isotonic")
     smooth = mj.FitConfig(
         folds=2, candidates=("raw",), global_method="temperature", final_recalibration=False
     )

@@ -444,7 +444,7 @@ def test_cli_report_in_the_panel_geometry(tmp_path, capsys):
     out = tmp_path / "rep"
     argv = ["report", "--data", str(path), "--embeddings", str(tmp_path / "items.npy")]
     argv += ["--model", "target", "--item-col", "item", "--out", str(out), *CLI_FAST]
-    assert main(argv) == 0, capsys.readouterr().err
+    assert main([*argv, "--panel-geometry", "profile"]) == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 240
     panel = summary["source"]["panel"]
@@ -462,9 +462,9 @@ def test_cli_report_in_the_panel_geometry(tmp_path, capsys):
     assert panel["geometry"] == "encoder" and panel["dims"] == 5
     assert panel["val_loss"] < panel["constant_loss"]
     assert "panel space (5-d) learned from" in (encoder / "report.md").read_text()
-    combined = tmp_path / "both"
+    combined = tmp_path / "both"  # the default where the items have embeddings
     argv[argv.index(str(encoder))] = str(combined)
-    assert main([*argv, "--panel-geometry", "combined"]) == 0, capsys.readouterr().err
+    assert main(argv) == 0, capsys.readouterr().err
     panel = json.loads((combined / "summary.json").read_text())["source"]["panel"]
     assert panel["geometry"] == "combined" and panel["dims"] == 5 + 16
     assert panel["profile_dims"] == 5

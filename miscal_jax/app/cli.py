@@ -95,9 +95,10 @@ def _parser() -> argparse.ArgumentParser:
         choices=PANEL_GEOMETRIES,
         default=None,
         help="with --model: place items by the panel's own outcomes on them (profile: their "
-        "top principal directions; default), by an encoder of the embeddings trained to "
-        "predict those outcomes (encoder: also places items the panel never answered), or "
-        "by both the profile and the embedding's topic (combined)",
+        "top principal directions), by an encoder of the embeddings trained to predict those "
+        "outcomes (encoder: also places items the panel never answered), or by both the "
+        "profile and the embedding's topic (combined); default: combined where the items "
+        "have embeddings, else profile",
     )
     rep.add_argument(
         "--confidence-col",

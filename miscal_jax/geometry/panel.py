@@ -32,6 +32,13 @@ them rather than by what an embedding predicts of that, and on three
 held-out MMLU-Pro models it gave about half the held-out category error and
 Brier of the embedding-based panel map (``benchmarks/README.md``). It reads
 only the panel's outcomes, so no outcome of the target enters it either.
+
+The *combined* geometry (:func:`fit_combined`, :func:`combined_embed`)
+puts the profile coordinates beside the item embedding's top principal
+components, so that items are near when the panel fares alike on them and
+they are about the same thing; the cross-fit's candidate spaces then weigh
+the two blocks. On the same three MMLU-Pro models it gave 0.72-0.77x the
+profile space's held-out category error with a lower Brier.
 """
 
 from collections.abc import Sequence

@@ -38,8 +38,12 @@ from jax.typing import ArrayLike
 
 from miscal_jax._src.dtypes import as_float
 from miscal_jax._types import Array, PRNGKey
-from miscal_jax.calibrators.global_maps import fit_isotonic
-from miscal_jax.correction.local import fit_correction_params, local_confidence
+from miscal_jax.correction.local import (
+    fit_correction_params,
+    fit_final,
+    interleaved_folds,
+    local_confidence,
+)
 from miscal_jax.geometry.spaces import embed
 from miscal_jax.kernels.moments import kernel_moments
 from miscal_jax.model.binned import bin_model
@@ -125,7 +129,9 @@ def _refit_correction(rng, model: FieldModel, fold, fresh, p_global, size, final
     if not final:
         return params, None
     p_loo = local_confidence(params, p_global[pick], loo.value, loo.n_eff)
-    return params, fit_isotonic(p_loo, correct[pick], valid)
+    stacked = model.config.global_method == "stacked"
+    inner = interleaved_folds(size, model.config.folds) if stacked else None  # pick is random
+    return params, fit_final(p_loo, correct[pick], valid, inner)
 
 
 def carry(

@@ -28,7 +28,7 @@ from miscal_jax.calibrators.global_maps import (
     fit_platt,
     fit_temperature,
 )
-from miscal_jax.correction.local import CorrectionState
+from miscal_jax.correction.local import GLOBAL_METHODS, CorrectionState
 from miscal_jax.geometry.encoder import EncoderConfig
 from miscal_jax.geometry.spaces import DEFAULT_CANDIDATES, GEOMETRIES, Geometry, embed_folds
 from miscal_jax.model.binned import CELLS, bin_model, binned_error
@@ -180,7 +180,7 @@ def crossfit(
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES,
     config: EncoderConfig = EncoderConfig(),
     use_conf: bool = True,
-    global_method: str = "isotonic",
+    global_method: str = "stacked",
     final_recalibration: bool = True,
     progress: bool = True,
     select_on: int | None = SELECT_ON,
@@ -197,7 +197,8 @@ def crossfit(
       candidates: geometries to choose from (see :mod:`miscal_jax.geometry.spaces`).
       config: encoder configuration (also holds the kernel name).
       use_conf: feed ``logit(conf)`` to the encoder.
-      global_method: ``"isotonic"`` or ``"temperature"`` for the first map.
+      global_method: the first map, one of :data:`~miscal_jax.correction.GLOBAL_METHODS`
+        (see :class:`~miscal_jax.model.FitConfig`).
       final_recalibration: fit a final isotonic map on the corrected values.
       progress: print one line to stderr when the fit starts and ends.
       select_on: with more items than this, fit on a random subsample of this
@@ -226,10 +227,8 @@ def crossfit(
       ((300,), ['histogram', 'isotonic'])
     """
     x, p, y = validate_inputs(embeddings, conf, correct)
-    if global_method not in ("isotonic", "temperature"):
-        raise ValueError(
-            f"global_method: expected 'isotonic' or 'temperature', got {global_method!r}."
-        )
+    if global_method not in GLOBAL_METHODS:
+        raise ValueError(f"global_method: expected one of {GLOBAL_METHODS}, got {global_method!r}.")
     unknown = set(candidates) - set(GEOMETRIES)
     if not candidates or unknown:
         raise ValueError(

@@ -24,12 +24,13 @@ from jax.typing import ArrayLike
 
 from miscal_jax._src.dtypes import as_float, float_dtype
 from miscal_jax._types import Array, FieldEstimate, PRNGKey
-from miscal_jax.calibrators.global_maps import apply_isotonic, fit_isotonic
 from miscal_jax.correction.local import (
     CorrectionParams,
     apply_global,
     fit_correction_params,
+    fit_final,
     fit_global,
+    fit_stacked,
     local_confidence,
 )
 from miscal_jax.geometry.encoder import EncoderConfig
@@ -91,7 +92,10 @@ class FitConfig:
       candidates: geometries to choose from per fold (:mod:`miscal_jax.geometry.spaces`).
       encoder: encoder configuration (also holds the kernel name).
       use_conf: feed ``logit(conf)`` to the encoder.
-      global_method: ``"isotonic"`` or ``"temperature"`` for the first map.
+      global_method: the first map: ``"stacked"`` (isotonic and temperature
+        weighed by their out-of-fold Brier score, and the final isotonic map
+        weighed against none; :func:`~miscal_jax.correction.fit_stacked`),
+        ``"isotonic"`` or ``"temperature"``.
       final_recalibration: fit a final isotonic map on the corrected values.
 
     The correction's parameters and the final map are fitted on the training
@@ -103,7 +107,7 @@ class FitConfig:
     candidates: tuple[str, ...] = struct.field(pytree_node=False, default=DEFAULT_CANDIDATES)
     encoder: EncoderConfig = EncoderConfig()
     use_conf: bool = struct.field(pytree_node=False, default=True)
-    global_method: str = struct.field(pytree_node=False, default="isotonic")
+    global_method: str = struct.field(pytree_node=False, default="stacked")
     final_recalibration: bool = struct.field(pytree_node=False, default=True)
 
 
@@ -123,7 +127,8 @@ class FieldModel:
       geometry: :class:`~miscal_jax.geometry.Geometry` with ``[K, ...]`` leaves.
       global_map: the first, confidence-only map, ``[K, ...]`` leaves.
       params: :class:`~miscal_jax.correction.CorrectionParams`, ``[K]`` leaves.
-      final_map: isotonic map applied last, ``[K, ...]`` leaves (``None`` when off).
+      final_map: isotonic map applied last (stacked with the identity under
+        the stacked method), ``[K, ...]`` leaves (``None`` when off).
       config: the :class:`FitConfig` (its structure static, its numbers leaves).
       bins: ``None`` (fold models smooth their training items exactly), or a
         :class:`~miscal_jax.kernels.binned.Summary` with ``[K, ...]`` leaves:
@@ -180,6 +185,9 @@ def inner_global(conf, correct, train, inner_masks, method):
       ``(global_map, p_global [n], residual [n])``; rows outside ``train``
       get the fold's map.
     """
+    if method == "stacked":
+        global_map, p_global = fit_stacked(conf, correct, train, inner_masks)
+        return global_map, p_global, correct - p_global
     fit_one = lambda mask: fit_global(conf, correct, mask, method=method)
     global_map = fit_one(train)
     maps = jax.vmap(lambda inner: fit_one(train & inner))(inner_masks)
@@ -213,7 +221,8 @@ def _fit_fold(rng, x, conf, correct, train, inner_masks, config: FitConfig):
     final_map = None
     if config.final_recalibration:
         p_loo = local_confidence(params, p_global, loo.value, loo.n_eff)
-        final_map = fit_isotonic(p_loo, correct, honest)
+        stacked = config.global_method == "stacked"
+        final_map = fit_final(p_loo, correct, honest, inner_masks if stacked else None)
     return (geometry, global_map, params, final_map, residual), info
 
 
@@ -443,7 +452,7 @@ def apply_fold(model: FieldModel, parts, x, conf):
     field, local = _fold_fields(model, parts, x, conf)
     p_local = local_confidence(params, apply_global(global_map, conf), local.value, local.n_eff)
     if final_map is not None:
-        p_local = apply_isotonic(final_map, p_local)
+        p_local = apply_global(final_map, p_local)
     return field, p_local
 
 

@@ -1,6 +1,6 @@
 """Recovery of planted fields and what the local correction buys, over seeds.
 
-    python benchmarks/planted_recovery.py [--seeds 5]
+    python benchmarks/planted_recovery.py [--seeds 5] [--global-method stacked]
 
 Prints, per seed, the figures that ``tests/test_crossfit.py``'s slow tests
 check (same data and settings): correlation of the out-of-fold field with the
@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from miscal_jax import metrics as M
+from miscal_jax.correction import GLOBAL_METHODS
 from miscal_jax.geometry.encoder import EncoderConfig
 from miscal_jax.model.crossfit import crossfit
 from miscal_jax.synthetic.planted import make_planted
@@ -38,7 +39,14 @@ FAST = EncoderConfig(max_steps=200, eval_every=25)
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--global-method",
+        default="stacked",
+        choices=GLOBAL_METHODS,
+        help="the correction's first map (and, stacked, its final one)",
+    )
     args = parser.parse_args()
+    method = {"global_method": args.global_method}
     print(
         "| seed | corr | regional iso / temp / local | ECE iso / local | null Brier local - iso "
         "| nuisance corr chosen / raw (geometries) | time (s) |"
@@ -49,7 +57,14 @@ def main():
         start = time.perf_counter()
         d = make_planted(3000, seed=seed)
         res = crossfit(
-            d.embeddings, d.conf, d.correct, folds=5, seed=seed, config=FAST, progress=False
+            d.embeddings,
+            d.conf,
+            d.correct,
+            folds=5,
+            seed=seed,
+            config=FAST,
+            progress=False,
+            **method,
         )
         reg = {
             k: float(M.regional_error(res.predictions[k], d.correct, d.region))
@@ -58,13 +73,20 @@ def main():
         ece = {k: float(M.ece(res.predictions[k], d.correct)) for k in ("isotonic", "local")}
         d0 = make_planted(3000, seed=seed, amplitude=0.0)
         r0 = crossfit(
-            d0.embeddings, d0.conf, d0.correct, folds=5, seed=seed, config=FAST, progress=False
+            d0.embeddings,
+            d0.conf,
+            d0.correct,
+            folds=5,
+            seed=seed,
+            config=FAST,
+            progress=False,
+            **method,
         )
         dbrier = float(M.brier(r0.predictions["local"], d0.correct)) - float(
             M.brier(r0.predictions["isotonic"], d0.correct)
         )
         dn = make_planted(1500, seed=seed, nuisance_dim=48, nuisance_scale=1.0)
-        kw = dict(folds=3, seed=seed, config=FAST, progress=False)
+        kw = dict(folds=3, seed=seed, config=FAST, progress=False, **method)
         full = crossfit(dn.embeddings, dn.conf, dn.correct, **kw)
         raw = crossfit(dn.embeddings, dn.conf, dn.correct, candidates=("raw",), **kw)
         chosen = "".join(i["chosen"][0] for i in full.info)
@@ -86,6 +108,7 @@ def main():
             candidates=("raw",),
             config=FAST,
             progress=False,
+            **method,
         )
         gains.append(oracle_shares(d, res, signal))
     print()

@@ -42,7 +42,7 @@ def panel_dataset(
         components, the relative scale left to the candidate spaces).
         ``None``: combined where the items have embeddings, else profile
         (on three held-out MMLU-Pro models the combined space gave
-        0.55-0.73x the profile space's held-out category error and a lower
+        0.67-0.75x the profile space's held-out category error and a lower
         Brier, ``benchmarks/README.md``).
       outcome: ``"residual"`` or ``"correct"`` (``None``: the default config's).
       seed: the encoder's training seed.

@@ -4,7 +4,7 @@
     shift   = logit(p_global + field) - logit(p_global)
     s(n_eff) = n_eff / (n_eff + shrinkage)
 
-``p_global`` is a confidence-only map (isotonic, temperature, or the two
+``p_global`` is a confidence-only map (isotonic, temperature, or isotonic and Platt
 stacked) and ``field`` the smoothed residual ``correct - p_global`` in the
 chosen geometry, so the term moves confidence by the local miscalibration,
 shrunk toward zero where few neighbours support it. ``strength`` and
@@ -17,7 +17,7 @@ Both isotonic maps are step functions whose steps carry the noise of the
 few items in each: on planted data with calibrated confidences they cost
 the correction about a fifth of the held-out Brier gain it could make. The
 stacked method (:func:`fit_stacked`, :func:`fit_final`) weighs each against
-a smooth alternative (one temperature; the identity) by the Brier score of
+a smooth alternative (Platt scaling) by the Brier score of
 out-of-fold predictions, so the steps are kept where they are real.
 
 Every fit here is a pure JAX function (``jax.jit`` and ``jax.vmap`` work; the
@@ -38,10 +38,13 @@ from miscal_jax.calibrators.global_maps import (
     LOGIT_EPS,
     MAX_KNOTS,
     IsotonicState,
+    PlattState,
     TemperatureState,
     apply_isotonic,
+    apply_platt,
     apply_temperature,
     fit_isotonic,
+    fit_platt,
     fit_temperature,
     logit,
 )
@@ -78,22 +81,23 @@ class CorrectionParams(NamedTuple):
 
 
 class StackedMap(NamedTuple):
-    """``w * isotonic(p) + (1 - w) * temperature(p)``: a step map weighed against a smooth one.
+    """``w * isotonic(p) + (1 - w) * platt(p)``: a step map weighed against a smooth one.
 
     Isotonic regression adapts to any monotone miscalibration but its steps
-    carry the noise of the few items in each; one temperature is nearly
-    noise-free but fits only a symmetric stretch of the logit. The weight
+    carry the noise of the few items in each; Platt scaling (a slope and an
+    offset of the logit) is nearly noise-free but fits only an affine
+    stretch of the logit. The weight
     ``w`` is chosen on out-of-fold predictions (:func:`stack_weight`), so it
     is near 1 where the steps are real and near 0 where they are noise.
 
     Attributes:
       isotonic: the isotonic part.
-      temperature: the temperature part (``log T = 0`` is the identity).
+      platt: the Platt part.
       weight: ``[]`` share ``w`` of the isotonic part, in ``[0, 1]``.
     """
 
     isotonic: IsotonicState
-    temperature: TemperatureState
+    platt: PlattState
     weight: Array
 
 
@@ -133,7 +137,7 @@ def fit_global(
         weight ``<= 0`` are ignored.
       method: static, ``"isotonic"`` (:func:`~miscal_jax.calibrators.fit_isotonic`),
         ``"temperature"`` (:func:`~miscal_jax.calibrators.fit_temperature`) or
-        ``"stacked"`` (both, weighed by :func:`fit_stacked` on an interleaved
+        ``"stacked"`` (isotonic and Platt, weighed by :func:`fit_stacked` on an interleaved
         5-fold split of the rows).
       max_knots: static knot bound of the isotonic map.
 
@@ -173,7 +177,7 @@ def apply_global(state: IsotonicState | TemperatureState | StackedMap, conf: Arr
     """
     if isinstance(state, StackedMap):
         iso = apply_isotonic(state.isotonic, conf)
-        return state.weight * iso + (1 - state.weight) * apply_temperature(state.temperature, conf)
+        return state.weight * iso + (1 - state.weight) * apply_platt(state.platt, conf)
     if isinstance(state, IsotonicState):
         return apply_isotonic(state, conf)
     return apply_temperature(state, conf)
@@ -219,7 +223,7 @@ def fit_stacked(
     *,
     max_knots: int = MAX_KNOTS,
 ) -> tuple[StackedMap, Array]:
-    """Isotonic and temperature maps, weighed by the Brier score of their out-of-fold predictions.
+    """Isotonic and Platt maps, weighed by the Brier score of their out-of-fold predictions.
 
     Pure and traceable. Both maps are fitted on the ``weight`` rows; for the
     weight each of those rows is predicted by maps fitted without its fold
@@ -249,13 +253,13 @@ def fit_stacked(
     conf, correct = as_float(conf), as_float(correct)
     weight = jnp.ones_like(conf) if weight is None else as_float(weight)
     fit_iso = lambda w: fit_isotonic(conf, correct, w, max_knots=max_knots)
-    fit_temp = lambda w: fit_temperature(conf, correct, w)
+    fit_smooth = lambda w: fit_platt(conf, correct, w)
     inner = as_float(inner_masks)
     iso = _out_of_fold(fit_iso, apply_isotonic, conf, weight, inner)
-    temp = _out_of_fold(fit_temp, apply_temperature, conf, weight, inner)
-    w = stack_weight(iso, temp, correct, weight > 0)
-    stacked = StackedMap(fit_iso(weight), fit_temp(weight), w)
-    p = jnp.where(weight > 0, w * iso + (1 - w) * temp, apply_global(stacked, conf))
+    smooth = _out_of_fold(fit_smooth, apply_platt, conf, weight, inner)
+    w = stack_weight(iso, smooth, correct, weight > 0)
+    stacked = StackedMap(fit_iso(weight), fit_smooth(weight), w)
+    p = jnp.where(weight > 0, w * iso + (1 - w) * smooth, apply_global(stacked, conf))
     return stacked, p
 
 
@@ -265,13 +269,14 @@ def fit_final(
     weight: ArrayLike,
     inner_masks: ArrayLike | None = None,
 ) -> IsotonicState | StackedMap:
-    """The final map on corrected confidences: isotonic, or isotonic weighed against the identity.
+    """The final map on corrected confidences: isotonic, or isotonic and Platt stacked.
 
     Adding a field term can break global calibration, which an isotonic map
     on the corrected values restores; but its steps add noise. With
     ``inner_masks`` (the stacked method) the isotonic map is weighed against
-    leaving the values as they are by the Brier score of its out-of-fold
-    predictions (:func:`stack_weight`); without, it is applied in full.
+    Platt scaling of the corrected values by the Brier score of their
+    out-of-fold predictions (:func:`fit_stacked`); without, it is applied
+    in full.
 
     Args:
       p_local: ``[n]`` leave-one-out corrected confidences.
@@ -280,8 +285,7 @@ def fit_final(
       inner_masks: optional ``[J, n]`` fold masks for the weight.
 
     Returns:
-      An :class:`~miscal_jax.calibrators.IsotonicState`, or a
-      :class:`StackedMap` whose temperature part is the identity.
+      An :class:`~miscal_jax.calibrators.IsotonicState` or a :class:`StackedMap`.
     """
     if inner_masks is None:
         return fit_isotonic(p_local, correct, weight)

@@ -92,7 +92,7 @@ class FitConfig:
       candidates: geometries to choose from per fold (:mod:`miscal_jax.geometry.spaces`).
       encoder: encoder configuration (also holds the kernel name).
       use_conf: feed ``logit(conf)`` to the encoder.
-      global_method: the first map: ``"stacked"`` (isotonic and temperature
+      global_method: the first map: ``"stacked"`` (isotonic and Platt
         weighed by their out-of-fold Brier score, and the final isotonic map
         weighed against none; :func:`~miscal_jax.correction.fit_stacked`),
         ``"isotonic"`` or ``"temperature"``.

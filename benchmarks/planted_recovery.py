@@ -56,32 +56,15 @@ def main():
     for seed in range(args.seeds):
         start = time.perf_counter()
         d = make_planted(3000, seed=seed)
-        res = crossfit(
-            d.embeddings,
-            d.conf,
-            d.correct,
-            folds=5,
-            seed=seed,
-            config=FAST,
-            progress=False,
-            **method,
-        )
+        five = dict(folds=5, seed=seed, config=FAST, progress=False, **method)
+        res = crossfit(d.embeddings, d.conf, d.correct, **five)
         reg = {
             k: float(M.regional_error(res.predictions[k], d.correct, d.region))
             for k in ("isotonic", "temperature", "local")
         }
         ece = {k: float(M.ece(res.predictions[k], d.correct)) for k in ("isotonic", "local")}
         d0 = make_planted(3000, seed=seed, amplitude=0.0)
-        r0 = crossfit(
-            d0.embeddings,
-            d0.conf,
-            d0.correct,
-            folds=5,
-            seed=seed,
-            config=FAST,
-            progress=False,
-            **method,
-        )
+        r0 = crossfit(d0.embeddings, d0.conf, d0.correct, **five)
         dbrier = float(M.brier(r0.predictions["local"], d0.correct)) - float(
             M.brier(r0.predictions["isotonic"], d0.correct)
         )
@@ -100,15 +83,7 @@ def main():
             flush=True,
         )
         signal = crossfit(
-            d.embeddings @ d.signal_basis,
-            d.conf,
-            d.correct,
-            folds=5,
-            seed=seed,
-            candidates=("raw",),
-            config=FAST,
-            progress=False,
-            **method,
+            d.embeddings @ d.signal_basis, d.conf, d.correct, candidates=("raw",), **five
         )
         gains.append(oracle_shares(d, res, signal))
     print()

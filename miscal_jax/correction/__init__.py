@@ -9,6 +9,7 @@ from miscal_jax.correction.local import (
     fit_correction_params,
     fit_final,
     fit_global,
+    fit_global_out_of_fold,
     fit_stacked,
     interleaved_folds,
     local_confidence,
@@ -27,5 +28,6 @@ __all__ = (
     "fit_stacked",
     "interleaved_folds",
     "local_confidence",
+    "fit_global_out_of_fold",
     "stack_weight",
 )

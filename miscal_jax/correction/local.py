@@ -61,6 +61,7 @@ __all__ = [
     "fit_stacked",
     "interleaved_folds",
     "local_confidence",
+    "fit_global_out_of_fold",
     "stack_weight",
 ]
 
@@ -108,7 +109,7 @@ class CorrectionState(NamedTuple):
       global_map: the first, confidence-only map.
       params: :class:`CorrectionParams`.
       final_map: isotonic map applied last (restores global calibration),
-        weighed against the identity under the stacked method, or ``None``
+        stacked with Platt scaling under the stacked method, or ``None``
         when disabled.
     """
 
@@ -205,6 +206,44 @@ def stack_weight(p_a: ArrayLike, p_b: ArrayLike, correct: ArrayLike, weight: Arr
     num = jnp.sum(weight * (correct - p_b) * diff)
     den = jnp.sum(weight * jnp.square(diff))
     return jnp.where(den > 0, jnp.clip(num / jnp.where(den > 0, den, 1.0), 0.0, 1.0), 0.0)
+
+
+def fit_global_out_of_fold(
+    conf: ArrayLike,
+    correct: ArrayLike,
+    weight: ArrayLike,
+    inner_masks: ArrayLike,
+    *,
+    method: str,
+) -> tuple[IsotonicState | TemperatureState | StackedMap, Array]:
+    """A first map fitted on the ``weight`` rows, and each of those rows' out-of-fold value.
+
+    Args:
+      conf: ``[n]`` confidences.
+      correct: ``[n]`` 0/1 outcomes.
+      weight: ``[n]`` 0/1 mask of the rows to fit on.
+      inner_masks: ``[J, n]`` bools, ``False`` where fold ``j`` holds a row out.
+      method: static, one of :data:`GLOBAL_METHODS`.
+
+    Returns:
+      ``(global_map, p [n])``: ``p`` from maps fitted without the row's fold
+      on the ``weight`` rows, from ``global_map`` on the others.
+
+    Examples:
+      >>> import numpy as np
+      >>> conf = np.linspace(0.1, 0.9, 50)
+      >>> m, p = fit_global_out_of_fold(conf, conf > 0.5, np.ones(50), interleaved_folds(50),
+      ...                           method="isotonic")
+      >>> p.shape
+      (50,)
+    """
+    if method == "stacked":
+        return fit_stacked(conf, correct, weight, inner_masks)
+    conf, weight = as_float(conf), as_float(weight)
+    fit_one = lambda w: fit_global(conf, correct, w, method=method)
+    global_map = fit_one(weight)
+    p = _out_of_fold(fit_one, apply_global, conf, weight, as_float(inner_masks))
+    return global_map, jnp.where(weight > 0, p, apply_global(global_map, conf))
 
 
 def _out_of_fold(fit_one, apply, conf, weight, inner_masks) -> Array:

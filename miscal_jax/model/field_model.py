@@ -29,8 +29,7 @@ from miscal_jax.correction.local import (
     apply_global,
     fit_correction_params,
     fit_final,
-    fit_global,
-    fit_stacked,
+    fit_global_out_of_fold,
     local_confidence,
 )
 from miscal_jax.geometry.encoder import EncoderConfig
@@ -93,8 +92,8 @@ class FitConfig:
       encoder: encoder configuration (also holds the kernel name).
       use_conf: feed ``logit(conf)`` to the encoder.
       global_method: the first map: ``"stacked"`` (isotonic and Platt
-        weighed by their out-of-fold Brier score, and the final isotonic map
-        weighed against none; :func:`~miscal_jax.correction.fit_stacked`),
+        weighed by their out-of-fold Brier score, and the final map stacked
+        likewise; :func:`~miscal_jax.correction.fit_stacked`),
         ``"isotonic"`` or ``"temperature"``.
       final_recalibration: fit a final isotonic map on the corrected values.
 
@@ -127,7 +126,7 @@ class FieldModel:
       geometry: :class:`~miscal_jax.geometry.Geometry` with ``[K, ...]`` leaves.
       global_map: the first, confidence-only map, ``[K, ...]`` leaves.
       params: :class:`~miscal_jax.correction.CorrectionParams`, ``[K]`` leaves.
-      final_map: isotonic map applied last (stacked with the identity under
+      final_map: isotonic map applied last (stacked with Platt scaling under
         the stacked method), ``[K, ...]`` leaves (``None`` when off).
       config: the :class:`FitConfig` (its structure static, its numbers leaves).
       bins: ``None`` (fold models smooth their training items exactly), or a
@@ -185,16 +184,7 @@ def inner_global(conf, correct, train, inner_masks, method):
       ``(global_map, p_global [n], residual [n])``; rows outside ``train``
       get the fold's map.
     """
-    if method == "stacked":
-        global_map, p_global = fit_stacked(conf, correct, train, inner_masks)
-        return global_map, p_global, correct - p_global
-    fit_one = lambda mask: fit_global(conf, correct, mask, method=method)
-    global_map = fit_one(train)
-    maps = jax.vmap(lambda inner: fit_one(train & inner))(inner_masks)
-    p_each = jax.vmap(lambda state: apply_global(state, conf))(maps)  # [J, n]
-    inner_fold = jnp.argmin(inner_masks, axis=0)
-    p_inner = jnp.take_along_axis(p_each, inner_fold[None, :], axis=0)[0]
-    p_global = jnp.where(train, p_inner, apply_global(global_map, conf))
+    global_map, p_global = fit_global_out_of_fold(conf, correct, train, inner_masks, method=method)
     return global_map, p_global, correct - p_global
 
 

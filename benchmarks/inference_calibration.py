@@ -30,6 +30,15 @@ Scenarios (synthetic data from ``miscal_jax.synthetic.planted.make_planted``):
   profile geometry (:func:`miscal_jax.geometry.fit_profile`, 16 directions of
   the other models' residuals), the CLI's default panel geometry.
 
+``--approximate`` runs every data set through the large-data path at a small
+scale, as ``miscal-jax report`` runs it above ``SELECT_ON`` items: four
+times the plan's items, the model chosen on a random quarter of them
+(``select_on = n / 4``, the plan's size),
+carried to all and binned in ``n / 16`` leaves per fold (about 12 training
+items per leaf), the test on the subsample's model and regimes on the binned
+one (``miscal_jax.app.report.model_statistics``). Keys get an
+``[approximate]`` suffix.
+
 Writes ``benchmarks/results/inference_calibration.json`` and prints a table.
 Geometries: the other scenarios choose between raw and PCA (the learned
 encoder is left out to keep 200+ pipeline fits within minutes on 2 CPU cores;
@@ -47,6 +56,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from miscal_jax.app.report import model_statistics
 from miscal_jax.geometry.panel import (
     DEFAULT_CONFIG,
     fit_panel,
@@ -121,7 +131,7 @@ def panel_target(n, seed, geometry="panel"):
     return d.target._replace(embeddings=z)
 
 
-def run(name, sims, n, permutations, candidates=("raw", "pca")):
+def run(name, sims, n, permutations, candidates=("raw", "pca"), approximate=False):
     panel = candidates in (("panel",), ("profile",))
     rows = []
     for seed in range(sims):
@@ -134,12 +144,17 @@ def run(name, sims, n, permutations, candidates=("raw", "pca")):
             seed=seed,
             candidates=("raw",) if panel else candidates,
             progress=False,
+            **(dict(select_on=n // 4, cells=n // 16) if approximate else {}),
         )
-        k_het, k_regimes = jax.random.split(jax.random.key(seed))
-        het = heterogeneity_test(k_het, res.model, num_permutations=permutations)
-        found = discover_regimes(k_regimes, res.model)
+        if approximate:  # as the report runs it: the test on the subsample's model
+            stats = model_statistics(res, seed=seed, permutations=permutations)
+            p_value, found = stats.heterogeneity.p_value, stats.found
+        else:
+            k_het, k_regimes = jax.random.split(jax.random.key(seed))
+            het = heterogeneity_test(k_het, res.model, num_permutations=permutations)
+            p_value, found = float(het.p_value), discover_regimes(k_regimes, res.model)
         regimes = found.as_list()
-        row = {"p_value": float(het.p_value), "regimes": len(regimes)}
+        row = {"p_value": float(p_value), "regimes": len(regimes)}
         if SCENARIOS[name]["amplitude"] > 0:
             lo, hi = normal_interval(res.field, res.field_se, level=0.9)
             row["coverage"] = float(np.mean((d.field >= lo) & (d.field <= hi)))
@@ -190,6 +205,11 @@ def main():
     )
     parser.add_argument("--permutations", type=int, default=200)
     parser.add_argument(
+        "--approximate",
+        action="store_true",
+        help="the large-data path at a small scale: subsample selection, carried, binned field",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=Path(__file__).parent / "results" / "inference_calibration.json",
@@ -208,6 +228,8 @@ def main():
         plan = {k: (3, n) for k, (_, n) in plan.items()}
     if args.sims is not None:
         plan = {k: (args.sims, n) for k, (_, n) in plan.items()}
+    if args.approximate:  # four times the items, the model chosen on the plan's number
+        plan = {k: (sims, 4 * n) for k, (sims, n) in plan.items()}
     unknown = set(args.scenarios or ()) - set(plan)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}; choose from {sorted(plan)}")
@@ -222,8 +244,11 @@ def main():
         geometries = args.geometries or DEFAULT_GEOMETRIES.get(name, ("raw+pca",))
         for geometry in geometries:
             key = name if geometry == "raw+pca" else f"{name} [{geometry}]"
+            key += " [approximate]" if args.approximate else ""
             start = time.perf_counter()
-            rows = run(name, sims, n, args.permutations, candidates=tuple(geometry.split("+")))
+            rows = run(
+                name, sims, n, args.permutations, tuple(geometry.split("+")), args.approximate
+            )
             results[key] = {
                 "n": n,
                 "geometry": geometry,

@@ -1,9 +1,10 @@
 """False alarms of regime discovery alone, over many null data sets (fast).
 
-    python benchmarks/regime_null.py [--sims 200] [--scenarios confounded_null ...]
+    python benchmarks/regime_null.py [--sims 200] [--n 1000] [--scenarios confounded_null ...]
 
 Same data sets and seeds as the ``null``/``extreme_null``/``global_only``/
-``confounded_null`` scenarios of ``inference_calibration.py`` (n = 1000, seeds 1000+i), but only
+``confounded_null`` scenarios of ``inference_calibration.py`` (n = 1000 unless
+``--n`` says otherwise, seeds 1000+i), but only
 a cheap fit (two folds, raw geometry: regime discovery uses the model's items,
 not its field) and :func:`miscal_jax.discover_regimes` run, both vmapped over
 batches of 40 data sets, so 200 data sets take a minute or two.
@@ -45,6 +46,7 @@ SCENARIOS = {
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sims", type=int, default=200)
+    parser.add_argument("--n", type=int, default=1000, help="items per data set")
     parser.add_argument("--scenarios", nargs="*", choices=sorted(SCENARIOS), default=None)
     args = parser.parse_args()
     print("| scenario | n | sims | any regime reported | time (s) |")
@@ -58,14 +60,14 @@ def main():
         found = []
         for first in range(0, args.sims, BATCH):
             seeds = range(first, min(first + BATCH, args.sims))
-            data = [generator(1000, seed=1000 + s, **kw) for s in seeds]
+            data = [generator(args.n, seed=1000 + s, **kw) for s in seeds]
             x, p, y = (
                 jnp.stack([getattr(d, a) for d in data]) for a in ("embeddings", "conf", "correct")
             )
             keys = jnp.stack([jax.random.key(s) for s in seeds])
             found.extend(np.asarray(_found(keys, x, p, y)) > 0)
         print(
-            f"| {name} | 1000 | {args.sims} | {np.mean(found):.3f} | "
+            f"| {name} | {args.n} | {args.sims} | {np.mean(found):.3f} | "
             f"{time.perf_counter() - start:.0f} |",
             flush=True,
         )

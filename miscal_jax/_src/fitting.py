@@ -13,11 +13,16 @@ import optax
 
 from miscal_jax._types import Array
 
-__all__ = ["FIT_PAD", "bce", "minimise", "pad_fit_inputs"]
+__all__ = ["FIT_PAD", "bce", "masked_mean", "minimise", "pad_fit_inputs"]
 
 #: Inputs of every fit are padded to a multiple of this (with zero weight), so
 #: data sets of slightly different sizes share compiled code.
 FIT_PAD = 256
+
+
+def masked_mean(values: Array, mask: Array) -> Array:
+    """Mean over the last axis of ``[..., n]`` values where the ``[n]`` mask holds (0 if none)."""
+    return jnp.sum(values * mask, axis=-1) / jnp.maximum(jnp.sum(mask), 1)
 
 
 def bce(logits: Array, correct: Array, weight: Array | None = None) -> Array:

@@ -20,6 +20,7 @@ gradient), so the choice runs under ``jit`` and ``vmap``.
 import jax
 import jax.numpy as jnp
 
+from miscal_jax._src.fitting import masked_mean
 from miscal_jax._types import Array
 from miscal_jax.smoothing.nadaraya_watson import bandwidth_grid, nw_field, select_bandwidth
 
@@ -27,10 +28,6 @@ __all__ = ["RANKS", "gradient_directions", "initial_metric"]
 
 #: Ranks the starting metric chooses from (those at most the input width).
 RANKS = (1, 2, 4, 8)
-
-
-def _masked_mean(values: Array, mask: Array) -> Array:
-    return jnp.sum(values * mask, axis=-1) / jnp.maximum(jnp.sum(mask), 1)
 
 
 def gradient_directions(u: Array, residual: Array, mask: Array, *, kernel: str) -> tuple:
@@ -125,7 +122,7 @@ def initial_metric(
             z = jnp.concatenate([u, u @ basis * (columns < r)], axis=1)
             grid = bandwidth_grid(z, ref_mask=fit)
             est = nw_field(z, z, residual, grid, ref_mask=fit, kernel=kernel).value  # [g, n]
-            errors.append(jnp.min(_masked_mean((residual - est) ** 2, stop)))
+            errors.append(jnp.min(masked_mean((residual - est) ** 2, stop)))
     best = jnp.argmin(jnp.stack(errors))
     rank = jnp.asarray(ranks)[best % len(ranks)]
     return families[best // len(ranks)] * (columns < rank), rank

@@ -48,6 +48,7 @@ from flax import struct
 from jax.typing import ArrayLike
 
 from miscal_jax._src.dtypes import as_float
+from miscal_jax._src.fitting import masked_mean
 from miscal_jax._types import Array, FieldEstimate, PRNGKey
 from miscal_jax.calibrators.global_maps import logit
 from miscal_jax.geometry.directions import initial_metric
@@ -256,11 +257,6 @@ def _beats(errors: Array, challenger: Array, incumbent: Array, mask: Array) -> A
     return mean > jnp.sqrt(var / m)
 
 
-def _masked_mean(values: Array, mask: Array) -> Array:
-    """Mean over the last axis of the ``mask`` entries."""
-    return jnp.sum(values * mask, axis=-1) / jnp.maximum(jnp.sum(mask), 1)
-
-
 def _choose(errors: Array, train: Array, held: Array, candidates: tuple[str, ...]) -> Array:
     """Index of the chosen candidate.
 
@@ -281,15 +277,15 @@ def _choose(errors: Array, train: Array, held: Array, candidates: tuple[str, ...
     choice = jnp.asarray(fixed[0] if fixed else trained[0], jnp.int32)
     if len(fixed) > 1:
         idx = jnp.asarray(fixed)
-        best = idx[jnp.argmin(_masked_mean(errors[idx], train))]
+        best = idx[jnp.argmin(masked_mean(errors[idx], train))]
         choice = jnp.where(_beats(errors, best, choice, train), best, choice)
     if trained and fixed:
         idx = jnp.asarray(trained)
-        best = idx[jnp.argmin(_masked_mean(errors[idx], held))]
+        best = idx[jnp.argmin(masked_mean(errors[idx], held))]
         choice = jnp.where(_beats(errors, best, choice, held), best, choice)
     elif len(trained) > 1:
         idx = jnp.asarray(trained)
-        choice = idx[jnp.argmin(_masked_mean(errors[idx], held))]
+        choice = idx[jnp.argmin(masked_mean(errors[idx], held))]
     return choice.astype(jnp.int32)
 
 
@@ -390,7 +386,7 @@ def fit_geometry(
     # one eigendecomposition serves the MLP's m components and a wide metric's r
     mean, top, top_var = weighted_pca(x, train, max(m, r) if wide else m)
     directions, variances = top[:, :m], top_var[:m]
-    var = _masked_mean(((x - mean) ** 2).T, train)
+    var = masked_mean(((x - mean) ** 2).T, train)
     std = jnp.sqrt(jnp.maximum(var, STD_FLOOR**2 * jnp.max(var)) + 1e-30)
     input_scale = jnp.sqrt(jnp.mean(variances)) + 1e-12
     if wide:  # every column costs O(batch^2) per training step: the top components only
@@ -449,7 +445,7 @@ def fit_geometry(
         z = z[take]
         est = loo_field(z, r_rows, grid, ref_mask=ok, kernel=config.kernel)  # [g, rows]
         judged = held_rows if kind in TRAINED else ok
-        best = jnp.argmin(_masked_mean((r_rows - est.value) ** 2, judged))
+        best = jnp.argmin(masked_mean((r_rows - est.value) ** 2, judged))
         estimates.append(_take(est, best))
         bandwidths.append(grid[best])
         errors.append((r_rows - estimates[-1].value) ** 2)
@@ -461,8 +457,8 @@ def fit_geometry(
     judged = jnp.stack([held_rows if kind in TRAINED else ok for kind in candidates])
     info = {
         "select_error": jnp.sum(errors * judged, 1) / jnp.maximum(jnp.sum(judged, 1), 1),
-        "held_error": _masked_mean(errors, held_rows),
-        "constant_error": _masked_mean((r_rows - _masked_mean(r_rows, ok)) ** 2, held_rows),
+        "held_error": masked_mean(errors, held_rows),
+        "constant_error": masked_mean((r_rows - masked_mean(r_rows, ok)) ** 2, held_rows),
         "honest": jnp.stack([held if kind in TRAINED else train for kind in candidates])[choice],
     }
     if histories:

@@ -36,12 +36,12 @@ d = make_planted(n, seed=0, amplitude=0.25, nuisance_dim=24)
 np.savez(path, embeddings=d.embeddings, confidence=d.conf, correct=d.correct, group=d.region)
 start = time.perf_counter()
 r = crossfit(d.embeddings, d.conf, d.correct, progress=False,
-             select_on=None if select_on == "none" else int(select_on))
+             select_on={"none": None, "auto": "auto"}.get(select_on) or int(select_on))
 seconds = time.perf_counter() - start
 brier = lambda m: float(np.mean((r.predictions[m] - d.correct) ** 2))
 np.save(path + ".field.npy", r.field)
 print(json.dumps({
-    "fit_s": seconds, "scale": r.scale, "truth_corr": float(np.corrcoef(r.field, d.field)[0, 1]),
+    "fit_s": seconds, "scale": r.scale, "chosen": [fold["chosen"] for fold in r.info], "truth_corr": float(np.corrcoef(r.field, d.field)[0, 1]),
     "brier_local": brier("local"), "brier_isotonic": brier("isotonic"),
     "fit_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
 }))
@@ -107,7 +107,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(s) for s in args.sizes.split(",")):
             data = os.path.join(tmp, f"planted_{n}.npz")
-            fit = _child([str(n), "8192", data])
+            fit = _child([str(n), "auto", data])
             row = {"n": n, **fit}
             if fit["scale"]["path"] == "subsample" and n <= args.exact_up_to:
                 import numpy as np

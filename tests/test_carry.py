@@ -21,6 +21,17 @@ def test_carried_folds_are_balanced_and_keep_the_subsample_folds():
     np.testing.assert_array_equal(np.argmin(masks, axis=0)[np.asarray(idx)], fold_sub)
 
 
+def test_selection_grows_with_n_within_its_bounds_and_bad_values_are_refused():
+    from miscal_jax.model.crossfit import SELECT_MAX, SELECT_ON, selection_size
+
+    sizes = [selection_size(n) for n in (10, SELECT_ON, SELECT_ON + 1, 600_000, 10**6, 10**8)]
+    assert sizes == [10, SELECT_ON, SELECT_ON, 10_000, SELECT_MAX, SELECT_MAX]
+    d = make_planted(40, seed=0)
+    for bad in ("all", 2.5, True):
+        with pytest.raises(ValueError, match="select_on"):
+            crossfit(d.embeddings, d.conf, d.correct, select_on=bad, progress=False)
+
+
 @pytest.mark.slow
 def test_carry_is_out_of_fold_and_rescales_the_bandwidth():
     d = make_planted(1500, seed=1, amplitude=0.25)

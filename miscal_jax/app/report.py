@@ -37,7 +37,7 @@ from miscal_jax.app.html import scale_note, source_notes, write_html_report
 from miscal_jax.app.io import Dataset
 from miscal_jax.app.stopping import CURRENT_STOP
 from miscal_jax.geometry.spaces import embed
-from miscal_jax.model.crossfit import SELECT_ON, CrossFitResult, crossfit
+from miscal_jax.model.crossfit import CrossFitResult, crossfit, selection_size
 from miscal_jax.stats.inference import (
     GroupingLossInterval,
     HeterogeneityTest,
@@ -87,7 +87,7 @@ def model_statistics(
     """
     say = log or (lambda line: None)
     k_het, k_regimes, k_gl = jax.random.split(jax.random.key(seed), 3)
-    # above SELECT_ON items the test runs on the subsample's model: every permutation
+    # on the large-data path the test runs on the subsample's model: every permutation
     # re-smooths all items, and the subsample alone has the power (its items' folds are honest)
     tested = result.model if result.selection is None else result.selection
     on = "" if result.selection is None else f", on the {tested.ref_x.shape[0]}-item subsample"
@@ -306,7 +306,8 @@ def run_report(
     say = log or (lambda line: None)
     started = time.perf_counter()
     x, p, y = data.embeddings, data.conf, data.correct
-    large = f"; chosen on {SELECT_ON} of them" if x.shape[0] > SELECT_ON else ""
+    m = selection_size(x.shape[0])
+    large = f"; chosen on {m} of them" if x.shape[0] > m else ""
     say(f"cross-fitting {folds} folds ({x.shape[0]} items, {x.shape[1]}-d embeddings{large})")
     geometry = {} if candidates is None else {"candidates": tuple(candidates)}
     res = crossfit(x, p, y, folds=folds, seed=seed, progress=progress, **geometry)

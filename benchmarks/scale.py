@@ -41,7 +41,8 @@ seconds = time.perf_counter() - start
 brier = lambda m: float(np.mean((r.predictions[m] - d.correct) ** 2))
 np.save(path + ".field.npy", r.field)
 print(json.dumps({
-    "fit_s": seconds, "scale": r.scale, "chosen": [fold["chosen"] for fold in r.info], "truth_corr": float(np.corrcoef(r.field, d.field)[0, 1]),
+    "fit_s": seconds, "scale": r.scale, "chosen": [fold["chosen"] for fold in r.info],
+    "truth_corr": float(np.corrcoef(r.field, d.field)[0, 1]),
     "brier_local": brier("local"), "brier_isotonic": brier("isotonic"),
     "fit_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
 }))

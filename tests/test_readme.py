@@ -3,9 +3,13 @@
 import pathlib
 import re
 
+import pytest
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
+# the slowest test (about 3 minutes): it runs with the slow checks, in CI too
+@pytest.mark.slow
 def test_readme_code_blocks_run(tmp_path, monkeypatch):
     blocks = re.findall(r"^```python\n(.*?)^```", README.read_text(), re.M | re.S)
     assert len(blocks) >= 4

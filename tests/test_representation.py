@@ -83,6 +83,7 @@ def test_fit_encoder_masks_equal_slices():
     np.testing.assert_allclose(h1["val_loss"], h2["val_loss"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_fit_geometry_each_kind_and_one_standard_error_rule():
     d = make_planted(900, seed=2)
     r = d.correct - d.conf

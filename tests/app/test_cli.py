@@ -118,6 +118,8 @@ def test_report_on_csv_with_npy(planted_npz, tmp_path):
     _check_outputs(tmp_path / "out", 300)
 
 
+# the main job end to end (over a minute): with the slow checks, in CI too
+@pytest.mark.slow
 def test_report_on_shipped_data(tmp_path):
     """The default job, as the README runs it (fewer folds and permutations)."""
     out = tmp_path / "out"

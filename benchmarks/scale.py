@@ -36,7 +36,7 @@ d = make_planted(n, seed=0, amplitude=0.25, nuisance_dim=24)
 np.savez(path, embeddings=d.embeddings, confidence=d.conf, correct=d.correct, group=d.region)
 start = time.perf_counter()
 r = crossfit(d.embeddings, d.conf, d.correct, progress=False,
-             select_on={"none": None, "auto": "auto"}.get(select_on) or int(select_on))
+             select_on={"none": None, "auto": "auto"}[select_on])
 seconds = time.perf_counter() - start
 brier = lambda m: float(np.mean((r.predictions[m] - d.correct) ** 2))
 np.save(path + ".field.npy", r.field)

@@ -278,10 +278,7 @@ def crossfit(
         print(f"miscal-jax: fitting {folds} folds ({', '.join(candidates)})...", file=sys.stderr)
     n = x.shape[0]
     cells = _cells(cells, n)
-    if select_on == "auto":
-        select_on = selection_size(n)
-    elif select_on is not None and (isinstance(select_on, bool) or not isinstance(select_on, int)):
-        raise ValueError(f"select_on: expected a positive int, 'auto' or None, got {select_on!r}.")
+    select_on = selection_size(n) if select_on == "auto" else _count("select_on", select_on)
     sub_key, fit_key, carry_key, check_key = jax.random.split(jax.random.key(seed), 4)
     if select_on is not None and n > select_on:
         if select_on < 2 * folds:
@@ -336,9 +333,14 @@ def _cells(cells: int | str | None, n: int) -> int | None:
     if cells == "auto":
         limit = EXACT_UP_TO.get(jax.default_backend(), EXACT_UP_TO["gpu"])
         return CELLS if n > limit else None
-    if cells is not None and (isinstance(cells, bool) or not isinstance(cells, int) or cells < 1):
-        raise ValueError(f"cells: expected a positive int, 'auto' or None, got {cells!r}.")
-    return cells
+    return _count("cells", cells)
+
+
+def _count(name: str, value):
+    """``value`` if it is a positive int or ``None``; else a ``ValueError`` naming ``name``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name}: expected a positive int, 'auto' or None, got {value!r}.")
+    return value
 
 
 def apply_crossfit(

@@ -73,6 +73,11 @@ def test_initial_metric_recovers_a_planted_subspace_and_zeroes_past_its_rank():
     basis = d.embeddings.std(0)[:, None] * d.signal_basis
     assert rank >= 2
     assert np.mean(_angles(matrix[:, :rank], basis)) < 25.0
+    # the stop items alone, gathered (padded to 600), choose the same directions
+    gathered, same_rank = initial_metric(jnp.asarray(u), r, fit, ~fit, jnp.asarray(principal),
+                                         kernel="gaussian", stop_size=600)  # fmt: skip
+    assert int(same_rank) == rank
+    np.testing.assert_allclose(np.asarray(gathered), matrix, atol=1e-6)
 
 
 def test_linear_metric_zero_columns_get_zero_gradient():

@@ -81,6 +81,11 @@ def test_fit_encoder_masks_equal_slices():
     r2[260:] = 1.0
     _, h2 = fit_encoder(jax.random.key(3), x2, r2, fit, val, cfg)
     np.testing.assert_allclose(h1["val_loss"], h2["val_loss"], rtol=1e-5)
+    # gathering the 60 validation rows (padded to 70) changes nothing
+    _, h3 = jax.jit(fit_encoder, static_argnames=("config", "val_size"))(
+        jax.random.key(3), x, r, fit, val, config=cfg, val_size=70
+    )
+    np.testing.assert_allclose(h1["val_loss"], h3["val_loss"], rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -176,7 +181,7 @@ def test_gathered_training_rows_equal_the_masked_smoother():
     d = make_planted(700, seed=4, amplitude=0.3)
     r = d.correct - d.conf
     train = np.arange(700) % 5 != 2  # one fold held out: 560 training rows
-    kw = dict(candidates=("raw", "pca"), config=CFG)
+    kw = dict(candidates=("raw", "pca", "linear"), config=CFG)  # linear: gathered stop rows
     key = jax.random.key(0)
     masked, _, masked_info = fit_geometry(key, d.embeddings, d.conf, r, train, **kw)
     for size in (560, 600):  # exactly the training rows, and padded
@@ -188,3 +193,4 @@ def test_gathered_training_rows_equal_the_masked_smoother():
         assert not np.asarray(loo.value)[~train].any()  # held-out rows are not computed
         assert int(g.choice) == int(masked.choice)
         np.testing.assert_array_equal(info["honest"], masked_info["honest"])
+        np.testing.assert_allclose(info["select_error"], masked_info["select_error"], rtol=1e-4)

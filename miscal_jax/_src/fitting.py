@@ -13,7 +13,7 @@ import optax
 
 from miscal_jax._types import Array
 
-__all__ = ["FIT_PAD", "bce", "masked_mean", "minimise", "pad_fit_inputs"]
+__all__ = ["FIT_PAD", "bce", "gather_rows", "masked_mean", "minimise", "pad_fit_inputs"]
 
 #: Inputs of every fit are padded to a multiple of this (with zero weight), so
 #: data sets of slightly different sizes share compiled code.
@@ -23,6 +23,20 @@ FIT_PAD = 256
 def masked_mean(values: Array, mask: Array) -> Array:
     """Mean over the last axis of ``[..., n]`` values where the ``[n]`` mask holds (0 if none)."""
     return jnp.sum(values * mask, axis=-1) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def gather_rows(mask: Array, size: int | None) -> tuple[Array, Array]:
+    """``([size] row indices, [size] bools)``: the rows where ``[n]`` ``mask`` holds, padded.
+
+    ``size`` (static) must be at least the number of such rows; padding
+    repeats the last row with ``False``. ``None``: every row, all ``True``
+    where the mask holds (nothing gathered).
+    """
+    n = mask.shape[0]
+    if size is None:
+        return jnp.arange(n), mask
+    rows = jnp.nonzero(mask, size=size, fill_value=n)[0]
+    return jnp.minimum(rows, n - 1), rows < n
 
 
 def bce(logits: Array, correct: Array, weight: Array | None = None) -> Array:

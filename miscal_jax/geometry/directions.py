@@ -20,7 +20,7 @@ gradient), so the choice runs under ``jit`` and ``vmap``.
 import jax
 import jax.numpy as jnp
 
-from miscal_jax._src.fitting import masked_mean
+from miscal_jax._src.fitting import gather_rows, masked_mean
 from miscal_jax._types import Array
 from miscal_jax.smoothing.nadaraya_watson import bandwidth_grid, nw_field, select_bandwidth
 
@@ -75,6 +75,7 @@ def initial_metric(
     principal: Array,
     *,
     kernel: str,
+    stop_size: int | None = None,
 ) -> tuple[Array, Array]:
     """Starting directions of the linear metric and their rank.
 
@@ -98,6 +99,9 @@ def initial_metric(
       principal: ``[d, width]`` top principal directions of ``u`` over ``fit``;
         ``width`` (static) is the largest rank allowed.
       kernel: static kernel name.
+      stop_size: static; at least the number of ``stop`` items. They alone
+        are then smoothed (gathered), not all ``n`` items: with 15% of the
+        items judging, about 7x fewer pairs. ``None``: all ``n``, masked.
 
     Returns:
       ``(matrix [d, width], rank)``: unit columns, zero past the integer ``rank``.
@@ -116,13 +120,14 @@ def initial_metric(
     families = jnp.stack([principal, gradient[:, :width]])  # [2, d, width]
     ranks = sorted({r for r in RANKS if r < width} | {width})
     columns = jnp.arange(width)
+    rows, judged = gather_rows(stop, stop_size)
     errors = []
     for basis in families:
         for r in ranks:
             z = jnp.concatenate([u, u @ basis * (columns < r)], axis=1)
             grid = bandwidth_grid(z, ref_mask=fit)
-            est = nw_field(z, z, residual, grid, ref_mask=fit, kernel=kernel).value  # [g, n]
-            errors.append(jnp.min(masked_mean((residual - est) ** 2, stop)))
+            est = nw_field(z[rows], z, residual, grid, ref_mask=fit, kernel=kernel).value
+            errors.append(jnp.min(masked_mean((residual[rows] - est) ** 2, judged)))
     best = jnp.argmin(jnp.stack(errors))
     rank = jnp.asarray(ranks)[best % len(ranks)]
     return families[best // len(ranks)] * (columns < rank), rank

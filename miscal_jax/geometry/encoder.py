@@ -24,6 +24,7 @@ from flax.training import train_state
 from jax.typing import ArrayLike
 
 from miscal_jax._src.dtypes import as_float
+from miscal_jax._src.fitting import gather_rows, masked_mean
 from miscal_jax._types import Array, PRNGKey
 from miscal_jax.smoothing.nadaraya_watson import bandwidth_grid, loo_field, nw_field
 
@@ -202,11 +203,18 @@ def train_step(
     return state.apply_gradients(grads=grads), {"loss": loss}
 
 
-def heldout_loss(params, apply_fn, x, residual, fit_mask, val_mask, *, kernel: str) -> Array:
-    """Squared error of predicting ``val_mask`` residuals from ``fit_mask`` rows (``[n]`` masks)."""
+def heldout_loss(
+    params, apply_fn, x, residual, fit_mask, val_mask, *, kernel: str, val_size: int | None = None
+) -> Array:
+    """Squared error of predicting ``val_mask`` residuals from ``fit_mask`` rows (``[n]`` masks).
+
+    ``val_size`` (static), at least the number of ``val_mask`` rows, smooths
+    those rows alone (gathered) instead of all ``n``.
+    """
     z = apply_fn({"params": params["encoder"]}, x)
-    est = nw_field(z, z, residual, params["log_bandwidth"], ref_mask=fit_mask, kernel=kernel)
-    return jnp.sum(val_mask * (residual - est.value) ** 2) / jnp.maximum(jnp.sum(val_mask), 1)
+    rows, judged = gather_rows(val_mask, val_size)
+    est = nw_field(z[rows], z, residual, params["log_bandwidth"], ref_mask=fit_mask, kernel=kernel)
+    return masked_mean((residual[rows] - est.value) ** 2, judged)
 
 
 def fit_encoder(
@@ -218,6 +226,7 @@ def fit_encoder(
     config: EncoderConfig = EncoderConfig(),
     module: nn.Module | None = None,
     params=None,
+    val_size: int | None = None,
 ) -> tuple[TrainState, dict]:
     """Trains the encoder with early stopping on a validation split (pure, ``jit``-able).
 
@@ -239,6 +248,8 @@ def fit_encoder(
       config: an :class:`EncoderConfig` (static).
       module: static flax module to train (default: the config's :class:`Encoder`).
       params: optional starting parameters of ``module``.
+      val_size: static; at least the number of ``val_mask`` rows: each
+        evaluation then smooths those rows alone (gathered), not all ``n``.
 
     Returns:
       ``(best_state, history)``: ``history["val_loss"]`` is ``[E + 1]``
@@ -278,6 +289,7 @@ def fit_encoder(
         fit_mask=fit_mask,
         val_mask=val_mask,
         kernel=config.kernel,
+        val_size=val_size,
     )
 
     def step(i, state):

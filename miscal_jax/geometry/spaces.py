@@ -48,7 +48,7 @@ from flax import struct
 from jax.typing import ArrayLike
 
 from miscal_jax._src.dtypes import as_float
-from miscal_jax._src.fitting import masked_mean
+from miscal_jax._src.fitting import gather_rows, masked_mean
 from miscal_jax._types import Array, FieldEstimate, PRNGKey
 from miscal_jax.calibrators.global_maps import logit
 from miscal_jax.geometry.directions import initial_metric
@@ -378,6 +378,7 @@ def fit_geometry(
     trained = [k for k, kind in enumerate(candidates) if kind in TRAINED]
     split_rng, enc_rng = jax.random.split(rng)
     fit, stop = _split(split_rng, train, split)
+    stop_size = int(split[1] * (n if train_size is None else train_size))  # _split's bound
     held = train & ~fit if trained else train
     pca_dim = min(config.out_dim, d)
     m = min(d, max(config.out_dim, MAX_ENCODER_INPUTS))
@@ -417,14 +418,14 @@ def fit_geometry(
         if candidates[k] == "linear":
             principal = weighted_pca(feats, fit, min(MAX_RANK, r))[1]
             matrix, rank = initial_metric(
-                feats, residual, fit, stop, principal, kernel=config.kernel
+                feats, residual, fit, stop, principal, kernel=config.kernel, stop_size=stop_size
             )
             start = {"log_w": jnp.zeros(r), "directions": jnp.sqrt(r) * matrix}
             cfg = config.replace(
                 learning_rate=config.linear_learning_rate, batch_size=config.linear_batch_size
             )
         state, history = fit_encoder(
-            key, feats, residual, fit, stop, cfg, geometry.modules[k], start
+            key, feats, residual, fit, stop, cfg, geometry.modules[k], start, val_size=stop_size
         )
         if candidates[k] == "linear":
             history = dict(history, rank=rank)
@@ -432,12 +433,10 @@ def fit_geometry(
         histories.append(history)
     geometry = geometry.replace(params=tuple(params))
 
-    if train_size is None:  # every row a query, the training rows the references
-        rows = jnp.arange(n)
-    else:  # the training rows alone, gathered (index n pads)
-        rows = jnp.nonzero(train, size=train_size, fill_value=n)[0]
-    take = jnp.minimum(rows, n - 1)
-    ok, held_rows, r_rows = train[take] & (rows < n), held[take] & (rows < n), residual[take]
+    # every row a query (train_size None), or the training rows alone, gathered
+    take, gathered = gather_rows(train, train_size)
+    rows = take if train_size is None else jnp.where(gathered, take, n)  # n: dropped below
+    ok, held_rows, r_rows = train[take] & gathered, held[take] & gathered, residual[take]
     errors, estimates, bandwidths = [], [], []
     for k, kind in enumerate(candidates):
         z = _candidate(geometry, k, x, conf)

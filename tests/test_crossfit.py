@@ -5,7 +5,7 @@ import pytest
 from miscal_jax import metrics as M
 from miscal_jax.geometry.encoder import EncoderConfig
 from miscal_jax.model.crossfit import apply_crossfit, crossfit
-from miscal_jax.model.field_model import fold_masks
+from miscal_jax.model.field_model import fold_masks, out_of_fold_global
 from miscal_jax.synthetic.planted import make_planted
 
 FAST = EncoderConfig(max_steps=200, eval_every=25)
@@ -31,7 +31,10 @@ def test_outputs_are_out_of_fold():
     flipped[i] = 1 - flipped[i]
     b = crossfit(d.embeddings, d.conf, flipped, **kw)
     assert a.field[i] == b.field[i] and a.corrected_conf[i] == b.corrected_conf[i]
-    assert a.n_eff[i] == b.n_eff[i]
+    assert a.n_eff[i] == b.n_eff[i] and a.field_global[i] == b.field_global[i]
+    # the field after the global map is the model's own, from the same pass
+    want = jax.jit(out_of_fold_global)(a.model).value
+    np.testing.assert_allclose(a.field_global, want, rtol=1e-5, atol=1e-6)
     # the other folds did see the change
     others = a.fold != a.fold[i]
     assert np.any(a.field[others] != b.field[others])

@@ -21,14 +21,12 @@ import re
 from pathlib import Path
 from statistics import NormalDist
 
-import jax
 import numpy as np
 
 from miscal_jax.app.bootstrap import bootstrap_metrics
 from miscal_jax.app.describe import count_terms, distinctive_terms, snippet
 from miscal_jax.app.figures import LEVEL, field_map_png, reliability_png
 from miscal_jax.calibrators.global_maps import apply_isotonic, fit_isotonic
-from miscal_jax.model.field_model import out_of_fold_global
 
 __all__ = [
     "category_shares",
@@ -660,7 +658,6 @@ def write_html_report(
         )
         for c in cards
     }
-    field_rel = np.asarray(jax.jit(out_of_fold_global)(result.model).value)
     meta = summary.get("source", {})
     who = meta.get("model") or "the model"
     body = [
@@ -699,7 +696,9 @@ def write_html_report(
         "<h2>The miscalibration field</h2>",
         '<div class="figs">',
         img_tag(
-            field_map_png(x, field_rel, regime_of, title="Field relative to the global map"),
+            field_map_png(
+                x, result.field_global, regime_of, title="Field relative to the global map"
+            ),
             "field map",
         ),
         img_tag(

@@ -33,7 +33,7 @@ from miscal_jax.geometry.encoder import EncoderConfig
 from miscal_jax.geometry.spaces import DEFAULT_CANDIDATES, GEOMETRIES, Geometry, embed_folds
 from miscal_jax.model.binned import CELLS, bin_model, binned_error
 from miscal_jax.model.carry import carry, subsample
-from miscal_jax.model.field_model import FieldModel, FitConfig, fit, out_of_fold, predict
+from miscal_jax.model.field_model import FieldModel, FitConfig, fit, out_of_fold_fields, predict
 from miscal_jax.validation import validate_inputs
 
 __all__ = [
@@ -111,6 +111,8 @@ class CrossFitResult(NamedTuple):
       field: estimate of ``E[correct - conf | x]``.
       field_se: its standard error.
       n_eff: its effective sample size.
+      field_global: estimate of ``E[correct - p_global | x]``, the field
+        after each fold's global map (:func:`~miscal_jax.model.out_of_fold_global`).
       corrected_conf: the locally corrected confidence.
       fold: fold id of each item.
       predictions: out-of-fold confidences by method: ``uncorrected``,
@@ -130,6 +132,7 @@ class CrossFitResult(NamedTuple):
     field: np.ndarray
     field_se: np.ndarray
     n_eff: np.ndarray
+    field_global: np.ndarray
     corrected_conf: np.ndarray
     fold: np.ndarray
     predictions: dict
@@ -296,7 +299,7 @@ def crossfit(
     if cells is not None:
         scale["cells"] = cells
         scale["approximation"] = binned_error(model, check_key, BIN_CHECK)
-    est, p_local = jax.jit(out_of_fold)(model)
+    est, est_global, p_local = jax.jit(out_of_fold_fields)(model)
     baselines = jax.block_until_ready(_baselines(model))  # the time below is the fit's
     if progress:
         print(f"miscal-jax: folds fitted in {time.perf_counter() - start:.1f} s", file=sys.stderr)
@@ -317,6 +320,7 @@ def crossfit(
         np.asarray(est.value, np.float32),
         np.asarray(est.se, np.float32),
         np.asarray(est.n_eff, np.float32),
+        np.asarray(est_global.value, np.float32),
         preds["local"],
         np.asarray(model.fold),
         preds,

@@ -440,10 +440,13 @@ def apply_fold(model: FieldModel, parts, x, conf):
     """
     global_map, params, final_map = parts[1:4]
     field, local = _fold_fields(model, parts, x, conf)
+    return field, _corrected(global_map, params, final_map, conf, local)
+
+
+def _corrected(global_map, params, final_map, conf: Array, local: FieldEstimate) -> Array:
+    """``[q]`` corrected confidence from the field after the global map (``local``)."""
     p_local = local_confidence(params, apply_global(global_map, conf), local.value, local.n_eff)
-    if final_map is not None:
-        p_local = apply_global(final_map, p_local)
-    return field, p_local
+    return p_local if final_map is None else apply_global(final_map, p_local)
 
 
 def num_models(model: FieldModel) -> int | None:
@@ -588,9 +591,8 @@ def out_of_fold(model: FieldModel) -> tuple[FieldEstimate, Array]:
       >>> est.value.shape
       (200,)
     """
-    if num_models(model) is not None:
-        return jax.vmap(out_of_fold, in_axes=(batch_axes(model),))(model)
-    return _held_out_map(model, lambda parts, x, conf: apply_fold(model, parts, x, conf))
+    field, _, p_local = out_of_fold_fields(model)
+    return field, p_local
 
 
 def out_of_fold_global(model: FieldModel) -> FieldEstimate:
@@ -617,7 +619,28 @@ def out_of_fold_global(model: FieldModel) -> FieldEstimate:
       >>> jax.jit(out_of_fold_global)(model).value.shape
       (200,)
     """
-    return _held_out_map(model, lambda parts, x, conf: _fold_fields(model, parts, x, conf)[1])
+    return out_of_fold_fields(model)[1]
+
+
+def out_of_fold_fields(model: FieldModel) -> tuple[FieldEstimate, FieldEstimate, Array]:
+    """:func:`out_of_fold` and :func:`out_of_fold_global` from one smoothing pass.
+
+    Both fields smooth the same references with the same weights (only the
+    values differ), so a caller that needs both pays for one pass.
+
+    Returns:
+      ``(field, field_global, corrected_conf)``, ``[n]`` arrays (``[m, n]``
+      for a batch of ``m`` models), all out-of-fold.
+    """
+    if num_models(model) is not None:
+        return jax.vmap(out_of_fold_fields, in_axes=(batch_axes(model),))(model)
+
+    def apply(parts, x, conf):
+        global_map, params, final_map = parts[1:4]
+        field, local = _fold_fields(model, parts, x, conf)
+        return field, local, _corrected(global_map, params, final_map, conf, local)
+
+    return _held_out_map(model, apply)
 
 
 def _held_out_map(model: FieldModel, apply):

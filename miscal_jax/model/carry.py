@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from miscal_jax._src.dtypes import as_float
+from miscal_jax._src.fitting import gather_rows
 from miscal_jax._types import Array, PRNGKey
 from miscal_jax.correction.local import (
     fit_correction_params,
@@ -54,6 +55,7 @@ from miscal_jax.model.field_model import (
     fold_values,
     inner_global,
     summary_moments,
+    training_size,
 )
 from miscal_jax.smoothing.nadaraya_watson import field_from_moments
 
@@ -117,10 +119,12 @@ def _refit_correction(rng, model: FieldModel, fold, fresh, p_global, size, final
     top, pick = jax.lax.top_k(score, size)
     valid = top >= 0.0
     summary, bw, kernel = fold[6], geometry.log_bandwidth, geometry.kernel
-    if summary is None:
-        z = embed(geometry, x, conf)
-        values = fold_values(model, fold[5])
-        m = kernel_moments(z[pick], z, values, bw, query_index=pick, ref_mask=train, kernel=kernel)
+    if summary is None:  # exact sums over the fold's training items, gathered
+        rows, ok = gather_rows(train, training_size(model))
+        z = embed(geometry, x[rows], conf[rows])
+        values = fold_values(model, fold[5])[rows]
+        at = (jnp.cumsum(train) - 1)[pick]  # each picked item's place among the gathered
+        m = kernel_moments(z[at], z, values, bw, query_index=at, ref_mask=ok, kernel=kernel)
     else:  # each item's own leaf is the one it was built into
         z = embed(geometry, x[pick], conf[pick])
         m = summary_moments(model, fold, z, summary.tree.leaf[pick], exclude=pick)

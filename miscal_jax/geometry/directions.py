@@ -121,13 +121,15 @@ def initial_metric(
     ranks = sorted({r for r in RANKS if r < width} | {width})
     columns = jnp.arange(width)
     rows, judged = gather_rows(stop, stop_size)
-    errors = []
-    for basis in families:
-        for r in ranks:
-            z = jnp.concatenate([u, u @ basis * (columns < r)], axis=1)
-            grid = bandwidth_grid(z, ref_mask=fit)
-            est = nw_field(z[rows], z, residual, grid, ref_mask=fit, kernel=kernel).value
-            errors.append(jnp.min(masked_mean((residual[rows] - est) ** 2, judged)))
-    best = jnp.argmin(jnp.stack(errors))
-    rank = jnp.asarray(ranks)[best % len(ranks)]
-    return families[best // len(ranks)] * (columns < rank), rank
+    choices = len(ranks)
+    kept = (columns < jnp.asarray(ranks)[:, None]).astype(u.dtype)  # [len(ranks), width]
+
+    def error(i):  # one family at one rank; a loop, so the smoother compiles once
+        z = jnp.concatenate([u, u @ families[i // choices] * kept[i % choices]], axis=1)
+        grid = bandwidth_grid(z, ref_mask=fit)
+        est = nw_field(z[rows], z, residual, grid, ref_mask=fit, kernel=kernel).value
+        return jnp.min(masked_mean((residual[rows] - est) ** 2, judged))
+
+    best = jnp.argmin(jax.lax.map(error, jnp.arange(2 * choices)))
+    rank = jnp.asarray(ranks)[best % choices]
+    return families[best // choices] * (columns < rank), rank

@@ -378,7 +378,8 @@ def fit_geometry(
     trained = [k for k, kind in enumerate(candidates) if kind in TRAINED]
     split_rng, enc_rng = jax.random.split(rng)
     fit, stop = _split(split_rng, train, split)
-    stop_size = int(split[1] * (n if train_size is None else train_size))  # _split's bound
+    # _split's bound on the stop rows (+1: it rounds in float32)
+    stop_size = int(split[1] * (n if train_size is None else train_size)) + 1
     held = train & ~fit if trained else train
     pca_dim = min(config.out_dim, d)
     m = min(d, max(config.out_dim, MAX_ENCODER_INPUTS))

@@ -450,15 +450,18 @@ def apply_fold(model: FieldModel, parts, x, conf):
 
     ``parts`` is :func:`fold_parts`'s tuple for the fold.
     """
+    field, _, p_local = _apply_fold_fields(model, parts, x, conf)
+    return field, p_local
+
+
+def _apply_fold_fields(model: FieldModel, parts, x, conf):
+    """:func:`apply_fold` with the field after the global map between its two outputs."""
     global_map, params, final_map = parts[1:4]
     field, local = _fold_fields(model, parts, x, conf)
-    return field, _corrected(global_map, params, final_map, conf, local)
-
-
-def _corrected(global_map, params, final_map, conf: Array, local: FieldEstimate) -> Array:
-    """``[q]`` corrected confidence from the field after the global map (``local``)."""
     p_local = local_confidence(params, apply_global(global_map, conf), local.value, local.n_eff)
-    return p_local if final_map is None else apply_global(final_map, p_local)
+    if final_map is not None:
+        p_local = apply_global(final_map, p_local)
+    return field, local, p_local
 
 
 def num_models(model: FieldModel) -> int | None:
@@ -643,16 +646,21 @@ def out_of_fold_fields(model: FieldModel) -> tuple[FieldEstimate, FieldEstimate,
     Returns:
       ``(field, field_global, corrected_conf)``, ``[n]`` arrays (``[m, n]``
       for a batch of ``m`` models), all out-of-fold.
+
+    Examples:
+      >>> import jax
+      >>> from miscal_jax.synthetic.planted import make_planted
+      >>> d = make_planted(200, seed=0)
+      >>> cfg = FitConfig(folds=2, candidates=("raw",))
+      >>> model, _ = jax.jit(fit)(
+      ...     jax.random.key(0), d.embeddings, d.conf, d.correct, cfg)
+      >>> field, field_global, p = jax.jit(out_of_fold_fields)(model)
+      >>> field.value.shape, field_global.value.shape, p.shape
+      ((200,), (200,), (200,))
     """
     if num_models(model) is not None:
         return jax.vmap(out_of_fold_fields, in_axes=(batch_axes(model),))(model)
-
-    def apply(parts, x, conf):
-        global_map, params, final_map = parts[1:4]
-        field, local = _fold_fields(model, parts, x, conf)
-        return field, local, _corrected(global_map, params, final_map, conf, local)
-
-    return _held_out_map(model, apply)
+    return _held_out_map(model, lambda parts, x, conf: _apply_fold_fields(model, parts, x, conf))
 
 
 def _held_out_map(model: FieldModel, apply):

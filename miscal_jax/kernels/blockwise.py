@@ -36,6 +36,7 @@ __all__ = [
     "finish",
     "fold",
     "log_weights",
+    "ref_grads",
     "rescaled_sum",
     "start",
 ]
@@ -127,11 +128,17 @@ def start(shape: tuple[int, ...], c: int, dtype=jnp.float32) -> Running:
     return Running(jnp.full(shape, -jnp.inf, dtype), jnp.zeros((*shape, c), dtype), zeros)
 
 
-def fold(run: Running, log_w: Array, values: Array, *, keepdims: bool = False) -> Running:
+def fold(
+    run: Running, log_w: Array, values: Array, *, keepdims: bool = False, materialise: bool = False
+) -> Running:
     """Folds ``[..., bq, bn]`` log-weights with ``[bn, C]`` values into ``run``.
 
     With ``keepdims`` the per-query state is a ``[bq, 1]`` column (``log_scale``
-    and ``sum_w2``), the layout a TPU kernel keeps in VMEM.
+    and ``sum_w2``), the layout a TPU kernel keeps in VMEM. With
+    ``materialise`` (XLA programs, not Pallas kernels) the block's weights sit
+    behind an optimisation barrier, so ``sum w^2`` reads them: otherwise XLA
+    rewrites ``w * w`` as ``exp(2 log w)``, a second exponential and a third
+    pass over the block's log-weights (on CPU the forward is about 30% faster).
 
     Online max rescaling: a query that has seen no weight keeps scale ``-inf``
     and zero sums (the ``> -inf`` test, not ``isfinite``: the same comparison
@@ -143,6 +150,8 @@ def fold(run: Running, log_w: Array, values: Array, *, keepdims: bool = False) -
     new_scale = jax.lax.stop_gradient(jnp.maximum(run.log_scale, top))
     safe = jnp.where(new_scale > -jnp.inf, new_scale, 0.0)
     w = jnp.exp(log_w - column(safe))
+    if materialise:
+        w = jax.lax.optimization_barrier(w)
     rescale = jnp.exp(run.log_scale - safe)  # 0 while nothing has been seen (-inf - 0)
     moments = jnp.matmul(w, values.astype(w.dtype), preferred_element_type=w.dtype)
     return Running(
@@ -170,33 +179,21 @@ def rescaled_sum(parts: KernelMoments, top: Array, expand, total) -> KernelMomen
     )
 
 
-def block_log_weights(
-    query, query_code, ref, ref_code, inv_h2, *, kernel: str, loo: bool, transposed: bool = False
-):
+def block_log_weights(query, query_code, ref, ref_code, inv_h2, *, kernel: str, loo: bool):
     """``[g, bq, bn]`` log-weights of every bandwidth from one distance matmul.
 
     Args:
       query: ``[bq, d]``; query_code: ``[bq]``; ref: ``[bn, d]``; ref_code: ``[bn]``;
       inv_h2: ``[g]``; kernel, loo: static.
-      transposed: static; compute the ``[g, bn, bq]`` transpose instead (the
-        layout in which sums over queries are fast matmuls).
 
     Returns:
       The log-weights and the pieces they were built from:
-      ``(cross, query_sq, ref_sq, mask)``, ``cross`` and ``mask`` in the
-      weights' orientation, the squared norms as a column and a row
-      (``[bq, 1]`` and ``[1, bn]``, or the other way round when transposed).
+      ``(cross [bq, bn], query_sq [bq, 1], ref_sq [1, bn], mask)``.
     """
-    query_sq = jnp.sum(query * query, axis=1)
-    ref_sq = jnp.sum(ref * ref, axis=1)
-    if transposed:
-        cross = jnp.matmul(ref, query.T, precision=DISTANCE_PRECISION)
-        query_sq, ref_sq = query_sq[None, :], ref_sq[:, None]
-        ok = pair_mask(query_code[None, :], ref_code[:, None], loo=loo)
-    else:
-        cross = jnp.matmul(query, ref.T, precision=DISTANCE_PRECISION)
-        query_sq, ref_sq = query_sq[:, None], ref_sq[None, :]
-        ok = pair_mask(query_code[:, None], ref_code[None, :], loo=loo)
+    query_sq = jnp.sum(query * query, axis=1)[:, None]
+    ref_sq = jnp.sum(ref * ref, axis=1)[None, :]
+    cross = jnp.matmul(query, ref.T, precision=DISTANCE_PRECISION)
+    ok = pair_mask(query_code[:, None], ref_code[None, :], loo=loo)
     lw = log_weights(
         cross[None], query_sq[None], ref_sq[None], ok, inv_h2[:, None, None], kernel=kernel
     )
@@ -223,39 +220,19 @@ def distance_cotangent(w, gv, g_w2, cross, query_sq, ref_sq, mask, inv_h2, *, ke
 
 
 def _pair_cotangents(
-    query,
-    query_code,
-    ref,
-    ref_code,
-    values,
-    inv_h2,
-    log_scale,
-    g_values,
-    g_w2,
-    *,
-    kernel,
-    loo,
-    transposed,
+    query, query_code, ref, ref_code, values, inv_h2, log_scale, g_values, g_w2, *, kernel, loo
 ):
-    """``(w, a, query_sq, ref_sq)``: weights and ``a = 2 f'(u) s / h^2`` of one block.
-
-    ``[g, bq, bn]``, or ``[g, bn, bq]`` when ``transposed`` (see :func:`block_grads`).
-    """
+    """``(w, a, query_sq, ref_sq)``: ``[g, bq, bn]`` weights and ``a = 2 f'(u) s / h^2``."""
     lw, (cross, query_sq, ref_sq, ok) = block_log_weights(
-        query, query_code, ref, ref_code, inv_h2, kernel=kernel, loo=loo, transposed=transposed
+        query, query_code, ref, ref_code, inv_h2, kernel=kernel, loo=loo
     )
-    per_query = (lambda a: a[:, None, :]) if transposed else (lambda a: a[..., None])
     safe = jnp.where(log_scale > -jnp.inf, log_scale, 0.0)
-    w = jnp.exp(lw - per_query(safe))
-    if values.shape[1] <= 4:  # a few columns: broadcasts that fuse, not a tiny-k matmul
-        rows_c = lambda c: g_values[:, None, :, c] if transposed else g_values[..., c, None]
-        cols_c = lambda c: values[None, :, c, None] if transposed else values[None, None, :, c]
-        gv = sum(rows_c(c) * cols_c(c) for c in range(values.shape[1]))
-    else:
-        spec = "jc,gic->gji" if transposed else "gic,jc->gij"
-        gv = jnp.einsum(spec, *((values, g_values) if transposed else (g_values, values)))
+    w = jnp.exp(lw - safe[..., None])
+    # gV_i . V_j: the ones column (sum w's) gives gV_i0 alone, the others one small
+    # matmul (on CPU, broadcasts of two or more value columns fuse about 2x slower)
+    gv = g_values[..., 0, None] + jnp.einsum("gic,jc->gij", g_values[..., 1:], values[:, 1:])
     a = distance_cotangent(
-        w, gv, per_query(g_w2), cross[None], query_sq[None], ref_sq[None], ok,
+        w, gv, g_w2[..., None], cross[None], query_sq[None], ref_sq[None], ok,
         inv_h2[:, None, None], kernel=kernel,
     )  # fmt: skip
     return w, a, query_sq, ref_sq
@@ -287,6 +264,13 @@ def block_grads(
     ``d(1/h^2) = sum_ij a_ij d2_ij h^2 / 2`` comes from the same pieces, as
     ``d2_ij = |q_i|^2 + |z_j|^2 - 2 q_i . z_j``: no extra pass over the pairs.
 
+    Every sum is a matmul of the ``[bq, bn]`` block: over references
+    ``a @ [z, |z|^2, 1]``, over queries ``[q, 1]^T @ a`` and ``gV^T @ w``, so
+    the reference-side sums come back transposed (``[k, bn]``). On CPU a
+    product with a small left factor is fast, while contracting the block's
+    major axis into a ``[bn, k]`` result is 3 to 4 times slower than
+    recomputing the whole block transposed.
+
     Args:
       query: ``[bq, d]``; query_code: ``[bq]``; ref: ``[bn, d]``; ref_code: ``[bn]``.
       values: ``[bn, C]`` with the ones column first.
@@ -296,26 +280,32 @@ def block_grads(
       kernel, loo: static, as in :func:`log_weights`.
 
     Returns:
-      ``(d query [bq, d], d ref [bn, d], d values [bn, C], d inv_h2 [g])``.
+      ``(d query [bq, d], ref_sums [d + 1, bn], d values^T [C, bn], d inv_h2 [g])``
+      with ``ref_sums = [q, 1]^T @ sum_g a``, from which
+      ``d ref = z * ref_sums[d] - ref_sums[:d]^T`` (:func:`ref_grads`).
     """
     args = (query, query_code, ref, ref_code, values, inv_h2, log_scale, g_values, g_w2)
-    # sums over references in the [bq, bn] layout, sums over queries in [bn, bq]: both
-    # contract the minor axis (on CPU a contraction over the major axis is 3-4x slower
-    # than recomputing the block's weights transposed)
-    _, a, query_sq, _ = _pair_cotangents(*args, kernel=kernel, loo=loo, transposed=False)
-    w_t, a_t, _, ref_sq = _pair_cotangents(*args, kernel=kernel, loo=loo, transposed=True)
+    w, a, query_sq, ref_sq = _pair_cotangents(*args, kernel=kernel, loo=loo)
     (g, bq, bn), d = a.shape, query.shape[1]
-    rows, cols = jnp.sum(a, axis=2), jnp.sum(a_t, axis=2)  # [g, bq], [g, bn]
     # 2-D matmuls (bandwidths folded into rows): XLA's CPU batched dot is far slower
-    a_ref = jnp.matmul(a.reshape(g * bq, bn), ref).reshape(g, bq, d)
-    a_query = jnp.matmul(a_t.reshape(g * bn, bq), query).reshape(g, bn, d)
+    ref_side = jnp.concatenate([ref, ref_sq.T, jnp.ones((bn, 1), a.dtype)], axis=1)
+    sums = jnp.matmul(a.reshape(g * bq, bn), ref_side).reshape(g, bq, d + 2)
+    a_ref, a_ref_sq, rows = sums[..., :d], sums[..., d], sums[..., d + 1]
+    query_side = jnp.concatenate([query, jnp.ones((bq, 1), a.dtype)], axis=1).T
+    ref_sums = jnp.matmul(query_side, jnp.sum(a, axis=0))
+    d_values_t = jnp.matmul(jnp.moveaxis(g_values, 2, 0).reshape(-1, g * bq), w.reshape(g * bq, bn))
     d_query = query * jnp.sum(rows, axis=0)[:, None] - jnp.sum(a_ref, axis=0)
-    d_ref = ref * jnp.sum(cols, axis=0)[:, None] - jnp.sum(a_query, axis=0)
-    if g == 1:
-        d_values = jnp.matmul(w_t[0], g_values[0])
-    else:
-        d_values = jnp.einsum("gji,gic->jc", w_t, g_values)
-    sum_a_d2 = (
-        rows @ query_sq[:, 0] + cols @ ref_sq[:, 0] - 2.0 * jnp.einsum("gid,id->g", a_ref, query)
-    )
-    return d_query, d_ref, d_values, 0.5 * sum_a_d2 / inv_h2
+    cross_term = jnp.einsum("gid,id->g", a_ref, query)
+    sum_a_d2 = rows @ query_sq[:, 0] + jnp.sum(a_ref_sq, axis=1) - 2.0 * cross_term
+    return d_query, ref_sums, d_values_t, 0.5 * sum_a_d2 / inv_h2
+
+
+def ref_grads(ref, ref_sums, d_values_t):
+    """``(d ref [n, d], d values [n, C])`` from :func:`block_grads`' transposed sums.
+
+    Args:
+      ref: ``[n, d]``; ref_sums: ``[d + 1, n]``; d_values_t: ``[C, n]``, summed over
+        the query blocks.
+    """
+    d = ref.shape[1]
+    return ref * ref_sums[d][:, None] - ref_sums[:d].T, d_values_t.T

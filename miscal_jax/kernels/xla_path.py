@@ -3,11 +3,12 @@
 The forward pass maps ``lax.map`` over query blocks and ``lax.scan`` over
 reference blocks, folding each ``[g, bq, bn]`` block into running moments
 (:func:`~miscal_jax.kernels.blockwise.fold`). The backward pass recomputes
-each block once from the forward's ``log_scale`` and accumulates the query
-gradient in the inner scan and the reference and value gradients in the outer
-one (:func:`~miscal_jax.kernels.blockwise.block_grads`): one recompute of the
-weights, as flash attention's backward does, instead of differentiating the
-scan (which recomputes the forward two or three times).
+each block once from the forward's ``log_scale``
+(:func:`~miscal_jax.kernels.blockwise.block_grads`) and accumulates the query
+gradient in the inner scan and the reference and value gradients, kept
+transposed, in the outer one: one recompute of the weights, in one layout, as
+flash attention's backward does, instead of differentiating the scan (which
+recomputes the forward two or three times).
 
 Block sizes come from the caller; :data:`BLOCK_ELEMENTS` bounds the
 ``[g, bq, bn]`` block per backend (a CPU's cache, an accelerator's memory).
@@ -23,6 +24,7 @@ from miscal_jax.kernels.blockwise import (
     block_log_weights,
     finish,
     fold,
+    ref_grads,
     start,
 )
 
@@ -37,7 +39,7 @@ def dense(query, query_code, ref, ref_code, values, inv_h2, *, kernel, loo) -> K
     """The obvious ``[g, q, n]`` computation (checks and tiny inputs)."""
     log_w, _ = block_log_weights(query, query_code, ref, ref_code, inv_h2, kernel=kernel, loo=loo)
     run = start((inv_h2.shape[0], query.shape[0]), values.shape[1], query.dtype)
-    return finish(fold(run, log_w, values))
+    return finish(fold(run, log_w, values, materialise=True))
 
 
 def _ref_blocks(ref, ref_code, values, bn):
@@ -56,7 +58,7 @@ def forward(query, query_code, ref, ref_code, values, inv_h2, *, kernel, loo, bq
         def step(acc, block):
             z, zc, v = block
             log_w, _ = block_log_weights(q, qc, z, zc, inv_h2, kernel=kernel, loo=loo)
-            return fold(acc, log_w, v), None
+            return fold(acc, log_w, v, materialise=True), None
 
         acc, _ = jax.lax.scan(step, start((g, bq), c, query.dtype), blocks)
         return finish(acc)
@@ -97,18 +99,24 @@ def backward(
 
         def inner(acc, rb):
             z, zc, v = rb
-            dq, dz, dv, dh = block_grads(
+            dq, ref_sums, dv_t, dh = block_grads(
                 q, qc, z, zc, v, inv_h2, scale, gv, gw2, kernel=kernel, loo=loo
             )
-            return (acc[0] + dq, acc[1] + dh), (dz, dv)
+            return (acc[0] + dq, acc[1] + dh), (ref_sums, dv_t)
 
-        (dq, dh), (dz, dv) = jax.lax.scan(
+        (dq, dh), (ref_sums, dv_t) = jax.lax.scan(
             inner, (jnp.zeros_like(q), jnp.zeros_like(inv_h2)), blocks
         )
-        d_ref, d_values, d_inv_h2 = carry
-        carry = (d_ref + dz.reshape(big_n, d), d_values + dv.reshape(big_n, c), d_inv_h2 + dh)
-        return carry, dq
+        return jax.tree.map(jnp.add, carry, (ref_sums, dv_t, dh)), dq
 
-    init = (jnp.zeros_like(ref), jnp.zeros_like(values), jnp.zeros_like(inv_h2))
-    (d_ref, d_values, d_inv_h2), d_query = jax.lax.scan(outer, init, query_blocks)
+    nb = big_n // bn
+    init = (
+        jnp.zeros((nb, d + 1, bn), ref.dtype),
+        jnp.zeros((nb, c, bn), ref.dtype),
+        jnp.zeros_like(inv_h2),
+    )
+    (ref_sums, d_values_t, d_inv_h2), d_query = jax.lax.scan(outer, init, query_blocks)
+    # [N / bn, k, bn] -> [k, N]: the reference-side sums were kept transposed
+    flat = lambda a: jnp.moveaxis(a, 0, 1).reshape(a.shape[1], big_n)
+    d_ref, d_values = ref_grads(ref, flat(ref_sums), flat(d_values_t))
     return d_query.reshape(big_q, d), d_ref, d_values, d_inv_h2

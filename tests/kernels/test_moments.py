@@ -1,5 +1,7 @@
 """Every path of the kernel-sum primitive against a dense float64 NumPy reference."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -204,6 +206,34 @@ def test_gradient_temporaries_stay_near_the_forward_pass():
     dense_matrix = n * n * 4
     assert bwd <= 2 * fwd + 2 * n * d * 4, (fwd, bwd)
     assert bwd < dense_matrix / 8, (fwd, bwd)
+
+
+def _block_exponentials(compiled_text: str) -> list[str]:
+    """Shapes of the ``[g, bq, bn]`` exponentials in an optimised XLA program."""
+    return re.findall(r"(f32\[\d+,\d+,\d+\])\S* exponential\(", compiled_text)
+
+
+def test_one_exponential_a_pair_forward_and_backward():
+    """The XLA path evaluates each block's weights once forward and once backward.
+
+    Guards two schedules found by reading the optimised HLO: without the
+    forward's barrier XLA rewrites ``sum w^2``'s ``w * w`` as ``exp(2 log w)``
+    (a second exponential a pair), and a backward in two layouts recomputes
+    every block twice.
+    """
+    n, d = 4096, 16
+    z = jax.ShapeDtypeStruct((n, d), jnp.float32)
+    v = jax.ShapeDtypeStruct((n, 2), jnp.float32)
+    lb = jax.ShapeDtypeStruct((), jnp.float32)
+    forward = jax.jit(lambda z, v, lb: kernel_moments(z, z, v, lb)).lower(z, v, lb).compile()
+    assert len(_block_exponentials(forward.as_text())) == 1
+
+    def loss(z, v, lb):
+        m = kernel_moments(z, z, v, lb, query_index=jnp.arange(n))
+        return jnp.sum(m.sum_wv[:, 0] / m.sum_w) + jnp.sum(m.sum_w2)
+
+    both = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(z, v, lb).compile()
+    assert len(_block_exponentials(both.as_text())) == 2  # the forward's and the backward's
 
 
 def test_combine_equals_one_pass_over_the_union():

@@ -268,8 +268,9 @@ def block_grads(
     ``a @ [z, |z|^2, 1]``, over queries ``[q, 1]^T @ a`` and ``gV^T @ w``, so
     the reference-side sums come back transposed (``[k, bn]``). On CPU a
     product with a small left factor is fast, while contracting the block's
-    major axis into a ``[bn, k]`` result is 3 to 4 times slower than
-    recomputing the whole block transposed.
+    major axis into a ``[bn, k]`` result is 3 to 4 times slower (slower even
+    than recomputing the block in the transposed layout, which an earlier
+    version did).
 
     Args:
       query: ``[bq, d]``; query_code: ``[bq]``; ref: ``[bn, d]``; ref_code: ``[bn]``.

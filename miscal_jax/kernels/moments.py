@@ -159,7 +159,8 @@ def _moments_fwd(static, *args):
 
 
 def _xla_backward(static: Static, args, log_scale, cotangent):
-    # the backward's block holds about twice the forward's temporaries: half the queries
+    # half the forward's query rows: a backward block holds its distances, weights and
+    # their cotangents; on CPU 128 to 512 rows run equally fast (2026-12-07)
     bq = static.bq // 2 if static.bq % 16 == 0 else static.bq
     return xla_path.backward(
         *args, log_scale, cotangent, kernel=static.kernel, loo=static.loo, bq=bq, bn=static.bn
